@@ -1,0 +1,24 @@
+"""Shared pytest configuration: hypothesis profiles and torch determinism.
+
+Profiles (select with ``pytest --hypothesis-profile=NAME``):
+  * ``ci``       deterministic (derandomized), bounded example counts, no deadline: the CI gate.
+  * ``dev``      few examples, for a fast local loop (the default).
+  * ``thorough`` thousands of examples, for before a release.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from hypothesis import HealthCheck, settings
+
+_SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+
+settings.register_profile("ci", max_examples=60, derandomize=True, deadline=None,
+                          suppress_health_check=_SUPPRESS, print_blob=True)
+settings.register_profile("dev", max_examples=20, deadline=None, suppress_health_check=_SUPPRESS)
+settings.register_profile("thorough", max_examples=3000, deadline=None,
+                          suppress_health_check=_SUPPRESS)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -1,0 +1,442 @@
+"""The product of hyperspheres S^{C−1}_R over the last axis, exact in float32.
+
+A tensor ``x`` of shape ``[..., C]`` is a batch of points on the sphere of radius ``R`` in ``R^C``
+(``‖x‖ = R``); every leading axis is a batch axis, so ``[B, N, C]`` latents are ``B·N`` independent points.
+
+How the formulas stay exact in float32
+--------------------------------------
+Everything that needs the angle θ between ``x`` and ``y`` goes through one helper, :func:`_frame`:
+
+* ``w = y − σx`` with ``σ = sign⟨x, y⟩``: an exact subtraction of nearby numbers (``y ≈ x`` when θ is
+  small, ``y ≈ −x`` when θ is near π), so ``w`` is accurate to a few ulp *relative to its own size*.
+* the radial part of ``w`` is removed with a small coefficient ``c = ⟨w, x⟩/R²``:
+  ``y_⊥ = w − c·x`` is the component of ``y`` orthogonal to ``x`` and ``n = ‖y_⊥‖ = ‖y‖ sin θ`` is
+  obtained as ``√(‖w‖² − ⟨w, x⟩²/R²)`` without cancellation (the radial part is at most half of ‖w‖²).
+* ``θ = atan2(n, ⟨x, y⟩/R)``: no ``arccos``, no clamp, no floor under distances.
+
+Factors such as θ/sin θ and sin(tθ)/sin θ are evaluated through the series helpers of
+:mod:`spherical._series` near 0 and through ``n`` directly near π, so values and gradients are finite at
+``y = x``, ``u = 0`` and ``y = −x``. No method reads a tensor value into Python, so all of them run
+under ``torch.compile(fullgraph=True)``.
+
+Antipodes
+---------
+For ``y = −x`` exactly the minimising geodesic is not unique. ``logmap(x, −x)`` then returns the
+tangent vector of length πR along the unit vector ``f̂(x) = normalise(e_j − (x_j/R²)·x)`` with
+``j = 0`` if ``x_0² ≤ R²/2`` and ``j = 1`` otherwise (so ``‖e_j − (x_j/R²) x‖² ≥ 1/2``); ``geodesic``,
+``transp`` and :func:`spherical.geodesic_flow` use the same great circle. Hence ``C ≥ 2`` is required.
+
+Points are assumed to lie on the sphere (``‖x‖ = R`` to round-off); use :meth:`Hypersphere.projx` first.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
+
+import geoopt
+import torch
+from torch import Tensor
+
+from ._series import safe_div, safe_sqrt, sinc, theta_over_sin
+
+__all__ = ["Hypersphere"]
+
+Radius = Union[float, Tensor]
+_HALF_PI = math.pi / 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# Small building blocks (all reductions keep the last axis: [..., C] -> [..., 1]).
+# ----------------------------------------------------------------------------------------------------
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """⟨a, b⟩ over the last axis, ``[..., C] × [..., C] -> [..., 1]`` (a batched matmul: no temporaries)."""
+    return (a.unsqueeze(-2) @ b.unsqueeze(-1)).squeeze(-1)
+
+
+def _norm(a: Tensor) -> Tensor:
+    """‖a‖ over the last axis, ``[..., C] -> [..., 1]``; its gradient at ``a = 0`` is 0."""
+    return torch.linalg.vector_norm(a, dim=-1, keepdim=True)
+
+
+def _combine(w: Tensor, a: Tensor, x: Tensor, k: Tensor) -> Tensor:
+    """``a·w + k·x`` with one fresh allocation (``a``, ``k``: ``[..., 1]``)."""
+    out = w * a
+    if torch.broadcast_shapes(out.shape, x.shape, k.shape) == out.shape:
+        return out.addcmul_(x, k)  # in place on a fresh tensor: safe under autograd
+    return torch.addcmul(out, x, k)
+
+
+def _add_first_two(out: Tensor, g0: Tensor, g1: Tensor) -> Tensor:
+    """``out[..., 0] += g0`` and ``out[..., 1] += g1`` (``g0``, ``g1``: ``[..., 1]``)."""
+    delta = torch.cat([g0, g1], dim=-1)
+    if torch.broadcast_shapes(out[..., :2].shape, delta.shape) != out[..., :2].shape:
+        out = out.expand(torch.broadcast_shapes(out.shape[:-1], delta.shape[:-1]) + out.shape[-1:])
+        out = out.clone()
+    out[..., :2] += delta
+    return out
+
+
+class _Frame(NamedTuple):
+    """Quantities shared by logmap, dist, geodesic and transp (all but ``w`` are ``[..., 1]``).
+
+    ``w = y − σx``; ``c = ⟨w, x⟩/R²`` so that ``y_⊥ = w − c·x``; ``n = ‖y_⊥‖ = ‖y‖ sin θ``;
+    ``n_safe`` is ``n`` with 0 replaced by 1; ``cos_part = ⟨x, y⟩/R = ‖y‖ cos θ``; ``ynorm = ‖y‖``
+    (never 0: replaced by 1); ``theta`` ∈ [0, π]; ``antipodal`` marks ``y_⊥ = 0`` with ``⟨x, y⟩ < 0``.
+    """
+
+    w: Tensor
+    c: Tensor
+    n: Tensor
+    n_safe: Tensor
+    cos_part: Tensor
+    ynorm: Tensor
+    theta: Tensor
+    antipodal: Tensor
+
+
+def _frame(x: Tensor, y: Tensor, r: Radius) -> _Frame:
+    r2 = r * r
+    xy = _dot(x, y)
+    sigma = torch.where(xy >= 0, 1.0, -1.0).to(xy.dtype)
+    w = torch.addcmul(y, x, -sigma)  # y − σx, exact cancellation near θ = 0 (σ = 1) and θ = π (σ = −1)
+    wx = _dot(w, x)
+    c = wx / r2
+    n = safe_sqrt(_norm(w).square() - wx * c)
+    cos_part = xy / r
+    degenerate = (n == 0) & (cos_part == 0)  # only for y = 0, which is not on the sphere
+    theta = torch.atan2(n, torch.where(degenerate, torch.ones_like(cos_part), cos_part))
+    ynorm = torch.hypot(n, cos_part)
+    ynorm = torch.where(ynorm > 0, ynorm, torch.ones_like(ynorm))
+    zero = n == 0
+    n_safe = torch.where(zero, torch.ones_like(n), n)
+    return _Frame(w, c, n, n_safe, cos_part, ynorm, theta, zero & (cos_part < 0))
+
+
+class _Fallback(NamedTuple):
+    """The antipodal direction f̂ = (e_j − (x_j/R²) x)/s, stored as its pieces (``[..., 1]`` each)."""
+
+    first: Tensor  # j == 0 (as x.dtype 1.0/0.0)
+    xj: Tensor
+    s: Tensor
+
+
+def _fallback(x: Tensor, r2: Radius) -> _Fallback:
+    x0, x1 = x[..., 0:1], x[..., 1:2]
+    first = x0 * x0 <= 0.5 * r2
+    xj = torch.where(first, x0, x1)
+    s = torch.sqrt(torch.clamp(1.0 - xj * xj / r2, min=0.5))  # ≥ √½ by the choice of j
+    return _Fallback(first.to(x.dtype), xj, s)
+
+
+def _fold_fallback(x_coef: Tensor, g: Tensor, fb: _Fallback, r2: Radius) -> Tuple[Tensor, Tensor]:
+    """Splits ``g·f̂ = (g/s)·e_j − (g·x_j/(R² s))·x``: returns the new x-coefficient and ``g/s``."""
+    return x_coef - g * fb.xj / (r2 * fb.s), g / fb.s
+
+
+# ----------------------------------------------------------------------------------------------------
+# The manifold.
+# ----------------------------------------------------------------------------------------------------
+class Hypersphere(geoopt.Manifold):
+    r"""Product of spheres ``S^{C−1}_R = {x ∈ R^C : ‖x‖ = R}`` over the last axis.
+
+    Args:
+        radius: ``R > 0``; a float, or a tensor broadcastable to ``x[..., :1]`` (per-sample or
+            per-token radii, e.g. ``[B, 1, 1]`` or ``[B, N, 1]`` for ``x: [B, N, C]``).
+
+    Raises:
+        ValueError: if the radius is not positive and finite.
+
+    float16/bfloat16 inputs are computed in float32 and returned in the input dtype.
+    """
+
+    name = "Hypersphere"
+    ndim = 1
+    reversible = False
+
+    def __init__(self, radius: Radius = 1.0) -> None:
+        super().__init__()
+        if isinstance(radius, Tensor):
+            if not radius.is_floating_point():
+                radius = radius.to(torch.get_default_dtype())
+            if radius.numel() == 0 or not bool(torch.isfinite(radius).all()) or not bool((radius > 0).all()):
+                raise ValueError(f"Hypersphere: radius must be positive and finite everywhere, got {radius}")
+            self.register_buffer("radius", radius.detach().clone())
+        else:
+            try:
+                value = float(radius)
+            except (TypeError, ValueError):
+                raise ValueError(f"Hypersphere: radius must be a float or a tensor, got {radius!r}") from None
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"Hypersphere: radius must be positive and finite, got {radius!r}")
+            self.radius = value
+
+    # --- plumbing --------------------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        r = self.radius
+        return f"radius={r:g}" if isinstance(r, float) else f"radius=tensor{tuple(r.shape)}"
+
+    @staticmethod
+    def _prep(*tensors: Tensor) -> Tuple[Tuple[Tensor, ...], torch.dtype]:
+        """Validates shapes and dtypes; returns the tensors in the compute dtype and the output dtype."""
+        for t in tensors:
+            if not isinstance(t, Tensor):
+                raise ValueError(f"Hypersphere: expected a tensor, got {type(t).__name__}")
+            if not t.is_floating_point():
+                raise ValueError(f"Hypersphere: expected a floating-point tensor, got {t.dtype}")
+            if t.dim() == 0 or t.shape[-1] < 2:
+                raise ValueError(
+                    f"Hypersphere: expected points/vectors of shape [..., C] with C >= 2, got {tuple(t.shape)}"
+                )
+        out_dtype = tensors[0].dtype
+        for t in tensors[1:]:
+            out_dtype = torch.promote_types(out_dtype, t.dtype)
+        if len(tensors) > 1:
+            try:
+                torch.broadcast_shapes(*(t.shape for t in tensors))
+            except RuntimeError:
+                shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+                raise ValueError(f"Hypersphere: shapes {shapes} do not broadcast") from None
+        compute = torch.float32 if out_dtype in (torch.float16, torch.bfloat16) else out_dtype
+        return tuple(t.to(compute) for t in tensors), out_dtype
+
+    def _rad(self, x: Tensor) -> Radius:
+        """The radius in ``x``'s dtype/device, checked to broadcast to ``x[..., :1]``."""
+        r = self.radius
+        if isinstance(r, float):
+            return r
+        target = x.shape[:-1] + (1,)
+        ok = r.dim() <= len(target)
+        if ok:
+            try:
+                ok = torch.broadcast_shapes(r.shape, target) == target
+            except RuntimeError:
+                ok = False
+        if not ok:
+            raise ValueError(
+                f"Hypersphere: radius of shape {tuple(r.shape)} does not broadcast to x[..., :1] of shape {tuple(target)}"
+            )
+        return r.to(dtype=x.dtype, device=x.device)
+
+    @staticmethod
+    def _time(t: Union[float, Tensor], like: Tensor) -> Union[float, Tensor]:
+        if isinstance(t, Tensor):
+            return t.to(dtype=like.dtype, device=like.device)
+        return float(t)
+
+    # --- projections and metric -----------------------------------------------------------------
+    def projx(self, x: Tensor) -> Tensor:
+        """``R·x/‖x‖`` for ``x: [..., C]``; ``x = 0`` maps to ``R·e_0``."""
+        (x,), dt = self._prep(x)
+        r = self._rad(x)
+        nx = _norm(x)
+        zero = nx == 0
+        out = x * (r / torch.where(zero, torch.ones_like(nx), nx))
+        rr = torch.ones_like(nx) * r
+        out = _add_first_two(out, torch.where(zero, rr, 0.0), torch.zeros_like(nx))
+        return out.to(dt)
+
+    def proju(self, x: Tensor, u: Tensor) -> Tensor:
+        """Tangent projection ``u − (⟨x, u⟩/‖x‖²)·x``; ``x, u: [..., C]``."""
+        (x, u), dt = self._prep(x, u)
+        coef = safe_div(_dot(x, u), _dot(x, x))
+        return torch.addcmul(u, x, -coef).to(dt)
+
+    def egrad2rgrad(self, x: Tensor, u: Tensor) -> Tensor:
+        """Riemannian gradient of the induced metric: the tangent projection of the Euclidean one."""
+        return self.proju(x, u)
+
+    def inner(self, x: Tensor, u: Tensor, v: Optional[Tensor] = None, *, keepdim: bool = False) -> Tensor:
+        """``⟨u, v⟩`` (the metric induced by R^C), ``[..., C] -> [...]`` (``[..., 1]`` if keepdim)."""
+        v = u if v is None else v
+        (x, u, v), dt = self._prep(x, u, v)
+        out = _dot(u, v)
+        if not keepdim:
+            out = out.squeeze(-1)
+        shape = torch.broadcast_shapes(x.shape[:-1], out.shape[:-1] if keepdim else out.shape)
+        return out.expand(shape + ((1,) if keepdim else ())).to(dt)
+
+    def norm(self, x: Tensor, u: Tensor, *, keepdim: bool = False) -> Tensor:
+        """``‖u‖``, ``[..., C] -> [...]``."""
+        (x, u), dt = self._prep(x, u)
+        out = _norm(u)
+        return (out if keepdim else out.squeeze(-1)).to(dt)
+
+    # --- exponential and logarithm --------------------------------------------------------------
+    def expmap(self, x: Tensor, u: Tensor) -> Tensor:
+        """``exp_x(u) = cos(‖u‖/R)·x + sinc(‖u‖/R)·u`` for ``x, u: [..., C]`` (u tangent at x)."""
+        (x, u), dt = self._prep(x, u)
+        r = self._rad(x)
+        theta = _norm(u) / r
+        return _combine(x, torch.cos(theta), u, sinc(theta)).to(dt)
+
+    def retr(self, x: Tensor, u: Tensor) -> Tensor:
+        """Projective retraction ``projx(x + u)`` (first-order agreement with expmap)."""
+        return self.projx(x + u)
+
+    def logmap(self, x: Tensor, y: Tensor) -> Tensor:
+        """``log_x(y) = Rθ·y_⊥/‖y_⊥‖``, the tangent vector at x of length dist(x, y) pointing to y.
+
+        ``x, y: [..., C] -> [..., C]``. ``logmap(x, x) = 0``; ``logmap(x, −x)`` is πR·f̂(x) (module doc).
+        """
+        (x, y), dt = self._prep(x, y)
+        r = self._rad(x)
+        f = _frame(x, y, r)
+        a = self._log_coef(f, r)
+        g = torch.where(f.antipodal, r * f.theta, 0.0)  # πR along f̂ at the antipode, else 0
+        return self._assemble(x, f, a, -a * f.c, g, r).to(dt)
+
+    @staticmethod
+    def _log_coef(f: _Frame, r: Radius) -> Tensor:
+        """``a = Rθ/n`` (coefficient of ``y_⊥`` in the log), smooth in θ near 0 via θ/sin θ."""
+        small = f.theta < _HALF_PI
+        near0 = (r / f.ynorm) * theta_over_sin(torch.clamp(f.theta, max=_HALF_PI))
+        return torch.where(small, near0, r * f.theta / f.n_safe)
+
+    @staticmethod
+    def _assemble(x: Tensor, f: _Frame, wc: Tensor, xc: Tensor, g: Tensor, r: Radius) -> Tensor:
+        """``wc·w + xc·x + g·f̂(x)``."""
+        r2 = r * r
+        fb = _fallback(x, r2)
+        xc, gs = _fold_fallback(xc, g, fb, r2)
+        out = _combine(f.w, wc, x, xc)
+        return _add_first_two(out, gs * fb.first, gs * (1.0 - fb.first))
+
+    def dist(self, x: Tensor, y: Tensor, *, keepdim: bool = False) -> Tensor:
+        """Geodesic distance ``R·θ``, ``θ = atan2(‖y_⊥‖, ⟨x, y⟩/R)``; ``[..., C] -> [...]``."""
+        (x, y), dt = self._prep(x, y)
+        r = self._rad(x)
+        out = r * _frame(x, y, r).theta
+        return (out if keepdim else out.squeeze(-1)).to(dt)
+
+    # --- geodesics and transport ----------------------------------------------------------------
+    def geodesic(self, x: Tensor, y: Tensor, t: Union[float, Tensor]) -> Tensor:
+        """The point ``exp_x(t·log_x(y))`` at fraction ``t`` of the way from x to y.
+
+        ``x, y: [..., C]``; ``t`` a float or a tensor broadcastable with ``x[..., :1]`` (``t: [T, 1]``
+        against ``x, y: [1, C]`` gives ``[T, C]``). Formula: ``cos(tθ)·x + R sin(tθ)·y_⊥/‖y_⊥‖``.
+        """
+        (x, y), dt = self._prep(x, y)
+        return self._geodesic(x, y, self._time(t, x), velocity=False)[0].to(dt)
+
+    def geodesic_with_velocity(self, x: Tensor, y: Tensor, t: Union[float, Tensor]) -> Tuple[Tensor, Tensor]:
+        """``(γ(t), γ'(t))`` of :meth:`geodesic`; ``γ'(t) = −θ sin(tθ)·x + Rθ cos(tθ)·y_⊥/‖y_⊥‖``."""
+        (x, y), dt = self._prep(x, y)
+        xt, ut = self._geodesic(x, y, self._time(t, x), velocity=True)
+        return xt.to(dt), ut.to(dt)
+
+    def _geodesic(self, x: Tensor, y: Tensor, t: Union[float, Tensor], velocity: bool):
+        r = self._rad(x)
+        f = _frame(x, y, r)
+        tt = t * f.theta
+        cos_t, sin_t = torch.cos(tt), torch.sin(tt)
+        small = f.theta < _HALF_PI
+        th_c = torch.clamp(f.theta, max=_HALF_PI)
+        # coefficient of y_⊥: R sin(tθ)/n = (R/‖y‖)·t·sinc(tθ)/sinc(θ) near θ = 0
+        near0 = (r / f.ynorm) * t * sinc(torch.where(small, tt, 0.0)) / sinc(th_c)
+        beta = torch.where(small, near0, r * sin_t / f.n_safe)
+        g = torch.where(f.antipodal, r * sin_t, 0.0)
+        xt = self._assemble(x, f, beta, cos_t - beta * f.c, g, r)
+        if not velocity:
+            return xt, None
+        gamma = self._log_coef(f, r) * cos_t  # Rθ cos(tθ)/n
+        gv = torch.where(f.antipodal, r * f.theta * cos_t, 0.0)
+        ut = self._assemble(x, f, gamma, -f.theta * sin_t - gamma * f.c, gv, r)
+        return xt, ut
+
+    def transp(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
+        """Parallel transport of ``v ∈ T_xS`` along the minimising geodesic from x to y.
+
+        ``P(v) = v + ⟨ê, v⟩·[(cos θ − 1)·ê − sin θ·x/R]`` with ``ê = y_⊥/‖y_⊥‖`` (f̂ at the antipode);
+        ``x, y, v: [..., C] -> [..., C]``. An isometry from T_xS onto T_yS.
+        """
+        (x, y, v), dt = self._prep(x, y, v)
+        r = self._rad(x)
+        r2 = r * r
+        f = _frame(x, y, r)
+        xv = _dot(x, v)
+        q = _dot(f.w, v) - f.c * xv  # ⟨y_⊥, v⟩
+        cos_t = f.cos_part / f.ynorm
+        small = f.theta < _HALF_PI
+        a_small = -1.0 / (f.ynorm.square() * (1.0 + torch.where(small, cos_t, 0.0)))
+        a = torch.where(small, a_small, (cos_t - 1.0) / f.n_safe.square())
+        qa = q * a
+        xc = -qa * f.c - q / (f.ynorm * r)
+        fb = _fallback(x, r2)
+        vj = torch.where(fb.first > 0, v[..., 0:1], v[..., 1:2])
+        k = torch.where(f.antipodal, -2.0 * (vj - fb.xj * xv / r2) / fb.s, 0.0)  # reflect f̂-component
+        xc, ks = _fold_fallback(xc, k, fb, r2)
+        out = torch.addcmul(v, f.w, qa)
+        out = out.addcmul_(x, xc) if torch.broadcast_shapes(out.shape, x.shape, xc.shape) == out.shape \
+            else torch.addcmul(out, x, xc)
+        return _add_first_two(out, ks * fb.first, ks * (1.0 - fb.first)).to(dt)
+
+    def transp_follow_expmap(self, x: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        """Transport ``v`` from x to ``expmap(x, u)`` (along the minimising geodesic)."""
+        return self.transp(x, self.expmap(x, u), v)
+
+    def transp_follow_retr(self, x: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        """Transport ``v`` from x to ``retr(x, u)``."""
+        return self.transp(x, self.retr(x, u), v)
+
+    def expmap_transp(self, x: Tensor, u: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(y, P_{x→y} v)`` with ``y = expmap(x, u)``."""
+        y = self.expmap(x, u)
+        return y, self.transp(x, y, v)
+
+    def retr_transp(self, x: Tensor, u: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(y, P_{x→y} v)`` with ``y = retr(x, u)`` (used by geoopt's Riemannian optimisers)."""
+        y = self.retr(x, u)
+        return y, self.transp(x, y, v)
+
+    # --- sampling -------------------------------------------------------------------------------
+    def random_uniform(
+        self,
+        *size: Union[int, Sequence[int]],
+        dtype: Optional[torch.dtype] = None,
+        device: Optional[Union[str, torch.device]] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> Tensor:
+        """Uniform samples ``R·ε/‖ε‖``, ``ε ~ N(0, I_C)``, of shape ``size = (..., C)``."""
+        if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)):
+            size = tuple(size[0])
+        shape = tuple(int(s) for s in size)
+        if len(shape) == 0 or shape[-1] < 2:
+            raise ValueError(f"Hypersphere.random_uniform: expected a size (..., C) with C >= 2, got {shape}")
+        if device is None and isinstance(self.radius, Tensor):
+            device = self.radius.device
+        eps = torch.randn(shape, dtype=dtype, device=device, generator=generator)
+        return self.projx(eps)
+
+    random = random_uniform
+
+    def origin(self, *size, dtype=None, device=None, seed: int = 42) -> Tensor:
+        """A fixed point ``R·e_0`` of shape ``size``."""
+        if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)):
+            size = tuple(size[0])
+        out = torch.zeros(size, dtype=dtype, device=device)
+        out[..., 0] = 1.0
+        return self.projx(out)
+
+    # --- geoopt checks --------------------------------------------------------------------------
+    def _check_shape(self, shape: Tuple[int, ...], name: str) -> Union[Tuple[bool, Optional[str]], bool]:
+        ok = len(shape) >= 1 and shape[-1] >= 2
+        return (True, None) if ok else (False, f"`{name}` must have shape [..., C] with C >= 2, got {tuple(shape)}")
+
+    def _check_point_on_manifold(self, x: Tensor, *, atol: float = 1e-5, rtol: float = 1e-5):
+        r = self._rad(x)
+        nx = _norm(x)
+        target = torch.ones_like(nx) * r
+        ok = bool(torch.allclose(nx, target, atol=atol, rtol=rtol))
+        if ok:
+            return True, None
+        worst = (nx - target).abs().max().item()
+        return False, f"‖x‖ should equal the radius R; the largest |‖x‖ − R| is {worst:.3g} (atol={atol}, rtol={rtol})"
+
+    def _check_vector_on_tangent(self, x: Tensor, u: Tensor, *, atol: float = 1e-5, rtol: float = 1e-5):
+        xu = _dot(x, u).abs()
+        scale = _norm(x) * _norm(u)
+        ok = bool((xu <= atol + rtol * scale).all())
+        if ok:
+            return True, None
+        worst = (xu / torch.clamp(scale, min=1e-30)).max().item()
+        return False, f"u should be orthogonal to x (⟨x, u⟩ = 0); the largest |⟨x, u⟩|/(‖x‖‖u‖) is {worst:.3g}"

@@ -1,0 +1,256 @@
+"""The DINO Spherical Autoencoder: frozen DINO trunk, trainable conv stem, spherical latent, conv decoder.
+
+Named configurations live in :data:`AE_CONFIGS` (``paper``, ``hae-code``, ``dinov2-b``, ``tiny``,
+``tiny-dinov2``); :func:`build_autoencoder` is the one entry point.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from models.decoder import DECODER_CONFIGS, ConvDecoder, DecoderConfig, decoder_config
+from models.encoder import EncoderWeightsError, DinoBackbone, create_dino_vit, load_dino_weights, _HELP
+from models.latent import gaussian_norm_radius, smooth_latent
+from models.stem import HierarchicalConvPatchEmbed
+from spherical import Hypersphere
+
+__all__ = ["AutoencoderConfig", "AE_CONFIGS", "AutoencoderOutput", "DinoSphericalAutoencoder",
+           "build_autoencoder"]
+
+_TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2)
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """Everything that defines a DINO Spherical Autoencoder.
+
+    Attributes:
+        encoder: timm model name of the DINO ViT (teacher = frozen student trunk).
+        encoder_kwargs: timm architecture overrides (used by the tiny test presets).
+        image_size: nominal square input size (a multiple of the patch size; N = (image_size/p)²).
+        stem_widths: hidden widths of the hierarchical conv stem (64, 128, 256 in the paper).
+        decoder: a :class:`DecoderConfig` (or a name in ``DECODER_CONFIGS``).
+        random_encoder: the preset is random by design (tiny tests); no weights are expected.
+    """
+
+    encoder: str = "vit_large_patch16_dinov3.lvd1689m"
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    image_size: int = 256
+    stem_widths: tuple[int, int, int] = (64, 128, 256)
+    decoder: DecoderConfig | str = DECODER_CONFIGS["paper"]
+    random_encoder: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.decoder, str):
+            object.__setattr__(self, "decoder", decoder_config(self.decoder))
+
+
+AE_CONFIGS: dict[str, AutoencoderConfig] = {
+    # Paper (v2): DINOv3 ViT-L/16, 256 px → 16×16 tokens × 1024, Table 8 decoder.
+    "paper": AutoencoderConfig(),
+    # Same encoder with the released code's smaller decoder defaults.
+    "hae-code": AutoencoderConfig(decoder="hae-code"),
+    # DINOv2 ViT-B/14 with registers, 224 px → 16×16 tokens × 768 (patch-14 rule of the stem/decoder).
+    "dinov2-b": AutoencoderConfig(encoder="vit_base_patch14_reg4_dinov2.lvd142m", image_size=224),
+    # CPU tests, random by design: DINOv3-architecture ViT (RoPE, 4 registers), C = 32, 64 px → 4×4 tokens.
+    "tiny": AutoencoderConfig(encoder="vit_small_patch16_dinov3", encoder_kwargs=_TINY_VIT, image_size=64,
+                              stem_widths=(8, 16, 16), decoder="tiny", random_encoder=True),
+    # CPU tests, random by design: DINOv2-architecture ViT (abs. positions, 4 registers), patch 14, 56 px.
+    "tiny-dinov2": AutoencoderConfig(encoder="vit_small_patch14_reg4_dinov2", encoder_kwargs=_TINY_VIT,
+                                     image_size=56, stem_widths=(8, 16, 16), decoder="tiny",
+                                     random_encoder=True),
+}
+
+
+@dataclass
+class AutoencoderOutput:
+    """Output of :meth:`DinoSphericalAutoencoder.forward`.
+
+    Attributes:
+        recon: reconstructed images ``[B, 3, H, W]`` (≈ [-1, 1]).
+        z: student latent on S^{C−1}_R, ``[B, N, C]``.
+        z_teacher: the teacher's patch tokens ``[B, N, C]`` (raw, no grad), or None if not requested.
+    """
+
+    recon: torch.Tensor
+    z: torch.Tensor
+    z_teacher: torch.Tensor | None
+
+
+class DinoSphericalAutoencoder(nn.Module):
+    """Student encoder (conv stem + frozen DINO trunk) → sphere of radius R → conv decoder.
+
+    One copy of the DINO ViT is held (``backbone.vit``): the teacher path is timm's original
+    patch_embed + blocks + norm, the student path is ``stem`` + the same pos-embed/tokens/blocks/norm.
+    All ViT parameters have ``requires_grad=False``; gradients still flow *through* them to the stem.
+
+    Args:
+        config: an :class:`AutoencoderConfig`.
+        vit: the timm DINO ViT (built by :func:`models.encoder.create_dino_vit`).
+        encoder_ready: False when the ViT holds no real weights yet (construction only): ``encode`` and
+            ``teacher_tokens`` then raise :class:`EncoderWeightsError` until :meth:`load_encoder_weights`
+            or ``load_state_dict`` of a trained autoencoder checkpoint.
+    """
+
+    def __init__(self, config: AutoencoderConfig, vit: nn.Module, *, encoder_ready: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = DinoBackbone(vit)
+        c, p = self.backbone.embed_dim, self.backbone.patch_size
+        if config.image_size % p:
+            raise ValueError(f"image_size {config.image_size} is not a multiple of the patch size {p}")
+        self.stem = HierarchicalConvPatchEmbed(c, p, config.stem_widths)
+        self.decoder = ConvDecoder(c, p, config.decoder)
+        self.radius: float = gaussian_norm_radius(c)
+        self.register_buffer("encoder_ready", torch.tensor(bool(encoder_ready)))
+        self._ready = bool(encoder_ready)
+        self.register_load_state_dict_post_hook(DinoSphericalAutoencoder._sync_ready)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def latent_dim(self) -> int:
+        """Token width C."""
+        return self.backbone.embed_dim
+
+    @property
+    def patch_size(self) -> int:
+        """Pixels per token side."""
+        return self.backbone.patch_size
+
+    @property
+    def image_size(self) -> int:
+        """Nominal input side H = W."""
+        return self.config.image_size
+
+    @property
+    def num_tokens(self) -> int:
+        """N = (image_size / patch)²."""
+        return (self.config.image_size // self.patch_size) ** 2
+
+    @property
+    def sphere(self) -> Hypersphere:
+        """The latent manifold: the product of N spheres S^{C−1}_R."""
+        return Hypersphere(radius=self.radius)
+
+    # ------------------------------------------------------------------ weights
+    @staticmethod
+    def _sync_ready(module: "DinoSphericalAutoencoder", _incompatible: Any) -> None:
+        module._ready = bool(module.encoder_ready)
+
+    def load_encoder_weights(self, path: str | Path) -> None:
+        """Loads a DINO checkpoint (Meta or timm format, .pth or .safetensors) into the frozen ViT."""
+        load_dino_weights(self.backbone.vit, path)
+        self.encoder_ready.fill_(True)
+        self._ready = True
+
+    def _check_ready(self) -> None:
+        if not self._ready:
+            raise EncoderWeightsError(
+                f"The DINO encoder {self.config.encoder!r} was constructed without weights "
+                f"(construction only). {_HELP}")
+
+    # ------------------------------------------------------------------ training stages
+    def stage_parameters(self, stage: int) -> list[nn.Parameter]:
+        """Trainable parameters of a training stage: 1 → stem + decoder, 2 → decoder only."""
+        if stage == 1:
+            return list(self.stem.parameters()) + list(self.decoder.parameters())
+        if stage == 2:
+            return list(self.decoder.parameters())
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+
+    def set_stage(self, stage: int) -> list[nn.Parameter]:
+        """Sets ``requires_grad`` for a stage (stem frozen in stage 2) and returns its parameters."""
+        params = self.stage_parameters(stage)
+        self.stem.requires_grad_(stage == 1)
+        self.decoder.requires_grad_(True)
+        self.backbone.requires_grad_(False)
+        return params
+
+    # ------------------------------------------------------------------ model
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Student encoder: images ``[B,3,H,W]`` in [-1, 1] → latent ``[B, N, C]`` on S^{C−1}_R.
+
+        ImageNet mean/std normalisation is done inside; H, W must be multiples of the patch size.
+        """
+        self._check_ready()
+        x = self.backbone.normalize(images)
+        tokens = self.backbone.from_patch_grid(self.stem.forward_nhwc(x))
+        return self.sphere.projx(tokens)
+
+    @torch.no_grad()
+    def teacher_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Teacher: timm's original patchify + the frozen trunk, images in [-1, 1] → ``[B, N, C]``
+        patch tokens after the final norm (not projected; no gradient)."""
+        self._check_ready()
+        return self.backbone.teacher(self.backbone.normalize(images))
+
+    def decode(self, z: torch.Tensor, *, norm: float | torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder: tokens ``[B, N, C]`` of any norm → images ``[B, 3, p·√N, p·√N]`` (≈ [-1, 1]).
+
+        Args:
+            z: tokens, row-major over the square grid.
+            norm: if given, every token is first rescaled to this norm by
+                ``Hypersphere(radius=norm).projx`` (the sampler uses s_vae = 14).
+        """
+        if norm is not None:
+            z = Hypersphere(radius=norm).projx(z)
+        return self.decoder(z)
+
+    def forward(self, images: torch.Tensor, *, with_teacher: bool = True, smoothing_tau: float = 0.0,
+                generator: torch.Generator | None = None) -> AutoencoderOutput:
+        """Encode → (optional latent smoothing z + σε, σ ~ U(0, τ)) → decode.
+
+        Args:
+            images: ``[B, 3, H, W]`` in [-1, 1].
+            with_teacher: also compute the teacher tokens (stage 1's cosine loss).
+            smoothing_tau: τ of :func:`models.latent.smooth_latent` (0 = clean latent).
+            generator: RNG for the smoothing noise.
+        """
+        z = self.encode(images)
+        recon = self.decode(smooth_latent(z, smoothing_tau, generator))
+        z_teacher = self.teacher_tokens(images) if with_teacher else None
+        return AutoencoderOutput(recon=recon, z=z, z_teacher=z_teacher)
+
+
+def build_autoencoder(preset: str = "tiny", *, weights: str | Path | None = None, pretrained: bool = False,
+                      random_init: bool = False, image_size: int | None = None,
+                      **overrides: Any) -> DinoSphericalAutoencoder:
+    """Builds a :class:`DinoSphericalAutoencoder` from a named preset.
+
+    ``tiny`` / ``tiny-dinov2`` are random by design (C = 32 toy ViTs for CPU tests). For the real presets
+    the DINO weights come from ``weights=PATH`` (Meta or timm format), ``pretrained=True`` (timm hub,
+    online) or ``random_init=True`` (explicit). With none of them the model is built for construction
+    only (parameter counting, loading a full autoencoder checkpoint): the ViT is randomly initialised
+    and ``encode``/``teacher_tokens`` raise :class:`EncoderWeightsError` until weights are loaded.
+
+    Args:
+        preset: a key of :data:`AE_CONFIGS`.
+        weights: local DINO checkpoint file.
+        pretrained: download timm's weights; raises :class:`EncoderWeightsError` when offline.
+        random_init: use a random DINO ViT on purpose.
+        image_size: overrides the preset's image size.
+        **overrides: :class:`AutoencoderConfig` fields (``decoder`` may be a preset name).
+
+    Returns:
+        The model in train mode; the ViT is frozen (requires_grad False, eval mode).
+    """
+    if preset not in AE_CONFIGS:
+        raise KeyError(f"unknown preset {preset!r}; choose from {sorted(AE_CONFIGS)}")
+    names = {f.name for f in fields(AutoencoderConfig)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise TypeError(f"unknown AutoencoderConfig fields {sorted(unknown)}")
+    if image_size is not None:
+        overrides["image_size"] = image_size
+    config = replace(AE_CONFIGS[preset], **overrides)
+    random = random_init or config.random_encoder
+    ready = weights is not None or pretrained or random
+    vit = create_dino_vit(config.encoder, weights=weights, pretrained=pretrained and weights is None,
+                          random_init=not ready or random, img_size=config.image_size,
+                          **config.encoder_kwargs)
+    return DinoSphericalAutoencoder(config, vit, encoder_ready=ready)
+

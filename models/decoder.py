@@ -1,0 +1,142 @@
+"""DC-AE-style convolutional decoder: token grid ``[B, N, C]`` → image ``[B, 3, p·√N, p·√N]``.
+
+Configs are dataclasses held in the registry :data:`DECODER_CONFIGS` (``paper``, ``hae-code``, ``tiny``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.decoder_blocks import BLOCK_TYPES, ChannelShortcut, UpsampleBlock, conv3x3
+from models.stem import TRMS2d
+
+__all__ = ["DecoderConfig", "DECODER_CONFIGS", "ConvDecoder", "tokens_to_grid"]
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Decoder hyper-parameters. Stage lists run in *decoding order* (first = at the token resolution).
+
+    Attributes:
+        widths: channel width of each stage.
+        depths: number of blocks in each stage.
+        block_types: ``"evit_glu"`` (EfficientViT: ReLU linear attention + GLU MBConv) or ``"res"``.
+        upsample: ``"interpolate"`` (nearest ×2 + conv) or ``"pixel_shuffle"``; both with a
+            channel-duplicating shortcut.
+        attn_head_dim: head width of the linear attention.
+        glu_expand: expansion ratio of GLU MBConv.
+        out_act: activation after the output TRMS2d (``"silu"`` or ``"relu"``).
+        out_channels: 3 for RGB.
+    """
+
+    widths: tuple[int, ...] = (1024, 1024, 512, 512, 256)
+    depths: tuple[int, ...] = (3, 3, 3, 5, 5)
+    block_types: tuple[str, ...] = ("evit_glu", "evit_glu", "res", "res", "res")
+    upsample: str = "interpolate"
+    attn_head_dim: int = 32
+    glu_expand: float = 4.0
+    out_act: str = "silu"
+    out_channels: int = 3
+
+    def __post_init__(self) -> None:
+        n = len(self.widths)
+        if not (len(self.depths) == len(self.block_types) == n) or n == 0:
+            raise ValueError("widths, depths and block_types must have the same non-zero length")
+        unknown = set(self.block_types) - set(BLOCK_TYPES)
+        if unknown:
+            raise ValueError(f"unknown block types {sorted(unknown)}; choose from {sorted(BLOCK_TYPES)}")
+
+
+DECODER_CONFIGS: dict[str, DecoderConfig] = {
+    # v2 Table 8: widths 1024/1024/512/512/256, depths 3/3/3/5/5, EfficientViT GLU in the first two stages.
+    "paper": DecoderConfig(),
+    # The released code's defaults (DC-AE widths 128/256/512/512 listed shallow → deep), ResBlocks,
+    # pixel-shuffle upsampling, ReLU after the output norm.
+    "hae-code": DecoderConfig(widths=(512, 512, 256, 128), depths=(2, 2, 2, 2),
+                              block_types=("res",) * 4, upsample="pixel_shuffle", out_act="relu"),
+    # CPU tests: every block kind, a few thousand parameters.
+    "tiny": DecoderConfig(widths=(32, 16, 8), depths=(1, 1, 1), block_types=("evit_glu", "res", "res"),
+                          attn_head_dim=8, glu_expand=2.0),
+}
+
+
+def tokens_to_grid(z: torch.Tensor) -> torch.Tensor:
+    """``[B, N, C]`` tokens (row-major square grid) → ``[B, C, √N, √N]``."""
+    b, n, c = z.shape
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"the decoder needs a square token grid, got N = {n}")
+    return z.transpose(1, 2).reshape(b, c, side, side)
+
+
+class ConvDecoder(nn.Module):
+    """Token grid → image, DC-AE style.
+
+    project-in: conv3×3 (C → widths[0]) + parameter-free channel shortcut (when one width divides
+    the other); stages of blocks with a ×2
+    :class:`UpsampleBlock` between consecutive stages; then, if the stages upsample less than the
+    patch needs, further ×2 upsampling blocks at the last width until 2^k ≥ patch; if 2^k ≠ patch
+    (DINOv2's 14), a bilinear (antialiased) resize of the feature map to patch·√N; project-out:
+    TRMS2d → act → conv3×3 (→ out_channels). No output squashing: values are "[-1, 1]-ish".
+
+    Args:
+        latent_dim: token width C.
+        patch_size: pixels per token side (output side = patch_size · √N).
+        config: a :class:`DecoderConfig`.
+
+    Shapes:
+        z ``[B, N, C]`` → ``[B, out_channels, patch·√N, patch·√N]``.
+    """
+
+    def __init__(self, latent_dim: int, patch_size: int, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config, self.latent_dim, self.patch_size = config, latent_dim, patch_size
+        widths = config.widths
+        self.project_in = conv3x3(latent_dim, widths[0])
+        divisible = widths[0] % latent_dim == 0 or latent_dim % widths[0] == 0
+        self.project_in_shortcut = ChannelShortcut(latent_dim, widths[0]) if divisible else None
+        num_up = max(0, math.ceil(math.log2(patch_size)))
+        stages: list[nn.Module] = []
+        for i, (width, depth, kind) in enumerate(zip(widths, config.depths, config.block_types)):
+            blocks: list[nn.Module] = []
+            if i > 0 and i <= num_up:
+                blocks.append(UpsampleBlock(widths[i - 1], width, config.upsample))
+            elif i > 0 and widths[i - 1] != width:
+                blocks.append(conv3x3(widths[i - 1], width))
+            blocks += [BLOCK_TYPES[kind](width, head_dim=config.attn_head_dim, expand=config.glu_expand)
+                       for _ in range(depth)]
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)
+        extra = max(0, num_up - (len(widths) - 1))
+        self.extra_upsample = nn.Sequential(*[UpsampleBlock(widths[-1], widths[-1], config.upsample)
+                                              for _ in range(extra)])
+        self.out_norm = TRMS2d(widths[-1])
+        self.out_act = {"silu": nn.SiLU, "relu": nn.ReLU}[config.out_act]()
+        self.out_conv = conv3x3(widths[-1], config.out_channels)
+
+    @property
+    def last_layer(self) -> nn.Parameter:
+        """Weight of the output convolution (for the adaptive GAN weight)."""
+        return self.out_conv.weight
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = tokens_to_grid(z)
+        side = x.shape[-1] * self.patch_size
+        y = self.project_in(x)
+        x = y + self.project_in_shortcut(x) if self.project_in_shortcut is not None else y
+        for stage in self.stages:
+            x = stage(x)
+        x = self.extra_upsample(x)
+        if x.shape[-1] != side:
+            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        return self.out_conv(self.out_act(self.out_norm(x)))
+
+
+def decoder_config(name_or_config: str | DecoderConfig, **overrides: object) -> DecoderConfig:
+    """Looks up a registry preset (or takes a config) and applies dataclass field overrides."""
+    cfg = DECODER_CONFIGS[name_or_config] if isinstance(name_or_config, str) else name_or_config
+    return replace(cfg, **overrides) if overrides else cfg

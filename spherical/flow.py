@@ -1,0 +1,125 @@
+"""Riemannian flow matching on products of spheres: the path, its velocity, the loss, the time law.
+
+Convention (as in the paper): ``t = 0`` is data, ``t = 1`` is noise; noise is uniform on the sphere.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor
+
+from .hypersphere import Hypersphere
+
+__all__ = ["FlowSample", "geodesic_flow", "RFMLoss", "rfm_loss", "time_shift", "dimension_shift", "sample_time"]
+
+_UNIT = Hypersphere(1.0)
+
+
+class FlowSample(NamedTuple):
+    """A point on the probability path and its target velocity.
+
+    Attributes:
+        xt: ``[..., C]`` point at time t on the geodesic x0 → x1.
+        ut: ``[..., C]`` its time derivative ``dx_t/dt`` (tangent at xt, ``‖ut‖ = dist(x0, x1)``).
+    """
+
+    xt: Tensor
+    ut: Tensor
+
+
+def geodesic_flow(x0: Tensor, x1: Tensor, t: Union[float, Tensor], *,
+                  sphere: Optional[Hypersphere] = None) -> FlowSample:
+    r"""Slerp from ``x0`` (data) to ``x1`` (noise) and its exact time derivative, in closed form.
+
+    With ``Ω = dist(x0, x1)/R``:
+
+    .. math::
+        x_t = \frac{\sin((1-t)Ω)\,x_0 + \sin(tΩ)\,x_1}{\sin Ω}, \qquad
+        u_t = \frac{Ω}{\sin Ω}\,[\cos(tΩ)\,x_1 - \cos((1-t)Ω)\,x_0],
+
+    evaluated as ``x_t = cos(tΩ)·x0 + R sin(tΩ)·ê`` and ``u_t = −Ω sin(tΩ)·x0 + RΩ cos(tΩ)·ê`` with
+    ``ê`` the unit tangent at x0 towards x1 (see :class:`Hypersphere`), which has no 1/sin Ω
+    singularity: ``x1 = x0`` gives ``u_t = 0`` and ``x1 = −x0`` follows a deterministic great circle.
+
+    Args:
+        x0: ``[..., C]`` data points on the sphere.
+        x1: ``[..., C]`` noise points on the same sphere.
+        t: float, or tensor broadcastable to ``x0[..., :1]`` (one time per sample: ``[B, 1, 1]`` for
+            ``[B, N, C]``).
+        sphere: the manifold (its radius); ``None`` means the unit sphere.
+
+    Returns:
+        FlowSample(xt, ut), both ``[..., C]``.
+    """
+    sphere = _UNIT if sphere is None else sphere
+    xt, ut = sphere.geodesic_with_velocity(x0, x1, t)
+    return FlowSample(xt, ut)
+
+
+class RFMLoss(NamedTuple):
+    """Riemannian flow-matching loss and its parts (0-dim tensors): ``total = tangent + λ·radial``."""
+
+    total: Tensor
+    tangent: Tensor
+    radial: Tensor
+
+
+def rfm_loss(v: Tensor, xt: Tensor, ut: Tensor, *, lambda_rad: float = 0.1) -> RFMLoss:
+    r"""Tangent error plus ``λ_rad`` times the radial energy of the prediction.
+
+    The prediction is split at ``x̂ = xt/‖xt‖`` into ``v_rad = ⟨v, x̂⟩x̂`` and ``v_tan = v − v_rad``:
+
+    .. math::
+        L = \operatorname{mean}\|v_{tan} - u_t\|^2 + λ_{rad}\,\operatorname{mean}\|v_{rad}\|^2.
+
+    Reduction: squared norms are taken per point over the channel axis ``C`` (per token), then
+    averaged over every leading axis (batch and tokens); they are *not* divided by ``C``.
+    Computed in float32 at least (half inputs are upcast).
+
+    Args:
+        v: ``[..., C]`` network output (an ambient vector).
+        xt: ``[..., C]`` points where it was evaluated.
+        ut: ``[..., C]`` target velocities (tangent at xt).
+        lambda_rad: weight of the radial penalty (paper: 0.1).
+    """
+    if v.shape != ut.shape or torch.broadcast_shapes(v.shape, xt.shape) != v.shape:
+        raise ValueError(f"rfm_loss: expected v and ut of the same shape [..., C] with xt broadcastable, "
+                         f"got v {tuple(v.shape)}, xt {tuple(xt.shape)}, ut {tuple(ut.shape)}")
+    dtype = torch.promote_types(v.dtype, torch.float32)
+    v, xt, ut = v.to(dtype), xt.to(dtype), ut.to(dtype)
+    nx = torch.linalg.vector_norm(xt, dim=-1, keepdim=True)
+    xhat = xt / torch.where(nx > 0, nx, torch.ones_like(nx))
+    vr = (v.unsqueeze(-2) @ xhat.unsqueeze(-1)).squeeze(-1)  # ⟨v, x̂⟩: [..., 1]
+    err = v - vr * xhat - ut
+    tangent = err.square().sum(-1).mean()
+    radial = vr.square().mean()
+    return RFMLoss(tangent + lambda_rad * radial, tangent, radial)
+
+
+def time_shift(t: Union[float, Tensor], alpha: float) -> Union[float, Tensor]:
+    r"""Resolution shift of times towards noise: ``α·t / (1 + (α − 1)·t)`` (identity for α = 1).
+
+    Maps [0, 1] onto itself monotonically; α > 1 spends more time near t = 1 (noise).
+    """
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"time_shift: alpha must be a positive finite number, got {alpha!r}")
+    return alpha * t / (1 + (alpha - 1) * t)
+
+
+def dimension_shift(num_tokens: int, channels: int, base: int = 4096) -> float:
+    r"""The paper's α = √(num_tokens·channels/base): 8.0 for 256 tokens × 1024 channels."""
+    if num_tokens <= 0 or channels <= 0 or base <= 0:
+        raise ValueError(f"dimension_shift: expected positive sizes, got {num_tokens}, {channels}, {base}")
+    return math.sqrt(num_tokens * channels / base)
+
+
+def sample_time(n: int, *, alpha: float = 1.0, loc: float = 0.0, scale: float = 1.0,
+                generator: Optional[torch.Generator] = None, device=None,
+                dtype: torch.dtype = torch.float32) -> Tensor:
+    r"""``n`` training times ``t = time_shift(sigmoid(loc + scale·ε), α)``, ``ε ~ N(0, 1)``: shape ``[n]``."""
+    if n < 0 or scale <= 0:
+        raise ValueError(f"sample_time: expected n >= 0 and scale > 0, got n={n}, scale={scale}")
+    eps = torch.randn(n, generator=generator, device=device, dtype=dtype)
+    return time_shift(torch.sigmoid(loc + scale * eps), alpha)

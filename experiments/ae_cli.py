@@ -1,0 +1,159 @@
+"""Command line of ``experiments/in1k_ae.py``: options, per-preset defaults, validation.
+
+Options whose default depends on the preset/stage are ``None`` in argparse and filled in by
+:func:`resolve` from :data:`DEFAULTS` (printed in ``--help``'s epilog).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from experiments.trainer import OneLineParser, UserError
+
+_PAPER_1 = dict(lr=1e-5, beta1=0.9, beta2=0.999, weight_decay=0.0, ema_decay=0.9999, ema_warmup=0,
+                batch_size=512, epochs=20, warmup_steps=0, lr_schedule="constant", grad_clip=1.0,
+                cos_weight=0.5, l1_weight=1.0, lpips_weight=1.0, gan_weight=0.0, disc_warmup_epochs=0.0,
+                log_every=50, eval_every=2000, ckpt_every=1000, eval_images=1000)
+_PAPER_2 = dict(_PAPER_1, lr=5e-5, beta1=0.5, beta2=0.9, ema_decay=0.9975, epochs=40, cos_weight=0.0,
+                gan_weight=0.5, disc_warmup_epochs=2.0)
+# Tiny / embedded photos: a few thousand decoder parameters on 2 CPU cores in ~3 minutes: a large
+# learning rate with warm-up + cosine decay, a short-memory EMA with warm-up, small batches.
+_TINY_1 = dict(_PAPER_1, lr=4e-3, beta2=0.99, ema_decay=0.98, ema_warmup=10, batch_size=16,
+               epochs=None, max_steps=400, warmup_steps=20, lr_schedule="cosine", lpips_weight=0.0,
+               log_every=10, eval_every=100, ckpt_every=100, eval_images=32)
+_TINY_2 = dict(_TINY_1, lr=1e-3, beta1=0.5, beta2=0.9, cos_weight=0.0, gan_weight=0.5,
+               disc_warmup_epochs=0.1)
+DEFAULTS = {("paper", 1): _PAPER_1, ("paper", 2): _PAPER_2, ("hae-code", 1): _PAPER_1,
+            ("hae-code", 2): _PAPER_2, ("tiny", 1): _TINY_1, ("tiny", 2): _TINY_2}
+PRESETS = ("tiny", "hae-code", "paper")
+
+_EPILOG = "per-preset defaults (stage 1 / stage 2) of the options marked [preset]:\n" + "\n".join(
+    f"  {p:8s} " + "; ".join(
+        f"{k}={DEFAULTS[(p, 1)][k]}/{DEFAULTS[(p, 2)][k]}" if DEFAULTS[(p, 1)][k] != DEFAULTS[(p, 2)][k]
+        else f"{k}={DEFAULTS[(p, 1)][k]}" for k in sorted(DEFAULTS[(p, 1)]))
+    for p in ("tiny", "paper")) + "\n  hae-code: as paper.\n" + (
+    "\nWithout --data: trains the tiny preset on random crops of the photos bundled in scikit-image and\n"
+    "scikit-learn (chelsea and flower held out for evaluation), random-init encoder, ~3 min on 2 cores.\n"
+    "Real run: torchrun --nproc_per_node=8 experiments/in1k_ae.py --data /imagenet --preset paper \\\n"
+    "           --encoder-weights dinov3_vitl16.pth --precision bf16 --out runs/ae-paper-s1")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if action.default is None and action.option_strings and action.nargs != 0:
+            return h + " (default: [preset], see below)" if "[preset]" in h else h + " (default: none)"
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="in1k_ae.py", description=(
+        "Train the DINO Spherical Autoencoder (stage 1: stem + decoder alignment; stage 2: decoder + "
+        "discriminator with latent smoothing) on an ImageNet-style folder, or on embedded photos."),
+        epilog=_EPILOG, formatter_class=_Formatter)
+    a = p.add_argument
+    g = p.add_argument_group("data and model")
+    g.add_argument("--data", help="ImageNet-style folder with train/ and val/ class sub-folders; "
+                   "omitted: embedded scikit-image/scikit-learn photos (tiny preset)")
+    g.add_argument("--preset", choices=PRESETS, default="tiny", help="autoencoder preset")
+    g.add_argument("--stage", type=int, choices=(1, 2), default=1, help="training stage")
+    g.add_argument("--image-size", type=int, help="input side in pixels (default: the preset's)")
+    g.add_argument("--encoder-weights", help="local DINO checkpoint (.pth / .safetensors)")
+    g.add_argument("--random-encoder", action="store_true", help="explicitly use a random-init DINO encoder")
+    g.add_argument("--pretrained", action="store_true", help="download the DINO weights via timm (online)")
+    g.add_argument("--init-from", help="stage 2: stage-1 checkpoint file or run folder (EMA weights used)")
+    g.add_argument("--disc-weights", help="stage 2: DINO ViT-S/8 weights of the discriminator")
+    g.add_argument("--lpips-weights", help="local VGG16 weights for LPIPS (default: torch cache)")
+    g.add_argument("--no-lpips", action="store_true", help="train and evaluate without LPIPS")
+    g.add_argument("--inception-weights", help="torch-fidelity FID Inception weights (eval; else FD_dino)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, help="global batch size over all processes [preset]")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs) [preset]")
+    g.add_argument("--epochs", type=float, help="epochs of the training set [preset]")
+    g.add_argument("--lr", type=float, help="AdamW learning rate [preset]")
+    g.add_argument("--beta1", type=float, help="AdamW β1 [preset]")
+    g.add_argument("--beta2", type=float, help="AdamW β2 [preset]")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay [preset]")
+    g.add_argument("--lr-schedule", choices=("constant", "cosine"), help="after warm-up [preset]")
+    g.add_argument("--warmup-steps", type=int, help="linear lr warm-up steps [preset]")
+    g.add_argument("--grad-clip", type=float, help="max global grad norm, 0 = off [preset]")
+    g.add_argument("--ema-decay", type=float, help="EMA decay of the trained weights [preset]")
+    g.add_argument("--ema-warmup", type=int, help="EMA decay min(d, (1+n)/(warmup+n)); 0 = off [preset]")
+    g.add_argument("--cos-weight", type=float, help="weight of 1 - cos(z, z_teacher) [preset]")
+    g.add_argument("--l1-weight", type=float, help="weight of the L1 loss [preset]")
+    g.add_argument("--lpips-weight", type=float, help="weight of LPIPS [preset]")
+    g.add_argument("--gan-weight", type=float, help="weight of the hinge GAN loss (stage 2) [preset]")
+    g.add_argument("--disc-warmup-epochs", type=float, help="stage 2: discriminator-only epochs [preset]")
+    g.add_argument("--tau-start", type=float, default=0.8, help="stage 2: latent smoothing tau at epoch 0")
+    g.add_argument("--tau-end", type=float, default=1.2, help="stage 2: tau after the ramp")
+    g.add_argument("--tau-ramp-epochs", type=float, default=20.0, help="stage 2: epochs of the tau ramp")
+    g.add_argument("--max-nonfinite", type=int, default=5,
+                   help="stop after this many non-finite steps in a row (0 = never)")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", help="run folder (default: runs/ae-<preset>[-embedded]-s<stage>)")
+    g.add_argument("--seed", type=int, default=0, help="global seed (model init, data order, crops)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16 autocast (sphere arithmetic stays fp32)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the training forward")
+    g.add_argument("--num-workers", type=int, help="data-loader workers per process "
+                   "(default: 0 embedded, min(8, CPUs) for --data)")
+    g.add_argument("--log-every", type=int, help="steps between train log lines [preset]")
+    g.add_argument("--eval-every", type=int, help="steps between evaluations, 0 = off [preset]")
+    g.add_argument("--eval-images", type=int, help="held-out images per evaluation [preset]")
+    g.add_argument("--ckpt-every", type=int, help="steps between checkpoints [preset]")
+    g.add_argument("--keep-every", type=int, default=0, help="also keep step_N.pt every N steps (0 = off)")
+    g.add_argument("--eval-only", action="store_true", help="evaluate the run's checkpoint and exit")
+    g.add_argument("--tensorboard", action="store_true", help="also log to DIR/tb (needs tensorboard)")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    g.add_argument("--no-resume", action="store_true", help="ignore DIR/checkpoints/last.pt, start over")
+    g.add_argument("--stop-after", type=int, help="(testing) stop like SIGTERM after this step")
+    g.add_argument("--inject-nan-steps", default="", help="(testing) comma list of steps with NaN loss")
+    del a
+    return p
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill preset defaults, derive paths, validate; raises :class:`UserError` on bad input."""
+    args.embedded = args.data is None
+    if args.embedded and args.preset != "tiny":
+        raise UserError(f"--preset {args.preset} needs --data PATH (the embedded photos are for 'tiny')")
+    for k, v in DEFAULTS[(args.preset, args.stage)].items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    if args.epochs is not None and args.max_steps is None:
+        args.max_steps = None  # computed from the dataset length later
+    elif args.max_steps is None:
+        args.max_steps = DEFAULTS[(args.preset, args.stage)].get("max_steps")
+    if args.no_lpips:
+        args.lpips_weight = 0.0
+    if args.num_workers is None:
+        import os
+
+        args.num_workers = 0 if args.embedded else min(8, os.cpu_count() or 1)
+    if args.out is None:
+        args.out = f"runs/ae-{args.preset}{'-embedded' if args.embedded else ''}-s{args.stage}"
+    for name in ("batch_size", "grad_accum"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.batch_size % args.grad_accum:
+        raise UserError(f"--batch-size {args.batch_size} not divisible by --grad-accum {args.grad_accum}")
+    if args.max_steps is not None and args.max_steps < 0:
+        raise UserError("--max-steps must be >= 0")
+    if args.data is not None:
+        root = Path(args.data)
+        if not root.is_dir():
+            raise UserError(f"data folder not found: {root} (expected an ImageNet-style folder with "
+                            f"train/ and val/ class sub-folders)")
+        for split in ("train", "val"):
+            if not (root / split).is_dir():
+                raise UserError(f"{root} has no {split}/ sub-folder (expected {root}/{split}/<class>/<image>)")
+    for name in ("encoder_weights", "init_from", "disc_weights", "lpips_weights", "inception_weights"):
+        path = getattr(args, name)
+        if path is not None and not Path(path).exists():
+            raise UserError(f"--{name.replace('_', '-')} file not found: {path}")
+    if args.stage == 2 and args.init_from is None and not args.eval_only:
+        print("note: stage 2 without --init-from starts from untrained stem/decoder weights")
+    args.inject_nan_steps = {int(s) for s in str(args.inject_nan_steps).split(",") if s.strip()}
+    return args

@@ -1,0 +1,134 @@
+"""Checkpoints that lose nothing, and stop signals that write one before exiting.
+
+* :func:`save_atomic` writes ``torch.save`` output to a temporary file in the target folder, fsyncs it and
+  ``os.replace``-s it over the destination, so a checkpoint on disk is always complete (a kill during the
+  write leaves the previous one intact).
+* :func:`capture_rng` / :func:`restore_rng` cover Python, NumPy, torch CPU and CUDA generators.
+* :class:`StopSignals` turns SIGTERM / SIGINT into a flag the training loop polls at step boundaries;
+  a second SIGINT raises ``KeyboardInterrupt`` at once.
+
+Usage::
+
+    ckpt = CheckpointDir(out / "checkpoints")
+    state = ckpt.load_latest()            # None on a fresh run
+    ...
+    ckpt.save({"model": ..., "optimizer": ..., "step": step, "rng": capture_rng(), ...})
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LAST = "last.pt"
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)`` atomically (temp file in the same folder + fsync + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint written by :func:`save_atomic` (full pickle: our own files only)."""
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def capture_rng() -> dict:
+    """State of every global random generator this process uses."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    """Inverse of :func:`capture_rng`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+class CheckpointDir:
+    """A folder of checkpoints: ``last.pt`` (always the newest) plus optional ``step_XXXXXXX.pt`` copies."""
+
+    def __init__(self, folder: str | os.PathLike, *, keep_every: int = 0):
+        self.folder = Path(folder)
+        self.keep_every = keep_every
+
+    @property
+    def last(self) -> Path:
+        return self.folder / LAST
+
+    def exists(self) -> bool:
+        return self.last.is_file()
+
+    def save(self, state: dict, step: int | None = None) -> Path:
+        path = save_atomic(state, self.last)
+        if step is not None and self.keep_every and step % self.keep_every == 0:
+            save_atomic(state, self.folder / f"step_{step:07d}.pt")
+        return path
+
+    def load_latest(self, map_location: str | torch.device = "cpu") -> dict | None:
+        return load(self.last, map_location) if self.exists() else None
+
+
+class StopSignals:
+    """Context manager: SIGTERM / SIGINT set ``requested`` instead of killing the process.
+
+    The loop checks ``requested`` (or ``signum``) after each step, writes a checkpoint and returns. A second
+    SIGINT while a stop is pending raises ``KeyboardInterrupt`` (the user insists). Handlers are only
+    installed in the main thread; the previous handlers are restored on exit.
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
+        self.signals = signals
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def request(self, signum: int = signal.SIGTERM) -> None:
+        """Ask for a stop programmatically (same path as a signal)."""
+        self.signum = signum
+
+    def _handler(self, signum, frame):  # noqa: ARG002
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> "StopSignals":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old.clear()

@@ -1,0 +1,301 @@
+"""Datasets and samplers shared by the training scripts (autoencoder and DiT).
+
+Design: every random choice of the input pipeline (crop position, flip, shuffling) is a pure function of
+``(seed, epoch, index)``. Datasets are indexed by ``(epoch, index)`` keys produced by
+:class:`ResumableBatchSampler`, so a run that is stopped and resumed sees exactly the same batches as an
+uninterrupted one, whatever the number of loader workers or processes.
+
+Samples are dicts ``{"image": [3, S, S] float in [-1, 1], "label": int, "bad": [paths]}``; ``bad`` lists
+files that could not be decoded and were replaced by the next readable file (never fatal).
+:func:`collate` stacks them and concatenates ``bad``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
+
+#: Photos bundled with scikit-image / scikit-learn. Eval photos are never used for training.
+EMBEDDED_TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "hubble_deep_field", "retina",
+                         "immunohistochemistry", "stereo_motorcycle", "china")
+EMBEDDED_EVAL_PHOTOS = ("chelsea", "flower")
+
+
+class DataError(ValueError):
+    """A dataset path or layout problem the user must fix (reported as one line)."""
+
+
+def mix_seed(*parts: int) -> int:
+    """Deterministic 63-bit seed from integers (stable across processes, unlike ``hash``)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def _split_key(key) -> tuple[int, int]:
+    if isinstance(key, (tuple, list)):
+        return int(key[0]), int(key[1])
+    return 0, int(key)
+
+
+def to_model_range(img_u8: np.ndarray) -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` → float ``[3, H, W]`` in [-1, 1]."""
+    t = torch.from_numpy(np.array(img_u8, dtype=np.uint8, copy=True)).permute(2, 0, 1).float()
+    return t / 127.5 - 1.0
+
+
+def _as_rgb_u8(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    return arr
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to uint8 RGB ``[H, W, 3]``; raises on unreadable / corrupt files."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()  # forces full decode: truncated files fail here, not later
+        return np.asarray(im.convert("RGB"))
+
+
+def resize_short_side(img: np.ndarray, size: int) -> np.ndarray:
+    """ADM-style resize: box-downsample by 2 while large, then bicubic so the short side is ``size``."""
+    from PIL import Image
+
+    im = Image.fromarray(img)
+    while min(im.size) >= 2 * size:
+        im = im.resize(tuple(x // 2 for x in im.size), resample=Image.BOX)
+    scale = size / min(im.size)
+    im = im.resize(tuple(max(size, round(x * scale)) for x in im.size), resample=Image.BICUBIC)
+    return np.asarray(im)
+
+
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize short side to ``size`` and take the central ``size × size`` crop (ImageNet-val style)."""
+    img = resize_short_side(img, size)
+    h, w = img.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return img[top:top + size, left:left + size]
+
+
+def random_crop_flip(img: np.ndarray, size: int, rng: random.Random) -> np.ndarray:
+    """Resize short side to ``size``, random ``size × size`` crop, random horizontal flip."""
+    img = resize_short_side(img, size)
+    h, w = img.shape[:2]
+    top, left = rng.randint(0, h - size), rng.randint(0, w - size)
+    img = img[top:top + size, left:left + size]
+    return img[:, ::-1] if rng.random() < 0.5 else img
+
+
+class ImageFolderDataset(Dataset):
+    """``root/<class>/<image>`` folder (ImageNet layout), corrupt files skipped and reported.
+
+    Args:
+        root: folder with one sub-folder per class.
+        image_size: output side S.
+        train: random crop + flip (seeded by ``(seed, epoch, index)``) if True, else centre crop.
+        seed: base seed of the augmentation.
+        max_retries: how many following files to try when a file cannot be decoded.
+    """
+
+    def __init__(self, root: str | os.PathLike, image_size: int, *, train: bool, seed: int = 0,
+                 max_retries: int = 16):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"dataset folder not found: {self.root}")
+        self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir())
+        self.samples: list[tuple[str, int]] = []
+        for label, cls in enumerate(self.classes):
+            for dirpath, _, files in sorted(os.walk(self.root / cls)):
+                for f in sorted(files):
+                    if f.lower().endswith(IMAGE_EXTENSIONS):
+                        self.samples.append((os.path.join(dirpath, f), label))
+        if not self.samples:
+            raise DataError(f"no images found under {self.root} (expected {self.root}/<class>/<image>)")
+        self.image_size, self.train, self.seed, self.max_retries = image_size, train, seed, max_retries
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key) -> dict:
+        epoch, idx = _split_key(key)
+        bad: list[str] = []
+        for attempt in range(self.max_retries + 1):
+            path, label = self.samples[(idx + attempt) % len(self.samples)]
+            try:
+                img = load_rgb(path)
+                break
+            except Exception:  # noqa: BLE001 - any decode failure is a skipped file
+                bad.append(path)
+        else:
+            raise RuntimeError(f"{self.max_retries + 1} unreadable files in a row near {path}")
+        if self.train:
+            img = random_crop_flip(img, self.image_size, random.Random(mix_seed(self.seed, epoch, idx)))
+        else:
+            img = center_crop(img, self.image_size)
+        return {"image": to_model_range(img), "label": label, "bad": bad}
+
+
+@functools.lru_cache(maxsize=None)
+def _embedded_tensor(name: str, work_side: int) -> torch.Tensor:
+    return to_model_range(resize_short_side(load_embedded_photo(name), work_side))
+
+
+def load_embedded_photo(name: str) -> np.ndarray:
+    """One of the photos bundled with scikit-image / scikit-learn as uint8 RGB."""
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+
+        return _as_rgb_u8(load_sample_image(f"{name}.jpg"))
+    from skimage import data as skdata
+
+    arr = getattr(skdata, name)()
+    if isinstance(arr, tuple):  # stereo_motorcycle -> (left, right, disparity)
+        arr = arr[0]
+    return _as_rgb_u8(arr)
+
+
+class EmbeddedPhotos(Dataset):
+    """Random (train) or fixed (eval) crops of the photos bundled with scikit-image and scikit-learn.
+
+    Each crop takes a square of side ``U(scale) × short side`` of one photo (photo chosen round-robin),
+    resized to ``image_size`` with antialiasing, flipped at random in training. Crop ``i`` of epoch ``e``
+    is a pure function of ``(seed, e, i)``; eval crops ignore the epoch.
+
+    Args:
+        split: ``"train"`` (photos :data:`EMBEDDED_TRAIN_PHOTOS`) or ``"eval"`` (held-out
+            :data:`EMBEDDED_EVAL_PHOTOS`).
+        length: number of crops per epoch.
+        work_side: photos are first resized to this short side (speed).
+    """
+
+    def __init__(self, split: str, image_size: int, *, length: int, seed: int = 0,
+                 scale: tuple[float, float] = (0.2, 0.6), work_side: int = 256,
+                 photos: Sequence[str] | None = None):
+        names = photos or (EMBEDDED_TRAIN_PHOTOS if split == "train" else EMBEDDED_EVAL_PHOTOS)
+        self.names = list(names)
+        self.photos = [_embedded_tensor(n, work_side) for n in self.names]
+        self.split, self.image_size, self.length = split, image_size, length
+        self.seed, self.scale = seed, scale
+        self.classes = self.names
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key) -> dict:
+        epoch, idx = _split_key(key)
+        train = self.split == "train"
+        rng = random.Random(mix_seed(self.seed, epoch if train else -1, idx, 1 if train else 2))
+        label = idx % len(self.photos)
+        photo = self.photos[label]
+        _, h, w = photo.shape
+        side = max(self.image_size // 2, int(rng.uniform(*self.scale) * min(h, w)))
+        top, left = rng.randint(0, h - side), rng.randint(0, w - side)
+        crop = photo[:, top:top + side, left:left + side].unsqueeze(0)
+        crop = F.interpolate(crop, size=(self.image_size,) * 2, mode="bilinear", antialias=True,
+                             align_corners=False)[0].clamp(-1, 1)
+        if train and rng.random() < 0.5:
+            crop = crop.flip(-1)
+        return {"image": crop.contiguous(), "label": label, "bad": []}
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack images/labels, concatenate the lists of skipped files."""
+    return {"image": torch.stack([s["image"] for s in samples]),
+            "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+            "bad": [p for s in samples for p in s["bad"]]}
+
+
+@dataclass
+class DataPosition:
+    """How far a training run has read: ``chunk`` global micro-batches since the start."""
+
+    chunk: int = 0
+
+
+class ResumableBatchSampler(Sampler):
+    """Infinite, resumable, world-size-independent batch sampler of ``(epoch, index)`` keys.
+
+    Each epoch is a permutation of ``range(n)`` seeded by ``(seed, epoch)``, cut into *global chunks* of
+    ``chunk_size`` samples (one global micro-batch; a global batch is ``grad_accum`` chunks). Rank ``r`` of
+    ``world`` reads the ``r``-th contiguous slice of every chunk, so the union over ranks of a step's
+    samples - hence the averaged gradient - does not depend on the number of processes. The incomplete
+    tail of an epoch (``n mod global_batch``) is dropped.
+
+    Args:
+        n: dataset length.
+        chunk_size: global micro-batch size (divisible by ``world``).
+        chunks_per_step: gradient-accumulation steps; epochs end on optimizer-step boundaries.
+        start_chunk: data position to resume from (number of chunks already read).
+    """
+
+    def __init__(self, n: int, chunk_size: int, *, rank: int = 0, world: int = 1, seed: int = 0,
+                 shuffle: bool = True, chunks_per_step: int = 1, start_chunk: int = 0):
+        if chunk_size % world:
+            raise ValueError(f"micro-batch {chunk_size} not divisible by world size {world}")
+        self.steps_per_epoch = n // (chunk_size * chunks_per_step)
+        if self.steps_per_epoch < 1:
+            raise DataError(f"dataset of {n} images is smaller than one global batch "
+                            f"({chunk_size * chunks_per_step})")
+        self.n, self.chunk_size, self.rank, self.world = n, chunk_size, rank, world
+        self.seed, self.shuffle, self.chunks_per_step = seed, shuffle, chunks_per_step
+        self.start_chunk = start_chunk
+
+    @property
+    def chunks_per_epoch(self) -> int:
+        return self.steps_per_epoch * self.chunks_per_step
+
+    def epoch_of_chunk(self, chunk: int) -> float:
+        """Fractional epoch at a data position."""
+        return chunk / self.chunks_per_epoch
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        chunk = self.start_chunk
+        local = self.chunk_size // self.world
+        while True:
+            epoch, pos = divmod(chunk, self.chunks_per_epoch)
+            perm = self._perm(epoch)
+            while pos < self.chunks_per_epoch:
+                lo = pos * self.chunk_size + self.rank * local
+                yield [(epoch, int(i)) for i in perm[lo:lo + local]]
+                pos += 1
+                chunk += 1
+
+
+class ShardedEvalSampler(Sampler):
+    """Deterministic batches over ``range(n)`` for rank ``r`` of ``world`` (indices ``r::world``)."""
+
+    def __init__(self, n: int, batch_size: int, *, rank: int = 0, world: int = 1):
+        self.idx = list(range(rank, n, world))
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.idx) / self.batch_size)
+
+    def __iter__(self):
+        for i in range(0, len(self.idx), self.batch_size):
+            yield self.idx[i:i + self.batch_size]

@@ -1,0 +1,222 @@
+"""Evaluate a trained autoencoder: PSNR, SSIM, LPIPS and rFID (or FD_dino) on centre-cropped images.
+
+    python experiments/eval_ae.py --ckpt runs/ae-paper-s1 --data /imagenet --inception-weights \
+        pt_inception-2015-12-05-6726825d.pth --out runs/ae-paper-s1/eval.json
+    python experiments/eval_ae.py --ckpt runs/ae-tiny-embedded-s1       # embedded held-out crops
+
+Protocol (PAPER.md "Evaluation protocol"): ImageNet val, short side resized to S then centre-cropped to
+S×S, reconstructed with the EMA weights; PSNR (mean of per-image PSNR on [0, 1]) and SSIM (torchmetrics,
+Gaussian 11/1.5) per image; LPIPS(VGG) when its weights are available; rFID through torchmetrics'
+``FrechetInceptionDistance`` (2048-d pool3) against the same centre-cropped originals, when the
+torch-fidelity Inception weights are in the torch hub cache or given by ``--inception-weights``.
+Without them the Fréchet distance is computed on the DINO teacher's mean-pooled patch tokens and reported
+as ``fd_dino`` (never called FID). All statistics are float64 sums: results do not depend on the batch
+size or the number of processes.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from experiments import checkpoint, distributed as D  # noqa: E402
+from experiments.metrics import (FrechetStats, fd_from_stats, find_inception_weights, make_fid,  # noqa: E402
+                                 psnr_per_image, save_grid, ssim_per_image, to_unit)
+from experiments.trainer import OneLineParser, UserError, autocast, run_cli  # noqa: E402
+
+
+@torch.no_grad()
+def dino_features(ae, images: torch.Tensor) -> torch.Tensor:
+    """FD_dino features: the frozen teacher's patch tokens, mean-pooled, fp32. ``[B, C]``."""
+    return ae.teacher_tokens(images).float().mean(1)
+
+
+@torch.no_grad()
+def evaluate(ae, loader, device: torch.device, *, precision: str = "fp32", lpips=None, fd: str = "auto",
+             inception_weights: str | None = None, grid_path: str | Path | None = None) -> dict:
+    """Reconstruction metrics of ``ae`` over ``loader`` (batches of ``{"image": [B,3,H,W] in [-1,1]}``).
+
+    Args:
+        fd: ``"auto"`` (rFID if Inception weights are found, else ``fd_dino``), ``"fid"``, ``"dino"``
+            or ``"off"``.
+        grid_path: write originals (top row) over reconstructions of the first batch to this PNG.
+
+    Returns:
+        ``{"psnr", "ssim", "n_images"[, "lpips"][, "rfid" | "fd_dino", "fd_features"]}``; identical on
+        every process (sums are all-reduced).
+    """
+    was_training = ae.training
+    ae.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # psnr, ssim, lpips, n
+    fid = real = fake = None
+    if fd in ("auto", "fid"):
+        w = find_inception_weights(inception_weights)
+        if w is None and fd == "fid":
+            raise UserError("rFID needs torch-fidelity's Inception weights: pass --inception-weights PATH")
+        if w is not None:
+            fid = make_fid(w, device)
+    if fid is None and fd != "off":
+        real, fake = FrechetStats(ae.latent_dim, device), FrechetStats(ae.latent_dim, device)
+    for i, batch in enumerate(loader):
+        x = batch["image"].to(device)
+        with autocast(device, precision):
+            z = ae.encode(x)
+            recon = ae.decode(z.float())
+        recon = recon.float().clamp(-1, 1)
+        part = [psnr_per_image(recon, x).double().sum(), ssim_per_image(recon, x).double().sum(),
+                lpips(recon, x).double().sum() if lpips is not None else torch.zeros((), dtype=torch.float64,
+                                                                                      device=device)]
+        sums += torch.stack(part + [torch.tensor(float(x.shape[0]), dtype=torch.float64, device=device)])
+        if fid is not None:
+            fid.update(to_unit(x), real=True)
+            fid.update(to_unit(recon), real=False)
+        elif real is not None:
+            real.update(dino_features(ae, x))
+            fake.update(dino_features(ae, recon))
+        if i == 0 and grid_path is not None and _rank() == 0:
+            save_grid([x, recon], grid_path)
+    D.all_reduce_sum(sums)
+    n = max(sums[3].item(), 1.0)
+    res = {"psnr": sums[0].item() / n, "ssim": sums[1].item() / n, "n_images": int(sums[3].item())}
+    if lpips is not None:
+        res["lpips"] = sums[2].item() / n
+    if fid is not None:
+        res["rfid"] = float(fid.compute())
+        res["fd_features"] = "inception_pool3_2048"
+    elif real is not None:
+        real.all_reduce()
+        fake.all_reduce()
+        res["fd_dino"] = fd_from_stats(real, fake)
+        res["fd_features"] = f"dino_teacher_meanpool_{ae.latent_dim}"
+    ae.train(was_training)
+    return res
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def load_autoencoder(ckpt: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu"):
+    """Rebuild an autoencoder from an ``in1k_ae.py`` checkpoint (file or run folder).
+
+    The checkpoint holds the full model (DINO trunk included), so no encoder weights are needed.
+    Returns ``(ae, state)``; ``ae`` is in eval mode with the EMA weights when ``use_ema``.
+    """
+    from models import build_autoencoder
+
+    p = Path(ckpt)
+    if p.is_dir():
+        p = p / "checkpoints" / checkpoint.LAST
+    if not p.is_file():
+        raise UserError(f"checkpoint not found: {p}")
+    state = checkpoint.load(p)
+    a = state["args"]
+    ae = build_autoencoder(a["preset"], random_init=True, image_size=a["image_size"])
+    ae.load_state_dict(state["model"])
+    if use_ema and state.get("ema"):
+        params = dict(ae.named_parameters())
+        with torch.no_grad():
+            for n, t in state["ema"]["shadow"].items():
+                params[n].copy_(t)
+    return ae.to(device).eval(), state
+
+
+def _loader(data: str | None, split: str, image_size: int, n: int, batch_size: int, workers: int,
+            info, seed: int = 0):
+    from experiments.data import EmbeddedPhotos, ImageFolderDataset, ShardedEvalSampler, collate
+
+    if data is None:
+        ds = EmbeddedPhotos("eval", image_size, length=n or 32, seed=seed)
+    else:
+        ds = ImageFolderDataset(Path(data) / split, image_size, train=False)
+    n = min(len(ds), n) if n else len(ds)
+    sampler = ShardedEvalSampler(n, batch_size, rank=info.rank, world=info.world_size)
+    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate)
+
+
+def run_eval(ckpt, *, data, out_json, info, batch_size=50, num_images=0, num_workers=0,
+             inception_weights=None, lpips_weights=None, no_lpips=False, fd="auto", precision="fp32",
+             use_ema=True, split="val") -> dict:
+    from experiments.ae_steps import build_lpips
+
+    ae, state = load_autoencoder(ckpt, use_ema=use_ema, device=info.device)
+    a = state["args"]
+    data = data if data is not None else a.get("data")
+    seed = a.get("seed", 0)
+    loader = _loader(data, split, ae.image_size, num_images or (a.get("eval_images") if data is None else 0),
+                     batch_size, num_workers, info, seed)
+    lpips, note = build_lpips(lpips_weights, no_lpips, info.device)
+    res = evaluate(ae, loader, info.device, precision=precision, lpips=lpips, fd=fd,
+                   inception_weights=inception_weights,
+                   grid_path=Path(out_json).with_name("eval_recon.png") if out_json else None)
+    res.update(step=int(state["step"]), checkpoint=str(ckpt), data=data or "embedded", ema=use_ema,
+               lpips_status=note, image_size=ae.image_size)
+    if info.is_main and out_json:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(res, indent=2) + "\n")
+    return res
+
+
+def evaluate_run(args, info) -> dict:
+    """``in1k_ae.py --eval-only``: evaluate ``DIR/checkpoints/last.pt`` into ``DIR/eval.json``."""
+    res = run_eval(args.out, data=args.data, out_json=Path(args.out) / "eval.json", info=info,
+                   batch_size=min(50, args.batch_size), num_images=args.eval_images if args.embedded else 0,
+                   num_workers=args.num_workers, inception_weights=args.inception_weights,
+                   lpips_weights=args.lpips_weights, no_lpips=args.no_lpips, precision=args.precision)
+    if info.is_main:
+        print(json.dumps(res))
+    return res
+
+
+def _main(argv=None) -> int:
+    p = OneLineParser(prog="eval_ae.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", required=True, help="in1k_ae.py checkpoint file or run folder")
+    p.add_argument("--data", help="ImageNet-style folder (uses <data>/<split>); default: the run's data "
+                   "or the embedded held-out photos")
+    p.add_argument("--split", default="val", help="sub-folder of --data to evaluate")
+    p.add_argument("--out", help="result JSON (default: <run>/eval.json)")
+    p.add_argument("--batch-size", type=int, default=50, help="images per batch and process")
+    p.add_argument("--num-images", type=int, default=0, help="limit the number of images (0 = all)")
+    p.add_argument("--num-workers", type=int, default=4, help="data-loader workers")
+    p.add_argument("--inception-weights", help="torch-fidelity FID Inception weights (else torch cache)")
+    p.add_argument("--lpips-weights", help="local VGG16 weights for LPIPS")
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    p.add_argument("--fd", choices=("auto", "fid", "dino", "off"), default="auto",
+                   help="Fréchet distance: rFID if Inception weights exist (auto), else fd_dino")
+    p.add_argument("--raw", action="store_true", help="evaluate the raw (non-EMA) weights")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast precision")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    args = p.parse_args(argv)
+    info = D.setup(args.device)
+    try:
+        ck = Path(args.ckpt)
+        out = args.out or ((ck if ck.is_dir() else ck.parent.parent) / "eval.json")
+        res = run_eval(args.ckpt, data=args.data, out_json=out, info=info, batch_size=args.batch_size,
+                       num_images=args.num_images, num_workers=args.num_workers,
+                       inception_weights=args.inception_weights, lpips_weights=args.lpips_weights,
+                       no_lpips=args.no_lpips, fd=args.fd, precision=args.precision, use_ema=not args.raw,
+                       split=args.split)
+        if info.is_main:
+            print(json.dumps(res))
+    finally:
+        D.cleanup()
+    return 0
+
+
+def main(argv=None) -> int:
+    from experiments.data import DataError
+    from models.encoder import EncoderWeightsError
+
+    return run_cli(_main, argv, prog="eval_ae.py", one_line=(DataError, EncoderWeightsError,
+                                                             FileNotFoundError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

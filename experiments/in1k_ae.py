@@ -1,0 +1,355 @@
+"""Train the DINO Spherical Autoencoder (PAPER.md "Autoencoder training (v2)").
+
+    python experiments/in1k_ae.py                      # embedded photos, tiny preset, ~3 min on 2 CPUs
+    torchrun --nproc_per_node=8 experiments/in1k_ae.py --data /imagenet --preset paper \
+        --encoder-weights dinov3_vitl16.pth --precision bf16 --out runs/ae-paper-s1
+    python experiments/in1k_ae.py --data /imagenet --preset paper --stage 2 --init-from runs/ae-paper-s1 ...
+
+Outputs in ``--out DIR``: ``metrics.jsonl`` (one JSON object per event), ``recon.png`` (originals over
+reconstructions at each evaluation), ``checkpoints/last.pt`` (everything needed to resume exactly),
+``eval.json`` (``--eval-only``). Re-running the same command resumes from ``checkpoints/last.pt``.
+See ``--help`` for every option and its default.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python experiments/in1k_ae.py` from anywhere
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from experiments import ae_steps, checkpoint, distributed as D  # noqa: E402
+from experiments.ae_cli import build_parser, resolve  # noqa: E402
+from experiments.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
+                              collate, mix_seed)
+from experiments.ema import EMA  # noqa: E402
+from experiments.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
+from experiments.trainer import (NonFiniteError, NonFiniteGuard, UserError, autocast, build_adamw,  # noqa: E402
+                                 grads_finite_norm, lr_lambda, run_cli, seed_everything)
+
+EMBEDDED_TRAIN_LEN = 4096
+# Keys that must match between a checkpoint and the command resuming it.
+_RESUME_KEYS = ("preset", "stage", "batch_size", "grad_accum", "image_size", "seed", "data")
+
+
+def banner(args, info) -> None:
+    if not info.is_main:
+        return
+    if args.embedded:
+        print(f"in1k_ae: no --data, so training the TINY preset (random-init encoder) on random "
+              f"{args.image_size}px crops of 8 scikit-image/scikit-learn photos, evaluating on held-out "
+              f"chelsea+flower crops, {args.max_steps} steps, LPIPS "
+              f"{'on' if args.lpips_weight > 0 else 'off'} -> {args.out}. Real run: torchrun "
+              f"--nproc_per_node=8 experiments/in1k_ae.py --data /imagenet --preset paper "
+              f"--encoder-weights dinov3_vitl16.pth --precision bf16", flush=True)
+
+
+def build_model(args, resume_state):
+    from models import build_autoencoder
+    from models.autoencoder import AE_CONFIGS
+
+    random_by_design = AE_CONFIGS[args.preset].random_encoder
+    has_ckpt = resume_state is not None or args.init_from is not None
+    if not (args.encoder_weights or args.random_encoder or args.pretrained or random_by_design or has_ckpt):
+        raise UserError(f"preset {args.preset!r} needs DINO weights: pass --encoder-weights PATH (Meta or "
+                        f"timm .pth/.safetensors), --pretrained (online) or --random-encoder")
+    ae = build_autoencoder(args.preset, weights=args.encoder_weights, pretrained=args.pretrained,
+                           random_init=args.random_encoder or (has_ckpt and not args.encoder_weights),
+                           image_size=args.image_size)
+    args.image_size = ae.image_size
+    return ae
+
+
+def make_datasets(args):
+    if args.embedded:
+        train = EmbeddedPhotos("train", args.image_size, length=EMBEDDED_TRAIN_LEN, seed=args.seed)
+        val = EmbeddedPhotos("eval", args.image_size, length=args.eval_images, seed=args.seed)
+    else:
+        train = ImageFolderDataset(Path(args.data) / "train", args.image_size, train=True, seed=args.seed)
+        val = ImageFolderDataset(Path(args.data) / "val", args.image_size, train=False)
+    return train, val
+
+
+def load_init(ae, path: str) -> None:
+    """Stage 2 init: the stage-1 checkpoint's full model, then its EMA weights on top."""
+    p = Path(path)
+    state = checkpoint.load(p / "checkpoints" / checkpoint.LAST if p.is_dir() else p)
+    ae.load_state_dict(state["model"])
+    params = dict(ae.named_parameters())
+    with torch.no_grad():
+        for n, t in state.get("ema", {}).get("shadow", {}).items():
+            params[n].copy_(t)
+
+
+def _main(argv=None) -> int:
+    args = resolve(build_parser().parse_args(argv))
+    info = D.setup(args.device)
+    try:
+        if args.eval_only:
+            from experiments.eval_ae import evaluate_run
+
+            evaluate_run(args, info)
+            return 0
+        return train(args, info)
+    finally:
+        D.cleanup()
+
+
+def train(args, info) -> int:
+    out = Path(args.out)
+    ckpts = checkpoint.CheckpointDir(out / "checkpoints", keep_every=args.keep_every)
+    resume = None if args.no_resume else ckpts.load_latest()
+    if resume is not None:
+        old = resume["args"]
+        diff = [k for k in _RESUME_KEYS if k != "image_size" and old.get(k) != getattr(args, k)]
+        if diff:
+            raise UserError(f"{ckpts.last} was written with different {', '.join('--' + k for k in diff)}; "
+                            f"use the same arguments, another --out, or --no-resume")
+    seed_everything(args.seed)
+    ae = build_model(args, resume)
+    dev, world = info.device, info.world_size
+    if args.batch_size % (args.grad_accum * world):
+        raise UserError(f"--batch-size {args.batch_size} must divide by grad-accum x processes "
+                        f"({args.grad_accum} x {world})")
+    if args.init_from and resume is None:
+        load_init(ae, args.init_from)
+    train_ds, val_ds = make_datasets(args)
+    micro = args.batch_size // args.grad_accum
+    probe = ResumableBatchSampler(len(train_ds), micro, world=world, chunks_per_step=args.grad_accum)
+    if args.max_steps is None:
+        args.max_steps = max(1, round(args.epochs * probe.steps_per_epoch))
+    banner(args, info)
+    params = ae.set_stage(args.stage)
+    ae.to(dev)
+    lpips, lpips_note = ae_steps.build_lpips(args.lpips_weights, args.lpips_weight <= 0, dev)
+    if info.is_main and args.lpips_weight > 0 and lpips is None:
+        print(f"in1k_ae: LPIPS off: {lpips_note}", flush=True)
+    weights = {"cos": args.cos_weight, "l1": args.l1_weight, "lpips": args.lpips_weight if lpips else 0.0,
+               "gan": args.gan_weight}
+    net = ae_steps.Stage1Net(ae) if args.stage == 1 else ae_steps.Stage2Net(ae)
+    ema = EMA(ae, args.ema_decay, warmup=args.ema_warmup)
+    opt = build_adamw(params, args.lr, (args.beta1, args.beta2), args.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(args.lr_schedule, args.warmup_steps, args.max_steps))
+    disc = d_opt = None
+    if args.stage == 2:
+        disc = ae_steps.build_discriminator(args.disc_weights, args.random_encoder, dev,
+                                            tiny=args.preset == "tiny")
+        d_opt = build_adamw([p for p in disc.parameters() if p.requires_grad], args.lr,
+                            (args.beta1, args.beta2), args.weight_decay)
+    guard = NonFiniteGuard(args.max_nonfinite)
+    bad_files: set[str] = set()
+    step = 0
+    logger = MetricsLogger(out, enabled=info.is_main, tensorboard=args.tensorboard)
+    if resume is not None:
+        step = _restore(resume, ae, ema, opt, sched, disc, d_opt, guard, bad_files, info)
+        if info.is_main:
+            truncate_after(logger.path, step)
+            print(f"in1k_ae: resuming from {ckpts.last} at step {step}", flush=True)
+    else:
+        logger.log("start", 0, **{k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},
+                   world_size=world, lpips=lpips_note)
+    net_d = D.wrap_ddp(net, info)
+    disc_d = D.wrap_ddp(disc, info) if disc is not None else None
+    if args.compile:
+        net_d = torch.compile(net_d)
+    sampler = ResumableBatchSampler(len(train_ds), micro, rank=info.rank, world=world, seed=args.seed,
+                                    chunks_per_step=args.grad_accum, start_chunk=step * args.grad_accum)
+    loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=args.num_workers,
+                                         collate_fn=collate, pin_memory=dev.type == "cuda")
+    val_loader = _eval_loader(val_ds, args, info)
+    ctx = dict(args=args, info=info, ae=ae, ema=ema, logger=logger, val_loader=val_loader, out=out,
+               lpips=lpips)
+
+    def save(step_: int) -> None:
+        rng = D.all_gather_object(checkpoint.capture_rng())
+        if info.is_main:
+            ckpts.save({"step": step_, "data_chunk": step_ * args.grad_accum, "model": ae.state_dict(),
+                        "ema": ema.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "disc": disc.state_dict() if disc is not None else None,
+                        "disc_optimizer": d_opt.state_dict() if d_opt is not None else None,
+                        "guard": guard.state_dict(), "bad_files": sorted(bad_files), "rng": rng,
+                        "args": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},
+                        "world_size": world}, step_)
+        D.barrier()
+
+    if step == 0 and args.eval_every > 0:
+        _evaluate(ctx, 0)
+    progress = Progress(args.max_steps, step, enabled=info.is_main and not args.no_progress)
+    meter, it, t_start = Throughput(), iter(loader), time.time()
+    sums: dict[str, float] = {}
+    n_sum = 0
+    code = 0
+    with checkpoint.StopSignals() as stop:
+        try:
+            while step < args.max_steps:
+                epoch = sampler.epoch_of_chunk(step * args.grad_accum)
+                parts, finite, gnorm = _train_step(ctx, net_d, disc_d, disc, opt, d_opt, it, step, epoch,
+                                                   weights, params, bad_files, meter)
+                if finite:
+                    guard.check(True, step)
+                    ema.update(ae)
+                    for k, v in parts.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    n_sum += 1
+                else:
+                    logger.log("nonfinite", step + 1, consecutive=guard.consecutive + 1, **parts)
+                    guard.check(False, step + 1)  # raises NonFiniteError after --max-nonfinite in a row
+                sched.step()
+                step += 1
+                progress.update(1, loss=parts.get("loss", float("nan")), img_s=meter.rate(reset=False))
+                if step % args.log_every == 0 or step == args.max_steps:
+                    nbad = len(set().union(*D.all_gather_object(bad_files)))
+                    logger.log("train", step, **{k: v / max(n_sum, 1) for k, v in sums.items()},
+                                     lr=sched.get_last_lr()[0], grad_norm=gnorm, img_per_s=meter.rate(),
+                                     epoch=round(epoch, 4), skipped_files=nbad,
+                                     nonfinite_total=guard.total)
+                    sums, n_sum = {}, 0
+                    if nbad and info.is_main:
+                        progress.write(f"in1k_ae: {nbad} unreadable image files skipped so far")
+                if args.eval_every > 0 and (step % args.eval_every == 0 or step == args.max_steps):
+                    _evaluate(ctx, step)
+                stopping = D.any_true(stop.requested or step == args.stop_after, dev)
+                if step % args.ckpt_every == 0 or step == args.max_steps or stopping:
+                    save(step)
+                if stopping:
+                    sig = stop.signum or signal.SIGTERM
+                    logger.log("stopped", step, signal=signal.Signals(sig).name)
+                    if info.is_main:
+                        progress.write(f"in1k_ae: stopped ({signal.Signals(sig).name}) at step {step}; "
+                                       f"checkpoint {ckpts.last}; re-run the same command to continue")
+                    code = 0 if stop.signum is None else 128 + sig
+                    break
+        except NonFiniteError as e:
+            msg = (f"in1k_ae: stopping: {e}; the last good checkpoint is {ckpts.last}"
+                   if ckpts.exists() else f"in1k_ae: stopping: {e}; no checkpoint written yet")
+            logger.log("abort", step, reason=str(e))
+            progress.close()
+            print(msg, file=sys.stderr, flush=True)
+            return 3
+    progress.close()
+    if info.is_main and code == 0:
+        print(f"in1k_ae: done at step {step} in {time.time() - t_start:.1f}s -> {out}", flush=True)
+    logger.close()
+    return code
+
+
+def _train_step(ctx, net, disc_d, disc, opt, d_opt, it, step, epoch, w, params, bad_files, meter):
+    """One optimizer step over ``grad_accum`` micro-batches. Returns (loss parts, finite, grad norm)."""
+    args, info = ctx["args"], ctx["info"]
+    dev, accum = info.device, args.grad_accum
+    adversarial = args.stage == 2 and epoch >= args.disc_warmup_epochs
+    train_g = args.stage == 1 or adversarial
+    opt.zero_grad(set_to_none=True)
+    if d_opt is not None:
+        d_opt.zero_grad(set_to_none=True)
+    totals: dict[str, float] = {}
+    for m in range(accum):
+        batch = next(it)
+        bad_files.update(batch["bad"])
+        x = batch["image"].to(dev, non_blocking=True)
+        meter.add(x.shape[0] * info.world_size)
+        sync = m == accum - 1
+        with (net.no_sync() if (not sync and hasattr(net, "no_sync")) else _null()):
+            with autocast(dev, args.precision):
+                if args.stage == 1:
+                    recon, z, zt = net(x)
+                    loss, parts = ae_steps.stage1_losses(x, recon, z, zt, ctx["lpips"], w)
+                else:
+                    gen = torch.Generator(dev).manual_seed(mix_seed(args.seed, step, m, info.rank))
+                    with torch.set_grad_enabled(train_g):
+                        recon = net(x, _tau(args, epoch), gen)
+                    loss, parts = ae_steps.stage2_g_losses(x, recon, ctx["lpips"], disc, w, adversarial)
+            if step + 1 in args.inject_nan_steps:  # 1-based, as logged
+                loss = loss * float("nan")
+            if train_g:
+                (loss / accum).backward()
+        if disc_d is not None:
+            with (disc_d.no_sync() if (not sync and hasattr(disc_d, "no_sync")) else _null()):
+                with autocast(dev, args.precision):
+                    d_loss, d_parts = ae_steps.stage2_d_loss(x, recon.detach(), disc_d)
+                (d_loss / accum).backward()
+            parts.update(d_parts)
+        parts["loss"] = loss
+        for k, v in parts.items():
+            totals[k] = totals.get(k, 0.0) + float(v.detach()) / accum
+    vals = torch.tensor(list(totals.values()), device=dev, dtype=torch.float64)
+    D.all_reduce_mean(vals)
+    parts = dict(zip(totals, vals.tolist()))
+    gnorm = grads_finite_norm(params, args.grad_clip) if train_g else torch.tensor(0.0)
+    finite = bool(torch.isfinite(vals).all()) and bool(torch.isfinite(gnorm))
+    if disc is not None:
+        dn = grads_finite_norm([p for p in disc.parameters() if p.requires_grad], args.grad_clip)
+        finite = finite and bool(torch.isfinite(dn))
+    if finite:
+        if train_g:
+            opt.step()
+        if d_opt is not None:
+            d_opt.step()
+    return parts, finite, float(gnorm)
+
+
+def _tau(args, epoch: float) -> float:
+    from models import smoothing_tau
+
+    return smoothing_tau(epoch, start=args.tau_start, end=args.tau_end, ramp_epochs=args.tau_ramp_epochs)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _eval_loader(val_ds, args, info):
+    from experiments.data import ShardedEvalSampler
+
+    n = min(len(val_ds), args.eval_images)
+    sampler = ShardedEvalSampler(n, max(1, min(64, args.batch_size)), rank=info.rank, world=info.world_size)
+    return torch.utils.data.DataLoader(val_ds, batch_sampler=sampler, num_workers=args.num_workers,
+                                       collate_fn=collate)
+
+
+def _evaluate(ctx, step: int) -> dict:
+    from experiments.eval_ae import evaluate
+
+    ae, ema, args = ctx["ae"], ctx["ema"], ctx["args"]
+    with ema.applied(ae):
+        res = evaluate(ae, ctx["val_loader"], ctx["info"].device, precision=args.precision,
+                       lpips=ctx["lpips"], fd="off", grid_path=ctx["out"] / "recon.png")
+    ae.train()
+    return ctx["logger"].log("eval", step, **res)
+
+
+def _restore(state, ae, ema, opt, sched, disc, d_opt, guard, bad_files, info) -> int:
+    ae.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if disc is not None and state.get("disc") is not None:
+        disc.load_state_dict(state["disc"])
+        d_opt.load_state_dict(state["disc_optimizer"])
+    guard.load_state_dict(state["guard"])
+    bad_files.update(state.get("bad_files", []))
+    rng = state["rng"]
+    checkpoint.restore_rng(rng[info.rank] if len(rng) == info.world_size else rng[0])
+    return int(state["step"])
+
+
+def main(argv=None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 user error, 3 non-finite stop, 128+sig on signal)."""
+    from models.encoder import EncoderWeightsError
+
+    return run_cli(_main, argv, prog="in1k_ae.py", one_line=(DataError, EncoderWeightsError))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", str(min(8, os.cpu_count() or 1)))
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Generic training-loop pieces shared by the training scripts.
+
+* :class:`UserError`, :class:`OneLineParser`, :func:`run_cli`: bad arguments / missing files / missing
+  weights end the program with ONE line on stderr and a non-zero exit code, never a traceback.
+* :class:`NonFiniteGuard`: skip steps whose loss or gradient is not finite; stop after ``k`` in a row.
+* :func:`lr_lambda`, :func:`build_adamw`, :func:`autocast`, :func:`seed_everything`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import random
+import sys
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+
+class UserError(Exception):
+    """Something the user must fix (path, argument, weights); printed as one line."""
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive non-finite steps."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (``prog: error: ...``) and whose help shows defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None,
+            prog: str = "", one_line: tuple[type[BaseException], ...] = ()) -> int:
+    """Call ``main(argv)``; turn :class:`UserError` (and the ``one_line`` exception types) into one line."""
+    try:
+        return int(main(argv) or 0)
+    except (UserError, *one_line) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float = 0.0) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at optimizer step ``s`` (for ``LambdaLR``).
+
+    ``constant``: linear warm-up over ``warmup`` steps then 1. ``cosine``: warm-up then
+    ``min_ratio + (1 − min_ratio)·½(1 + cos(π·p))``, ``p`` the fraction of post-warm-up steps done.
+    """
+    if schedule not in ("constant", "cosine"):
+        raise UserError(f"unknown lr schedule {schedule!r}")
+
+    def f(s: int) -> float:
+        if warmup > 0 and s < warmup:
+            return (s + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        p = min(1.0, (s - warmup) / max(1, total - warmup))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+    return f
+
+
+def build_adamw(params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float],
+                weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices/kernels only (not on biases and norm gains)."""
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast context (no-op for fp32). Keep sphere arithmetic outside or in explicit fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise UserError(f"unknown precision {precision!r}")
+
+
+class NonFiniteGuard:
+    """Counts consecutive non-finite steps.
+
+    ``ok = guard.check(finite)`` returns whether the step may be applied; after ``max_consecutive``
+    non-finite steps in a row it raises :class:`NonFiniteError`. A finite step resets the count.
+    """
+
+    def __init__(self, max_consecutive: int = 5):
+        self.max_consecutive = max_consecutive
+        self.consecutive = 0
+        self.total = 0
+
+    def check(self, finite: bool, step: int | None = None) -> bool:
+        if finite:
+            self.consecutive = 0
+            return True
+        self.consecutive += 1
+        self.total += 1
+        if self.max_consecutive > 0 and self.consecutive >= self.max_consecutive:
+            raise NonFiniteError(f"{self.consecutive} non-finite losses in a row (last at step {step})")
+        return False
+
+    def state_dict(self) -> dict:
+        return {"consecutive": self.consecutive, "total": self.total}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.consecutive, self.total = s["consecutive"], s["total"]
+
+
+def grads_finite_norm(params: Sequence[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip gradients to ``max_norm`` (``inf`` = no clipping) and return the pre-clip total norm."""
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return torch.tensor(0.0)
+    return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    v = os.environ.get(name)
+    return default if v is None else v.lower() not in ("0", "false", "no", "")

@@ -57,7 +57,7 @@ class ReLULinearAttention(nn.Module):
 
     With q = ReLU(W_q x), k = ReLU(W_k x), v = W_v x per head (1×1 convs):
         out_i = Σ_j v_j (k_j·q_i) / (Σ_j k_j·q_i + eps),
-    computed as (V Kᵀ) q_i / ((Σ_j k_j)·q_i + eps) in O(N d²), in float32; then a 1×1 projection and TRMS2d.
+    computed as (V Kᵀ) q_i / ((Σ_j k_j)·q_i + eps) in O(N d²), in ≥ float32; then a 1×1 projection and TRMS2d.
 
     Args:
         channels: C; heads = max(1, C // head_dim).
@@ -79,7 +79,8 @@ class ReLULinearAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
-        qkv = self.qkv(x).float().view(b, 3, self.heads, self.head_dim, h * w)
+        qkv = self.qkv(x)
+        qkv = (qkv.float() if qkv.dtype in (torch.float16, torch.bfloat16) else qkv).view(b, 3, self.heads, self.head_dim, h * w)
         q, k, v = F.relu(qkv[:, 0]), F.relu(qkv[:, 1]), qkv[:, 2]  # [B, heads, d, N]
         kv = torch.einsum("bhdn,bhen->bhde", k, v)  # Σ_j k_j v_jᵀ: [B, heads, d_k, d_v]
         num = torch.einsum("bhdn,bhde->bhen", q, kv)  # [B, heads, d_v, N]

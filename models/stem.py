@@ -15,7 +15,7 @@ class TRMS2d(nn.Module):
 
     y[b, c, h, w] = w_c · x[b, c, h, w] / sqrt(mean_{c',h',w'} x[b, c', h', w']² + eps)
 
-    Computed in float32 (returned in the input dtype).
+    Computed in at least float32 (half-precision inputs are upcast; returned in the input dtype).
 
     Args:
         channels: number of channels C (length of the weight).
@@ -31,7 +31,7 @@ class TRMS2d(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         rms_inv = torch.rsqrt(xf.pow(2).mean(dim=(1, 2, 3), keepdim=True) + self.eps)
         return (xf * rms_inv).to(x.dtype) * self.weight.to(x.dtype).view(1, -1, 1, 1)
 

@@ -6,6 +6,7 @@ stage 1 = 0.5·(1 − cos) + 1.0·L1 + 1.0·LPIPS; stage 2 = L1 + LPIPS + 0.5·h
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -105,7 +106,8 @@ class LPIPSLoss(nn.Module):
                 f"LPIPS needs the torchvision VGG16 weights, not found at {path} (no download offline). "
                 f"Pass `vgg_path=PATH` (a copy of {VGG16_FILENAME}), put it in {default_vgg_path().parent}, "
                 "or disable LPIPS (LPIPS weight 0 / `--no-lpips`).")
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torchvision's `pretrained=` deprecation notes
             net = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
         net = net.to_empty(device="cpu")
         net.scaling_layer = lpips.ScalingLayer()  # its constant buffers were left empty by to_empty

@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16 autocast (sphere arithmetic stays fp32)")
     g.add_argument("--compile", action="store_true", help="torch.compile the training forward")
+    g.add_argument("--threads", type=int, help="CPU intra-op threads (default: 1 for the tiny preset on "
+                   "CPU - its small convolutions only lose to OpenMP sync - else torch's default)")
     g.add_argument("--num-workers", type=int, help="data-loader workers per process "
                    "(default: 0 embedded, min(8, CPUs) for --data)")
     g.add_argument("--log-every", type=int, help="steps between train log lines [preset]")

@@ -19,65 +19,38 @@ import torch.nn.functional as F
 from torch import nn
 
 from experiments.trainer import UserError
-
-
-def cosine_alignment(z: torch.Tensor, z_teacher: torch.Tensor) -> torch.Tensor:
-    """mean over tokens of 1 − cos(z, z_teacher), in fp32. ``[B, N, C]`` → scalar."""
-    return (1.0 - F.cosine_similarity(z.float(), z_teacher.float(), dim=-1, eps=1e-8)).mean()
-
-
-def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    return F.relu(1.0 - real_logits.float()).mean() + F.relu(1.0 + fake_logits.float()).mean()
-
-
-def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    return -fake_logits.float().mean()
-
-
-def _losses_module():
-    try:
-        import models.losses as ml
-    except ImportError:
-        return None
-    return ml
+from models.losses import cosine_alignment_loss as cosine_alignment, hinge_d_loss, hinge_g_loss, l1_loss
 
 
 def build_lpips(weights: str | None, disabled: bool, device: torch.device) -> tuple[nn.Module | None, str]:
-    """LPIPS(VGG) module (frozen, eval) or None with the reason. Never downloads silently into a crash."""
+    """Frozen LPIPS(VGG) module, or None and the reason (VGG16 weights absent offline → run without it).
+
+    An explicit ``weights`` file that cannot be loaded is an error; a missing default file is not.
+    """
     if disabled:
-        return None, "disabled by --no-lpips / weight 0"
-    ml = _losses_module()
-    cls = getattr(ml, "LPIPS", None) if ml is not None else None
-    if cls is None:
-        return None, "models.losses.LPIPS not available"
+        return None, "off (--no-lpips / LPIPS weight 0)"
+    from models.losses import LPIPSLoss, LPIPSWeightsError
+
     try:
-        mod = cls(weights=weights) if weights else cls()
-    except Exception as e:  # noqa: BLE001 - offline: VGG weights cannot be downloaded
+        mod = LPIPSLoss(weights)
+    except (LPIPSWeightsError, OSError, RuntimeError) as e:
         if weights:
-            raise UserError(f"cannot load LPIPS weights {weights}: {type(e).__name__}: {e}") from e
-        return None, f"VGG weights unavailable offline ({type(e).__name__}); pass --lpips-weights PATH"
-    mod.requires_grad_(False)
-    return mod.eval().to(device), "on"
+            raise UserError(f"cannot load LPIPS weights {weights}: {str(e).splitlines()[0]}") from e
+        return None, "off (VGG16 weights not in the torch cache; pass --lpips-weights PATH)"
+    return mod.to(device).eval(), "on"
 
 
-def build_discriminator(weights: str | None, random_init: bool, device: torch.device,
-                        tiny: bool) -> nn.Module:
-    """The DINO-feature discriminator of models.losses (frozen DINO ViT-S/8 + trainable heads)."""
-    ml = _losses_module()
-    cls = None
-    for name in ("DinoDiscriminator", "DINODiscriminator", "DinoFeatureDiscriminator"):
-        cls = cls or (getattr(ml, name, None) if ml is not None else None)
-    build = getattr(ml, "build_discriminator", None) if ml is not None else None
-    try:
-        if build is not None:
-            disc = build("tiny" if tiny else "paper", weights=weights,
-                         random_init=random_init or (tiny and weights is None))
-        elif cls is not None:
-            disc = cls(weights=weights, random_init=random_init or (tiny and weights is None))
-        else:
-            raise UserError("stage 2 needs models.losses' DINO discriminator, which is not available")
-    except RuntimeError as e:
-        raise UserError(str(e).splitlines()[0]) from e
+def build_discriminator(preset: str, weights: str | None, pretrained: bool, random_init: bool,
+                        device: torch.device) -> nn.Module:
+    """The DINO-feature discriminator (frozen DINO ViT-S/8 + trainable spectral-norm heads)."""
+    from models.discriminator import build_discriminator as build
+
+    tiny = preset == "tiny"
+    if not (tiny or weights or pretrained or random_init):
+        raise UserError("stage 2 needs the discriminator's DINO ViT-S/8 weights: pass --disc-weights PATH, "
+                        "--pretrained (online) or --random-encoder")
+    disc = build("tiny" if tiny else "paper", weights=weights, pretrained=pretrained and not weights,
+                 random_init=random_init)
     return disc.to(device)
 
 
@@ -112,16 +85,17 @@ class Stage2Net(nn.Module):
 
 def stage1_losses(x, recon, z, z_teacher, lpips, w: dict) -> tuple[torch.Tensor, dict]:
     """Total stage-1 loss and its parts (fp32 scalars)."""
-    parts = {"cos": cosine_alignment(z, z_teacher), "l1": (recon.float() - x.float()).abs().mean()}
+    parts = {"cos": cosine_alignment(z, z_teacher), "l1": l1_loss(recon, x)}
     if lpips is not None and w["lpips"] > 0:
         parts["lpips"] = lpips(recon.float(), x.float()).mean()
     total = w["cos"] * parts["cos"] + w["l1"] * parts["l1"] + w["lpips"] * parts.get("lpips", 0.0)
     return total, parts
 
 
-def stage2_g_losses(x, recon, lpips, disc, w: dict, adversarial: bool) -> tuple[torch.Tensor, dict]:
+def stage2_g_losses(x, recon, lpips, disc, w: dict, adversarial: bool,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
     """Generator (decoder) loss of stage 2; the discriminator's parameters get no gradient here."""
-    parts = {"l1": (recon.float() - x.float()).abs().mean()}
+    parts = {"l1": l1_loss(recon, x)}
     if lpips is not None and w["lpips"] > 0:
         parts["lpips"] = lpips(recon.float(), x.float()).mean()
     total = w["l1"] * parts["l1"] + w["lpips"] * parts.get("lpips", 0.0)
@@ -130,7 +104,7 @@ def stage2_g_losses(x, recon, lpips, disc, w: dict, adversarial: bool) -> tuple[
         flags = [p.requires_grad for p in core.parameters()]
         core.requires_grad_(False)
         try:
-            parts["g_gan"] = hinge_g_loss(core(recon))
+            parts["g_gan"] = hinge_g_loss(core(recon, generator=generator))
         finally:
             for p, f in zip(core.parameters(), flags):
                 p.requires_grad_(f)
@@ -138,9 +112,9 @@ def stage2_g_losses(x, recon, lpips, disc, w: dict, adversarial: bool) -> tuple[
     return total, parts
 
 
-def stage2_d_loss(x, recon, disc) -> tuple[torch.Tensor, dict]:
+def stage2_d_loss(x, recon, disc, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
     """Hinge discriminator loss on real vs detached reconstructions (one forward: DDP-friendly)."""
-    logits = disc(torch.cat([x, recon.detach()], 0))
+    logits = disc(torch.cat([x, recon.detach()], 0), generator=generator)
     real, fake = logits[: x.shape[0]], logits[x.shape[0]:]
     loss = hinge_d_loss(real, fake)
     return loss, {"d_loss": loss, "d_real": real.float().mean(), "d_fake": fake.float().mean()}

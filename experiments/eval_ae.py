@@ -219,4 +219,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    import warnings as _w
+
+    _w.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)  # geoopt import
     sys.exit(main())

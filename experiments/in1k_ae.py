@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python experiments/in1k_ae.py` from anywhere
@@ -23,7 +24,7 @@ if __package__ in (None, ""):  # `python experiments/in1k_ae.py` from anywhere
 
 import torch  # noqa: E402
 
-from experiments import ae_steps, checkpoint, distributed as D  # noqa: E402
+from experiments import checkpoint, distributed as D  # noqa: E402
 from experiments.ae_cli import build_parser, resolve  # noqa: E402
 from experiments.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
                               collate, mix_seed)
@@ -50,7 +51,7 @@ def banner(args, info) -> None:
 
 
 def build_model(args, resume_state):
-    from models import build_autoencoder
+    from models import EncoderWeightsError, build_autoencoder
     from models.autoencoder import AE_CONFIGS
 
     random_by_design = AE_CONFIGS[args.preset].random_encoder
@@ -58,9 +59,12 @@ def build_model(args, resume_state):
     if not (args.encoder_weights or args.random_encoder or args.pretrained or random_by_design or has_ckpt):
         raise UserError(f"preset {args.preset!r} needs DINO weights: pass --encoder-weights PATH (Meta or "
                         f"timm .pth/.safetensors), --pretrained (online) or --random-encoder")
-    ae = build_autoencoder(args.preset, weights=args.encoder_weights, pretrained=args.pretrained,
-                           random_init=args.random_encoder or (has_ckpt and not args.encoder_weights),
-                           image_size=args.image_size)
+    try:
+        ae = build_autoencoder(args.preset, weights=args.encoder_weights, pretrained=args.pretrained,
+                               random_init=args.random_encoder or (has_ckpt and not args.encoder_weights),
+                               image_size=args.image_size)
+    except (EncoderWeightsError, ValueError) as e:  # missing / mismatched weights, bad image size
+        raise UserError(str(e).splitlines()[0]) from e
     args.image_size = ae.image_size
     return ae
 
@@ -89,6 +93,9 @@ def load_init(ae, path: str) -> None:
 def _main(argv=None) -> int:
     args = resolve(build_parser().parse_args(argv))
     info = D.setup(args.device)
+    threads = torch.get_num_threads()
+    if args.threads or (args.preset == "tiny" and info.device.type == "cpu"):
+        torch.set_num_threads(args.threads or 1)
     try:
         if args.eval_only:
             from experiments.eval_ae import evaluate_run
@@ -97,10 +104,13 @@ def _main(argv=None) -> int:
             return 0
         return train(args, info)
     finally:
+        torch.set_num_threads(threads)
         D.cleanup()
 
 
 def train(args, info) -> int:
+    from experiments import ae_steps  # imports models (timm): after the cheap argument checks
+
     out = Path(args.out)
     ckpts = checkpoint.CheckpointDir(out / "checkpoints", keep_every=args.keep_every)
     resume = None if args.no_resume else ckpts.load_latest()
@@ -138,8 +148,8 @@ def train(args, info) -> int:
         opt, lr_lambda(args.lr_schedule, args.warmup_steps, args.max_steps))
     disc = d_opt = None
     if args.stage == 2:
-        disc = ae_steps.build_discriminator(args.disc_weights, args.random_encoder, dev,
-                                            tiny=args.preset == "tiny")
+        disc = ae_steps.build_discriminator(args.preset, args.disc_weights, args.pretrained,
+                                            args.random_encoder, dev)
         d_opt = build_adamw([p for p in disc.parameters() if p.requires_grad], args.lr,
                             (args.beta1, args.beta2), args.weight_decay)
     guard = NonFiniteGuard(args.max_nonfinite)
@@ -200,7 +210,9 @@ def train(args, info) -> int:
                 else:
                     logger.log("nonfinite", step + 1, consecutive=guard.consecutive + 1, **parts)
                     guard.check(False, step + 1)  # raises NonFiniteError after --max-nonfinite in a row
-                sched.step()
+                with warnings.catch_warnings():  # D-only warm-up / skipped steps: no opt.step()
+                    warnings.simplefilter("ignore", UserWarning)
+                    sched.step()
                 step += 1
                 progress.update(1, loss=parts.get("loss", float("nan")), img_s=meter.rate(reset=False))
                 if step % args.log_every == 0 or step == args.max_steps:
@@ -215,7 +227,8 @@ def train(args, info) -> int:
                 if args.eval_every > 0 and (step % args.eval_every == 0 or step == args.max_steps):
                     _evaluate(ctx, step)
                 stopping = D.any_true(stop.requested or step == args.stop_after, dev)
-                if step % args.ckpt_every == 0 or step == args.max_steps or stopping:
+                periodic = step % args.ckpt_every == 0 or step == args.max_steps
+                if (periodic and guard.consecutive == 0) or stopping:  # keep the last *good* one
                     save(step)
                 if stopping:
                     sig = stop.signum or signal.SIGTERM
@@ -241,6 +254,8 @@ def train(args, info) -> int:
 
 def _train_step(ctx, net, disc_d, disc, opt, d_opt, it, step, epoch, w, params, bad_files, meter):
     """One optimizer step over ``grad_accum`` micro-batches. Returns (loss parts, finite, grad norm)."""
+    from experiments import ae_steps
+
     args, info = ctx["args"], ctx["info"]
     dev, accum = info.device, args.grad_accum
     adversarial = args.stage == 2 and epoch >= args.disc_warmup_epochs
@@ -264,7 +279,8 @@ def _train_step(ctx, net, disc_d, disc, opt, d_opt, it, step, epoch, w, params, 
                     gen = torch.Generator(dev).manual_seed(mix_seed(args.seed, step, m, info.rank))
                     with torch.set_grad_enabled(train_g):
                         recon = net(x, _tau(args, epoch), gen)
-                    loss, parts = ae_steps.stage2_g_losses(x, recon, ctx["lpips"], disc, w, adversarial)
+                    loss, parts = ae_steps.stage2_g_losses(x, recon, ctx["lpips"], disc, w, adversarial,
+                                                           generator=gen)
             if step + 1 in args.inject_nan_steps:  # 1-based, as logged
                 loss = loss * float("nan")
             if train_g:
@@ -272,7 +288,7 @@ def _train_step(ctx, net, disc_d, disc, opt, d_opt, it, step, epoch, w, params, 
         if disc_d is not None:
             with (disc_d.no_sync() if (not sync and hasattr(disc_d, "no_sync")) else _null()):
                 with autocast(dev, args.precision):
-                    d_loss, d_parts = ae_steps.stage2_d_loss(x, recon.detach(), disc_d)
+                    d_loss, d_parts = ae_steps.stage2_d_loss(x, recon.detach(), disc_d, generator=gen)
                 (d_loss / accum).backward()
             parts.update(d_parts)
         parts["loss"] = loss
@@ -312,7 +328,7 @@ def _eval_loader(val_ds, args, info):
     from experiments.data import ShardedEvalSampler
 
     n = min(len(val_ds), args.eval_images)
-    sampler = ShardedEvalSampler(n, max(1, min(64, args.batch_size)), rank=info.rank, world=info.world_size)
+    sampler = ShardedEvalSampler(n, 32, rank=info.rank, world=info.world_size)
     return torch.utils.data.DataLoader(val_ds, batch_sampler=sampler, num_workers=args.num_workers,
                                        collate_fn=collate)
 
@@ -345,11 +361,11 @@ def _restore(state, ae, ema, opt, sched, disc, d_opt, guard, bad_files, info) ->
 
 def main(argv=None) -> int:
     """Entry point; returns the exit code (0 ok, 2 user error, 3 non-finite stop, 128+sig on signal)."""
-    from models.encoder import EncoderWeightsError
-
-    return run_cli(_main, argv, prog="in1k_ae.py", one_line=(DataError, EncoderWeightsError))
+    return run_cli(_main, argv, prog="in1k_ae.py", one_line=(DataError,))
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", str(min(8, os.cpu_count() or 1)))
+    import warnings as _w
+
+    _w.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)  # geoopt import
     sys.exit(main())

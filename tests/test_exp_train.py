@@ -1,0 +1,114 @@
+"""in1k_ae.py end to end, in-process on CPU: metrics.jsonl, resume exactness, SIGTERM, NaN steps, bad files."""
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+
+from experiments import in1k_ae
+from experiments.data import ImageFolderDataset
+from test_exp_support import final_state, make_image_folder, records, tiny_argv, train_losses
+
+
+def test_metrics_jsonl_eval_grid_and_plot(tmp_path):
+    out = tmp_path / "run"
+    assert in1k_ae.main(tiny_argv(out, "--eval-every", "2", steps=4)) == 0
+    train = records(out, "train")
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    for r in train:
+        for k in ("loss", "l1", "cos", "lr", "grad_norm", "img_per_s", "skipped_files"):
+            assert k in r, k
+        assert abs(r["loss"] - (0.5 * r["cos"] + r["l1"])) < 1e-5  # stage 1, LPIPS off by default
+    evals = records(out, "eval")
+    assert [r["step"] for r in evals] == [0, 2, 4]
+    assert all(5.0 < r["psnr"] < 60.0 and -1.0 <= r["ssim"] <= 1.0 and r["n_images"] == 8 for r in evals)
+    assert records(out, "start")[0]["preset"] == "tiny"
+    from PIL import Image
+
+    with Image.open(out / "recon.png") as im:  # originals over reconstructions, 8 per row
+        assert im.size == (8 * 32, 2 * 32)
+    state = final_state(out)
+    assert state["step"] == 4 and set(state) >= {"model", "ema", "optimizer", "scheduler", "rng",
+                                                 "data_chunk"}
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+    from experiments.plot_run import plot
+
+    png = plot(out)
+    assert png.is_file() and png.stat().st_size > 1000
+
+
+def _sigterm_at(monkeypatch, n_calls: int):
+    real = in1k_ae._train_step
+    calls = {"n": 0}
+
+    def step(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n_calls:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step; handled at the step boundary
+        return real(*a, **k)
+
+    monkeypatch.setattr(in1k_ae, "_train_step", step)
+
+
+def test_resume_after_sigterm_is_exact(tmp_path, monkeypatch):
+    n = 6
+    full, part = tmp_path / "full", tmp_path / "part"
+    argv = lambda out: tiny_argv(out, "--grad-accum", "2", steps=n)  # noqa: E731
+    assert in1k_ae.main(argv(full)) == 0
+    _sigterm_at(monkeypatch, n // 2)
+    assert in1k_ae.main(argv(part)) == 128 + signal.SIGTERM
+    assert final_state(part)["step"] == n // 2
+    assert records(part, "stopped")[0]["signal"] == "SIGTERM"
+    monkeypatch.undo()
+    assert in1k_ae.main(argv(part)) == 0  # the same command continues
+    la, lb = train_losses(full), train_losses(part)
+    assert sorted(lb) == list(range(1, n + 1))  # no duplicated / missing steps in metrics.jsonl
+    for s in la:
+        assert abs(la[s] - lb[s]) <= 1e-6, (s, la[s], lb[s])
+    a, b = final_state(full), final_state(part)
+    for k, v in a["model"].items():
+        assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-6, rtol=0), k
+    for k, v in a["ema"]["shadow"].items():
+        assert torch.allclose(v, b["ema"]["shadow"][k], atol=1e-6, rtol=0), k
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    # finished run: re-running the same command does nothing and keeps the result
+    assert in1k_ae.main(argv(part)) == 0 and final_state(part)["step"] == n
+
+
+def test_nonfinite_step_is_skipped(tmp_path):
+    out = tmp_path / "nan1"
+    assert in1k_ae.main(tiny_argv(out, "--inject-nan-steps", "2", steps=4)) == 0
+    bad = records(out, "nonfinite")
+    assert [r["step"] for r in bad] == [2]
+    assert [r["step"] for r in records(out, "train")] == [1, 2, 3, 4]
+    state = final_state(out)
+    assert state["step"] == 4 and state["guard"]["total"] == 1
+    assert state["ema"]["num_updates"] == 3  # the NaN step did not touch weights or EMA
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_too_many_nonfinite_steps_stop_with_last_good_checkpoint(tmp_path, capsys):
+    out = tmp_path / "nan3"
+    rc = in1k_ae.main(tiny_argv(out, "--inject-nan-steps", "3,4,5", "--max-nonfinite", "3",
+                                "--ckpt-every", "1", steps=8))
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert "3 non-finite losses in a row" in err and "last good checkpoint" in err
+    assert final_state(out)["step"] == 2  # written before the bad streak, not overwritten
+    assert records(out, "abort")
+
+
+def test_corrupt_files_are_skipped_and_counted(tmp_path):
+    data = tmp_path / "data"
+    bad = make_image_folder(data)
+    ds = ImageFolderDataset(data / "train", 32, train=True)
+    i = [p for p, _ in ds.samples].index(str(bad[0]))
+    item = ds[(0, i)]
+    assert item["bad"] == [str(bad[0])] and item["image"].shape == (3, 32, 32)
+    assert item["image"].abs().max() <= 1.0
+    out = tmp_path / "run"  # 8 train files, batch 4, 2 steps: every file is read once
+    assert in1k_ae.main(tiny_argv(out, "--data", str(data), "--num-workers", "0", steps=2)) == 0
+    assert records(out, "train")[-1]["skipped_files"] == 2
+    assert sorted(final_state(out)["bad_files"]) == sorted(map(str, bad))

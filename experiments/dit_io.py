@@ -1,0 +1,103 @@
+"""Loading what the generation scripts need: a trained autoencoder, a DiT (registry + checkpoints).
+
+* :func:`load_autoencoder` reads a checkpoint written by ``experiments/in1k_ae.py`` (a run folder, whose
+  ``checkpoints/last.pt`` is used, or a ``.pt`` file) and applies its EMA weights.
+* :data:`DIT_MODELS` is :data:`models.dit.LightningDiT_models` plus ``LightningDiT-T/1``, a tiny CPU
+  configuration (depth 4, width 128, 4 heads) for the embedded default run and the tests.
+* :func:`load_dit` rebuilds the DiT of an ``experiments/in1k_dit.py`` checkpoint (its ``dit_config``) and
+  loads the EMA (default) or raw weights; it also returns the checkpoint's ``latent`` metadata
+  (``num_tokens``, ``channels``, ``radius``, ``alpha``, ``num_classes``, ``ae_ckpt``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from experiments import checkpoint
+from experiments.trainer import UserError
+
+DEFAULT_AE_RUN = "runs/ae-tiny-embedded-s1"  # in1k_ae.py's default --out without --data
+DEFAULT_DIT_RUN = "runs/dit-tiny-embedded"   # in1k_dit.py's default --out without --data
+
+
+def resolve_ckpt(path: str | os.PathLike, what: str, flag: str) -> Path:
+    """A run folder → ``folder/checkpoints/last.pt``; a file → itself. Raises :class:`UserError`."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoints" / checkpoint.LAST
+    if not p.is_file():
+        raise UserError(f"{what} checkpoint not found: {p} (pass {flag} RUN_DIR or FILE.pt)")
+    return p
+
+
+def load_autoencoder(path: str | os.PathLike, device: torch.device | str = "cpu", *, ema: bool = True):
+    """The autoencoder of an ``in1k_ae.py`` checkpoint, EMA weights applied, in eval mode, frozen.
+
+    Args:
+        path: run folder or checkpoint file; the file holds ``{"model": state_dict, "args": {"preset",
+            "image_size", ...}, "ema": {"shadow": {...}}?}``.
+        device: where to put the model.
+        ema: copy the EMA shadow (trained parameters) over the raw weights when present.
+    """
+    from models import build_autoencoder
+
+    p = resolve_ckpt(path, "autoencoder", "--ae-ckpt")
+    state = checkpoint.load(p)
+    args = state.get("args", {})
+    ae = build_autoencoder(args.get("preset", "tiny"), random_init=True, image_size=args.get("image_size"))
+    ae.load_state_dict(state["model"])
+    if ema and state.get("ema"):
+        params = dict(ae.named_parameters())
+        with torch.no_grad():
+            for n, t in state["ema"]["shadow"].items():
+                params[n].copy_(t)
+    ae.requires_grad_(False)
+    return ae.to(device).eval()
+
+
+def save_autoencoder(ae, path: str | os.PathLike, preset: str) -> Path:
+    """Write ``ae`` in the ``in1k_ae.py`` checkpoint layout (``model`` + ``args``) so it loads back."""
+    return checkpoint.save_atomic({"model": ae.state_dict(), "step": 0,
+                                   "args": {"preset": preset, "image_size": ae.image_size}}, path)
+
+
+def _tiny_dit(**overrides: Any):
+    from models.dit import DiTConfig, LightningDiT
+
+    cfg = replace(DiTConfig(), depth=4, hidden_size=128, num_heads=4, mlp_ratio=4.0)
+    return LightningDiT(replace(cfg, **overrides))
+
+
+def dit_registry() -> dict[str, Callable[..., torch.nn.Module]]:
+    """Model name → factory(**DiTConfig overrides)."""
+    from models.dit import LightningDiT_models
+
+    return {"LightningDiT-T/1": _tiny_dit, **LightningDiT_models}
+
+
+def load_dit(path: str | os.PathLike, device: torch.device | str = "cpu", *, ema: bool = True
+             ) -> tuple[torch.nn.Module, dict, dict]:
+    """Rebuild the DiT of an ``in1k_dit.py`` checkpoint.
+
+    Returns:
+        ``(model in eval mode, latent metadata dict, training args dict)``.
+    """
+    from models.dit import DiTConfig, LightningDiT
+
+    p = resolve_ckpt(path, "DiT", "--ckpt")
+    state = checkpoint.load(p)
+    if "dit_config" not in state:
+        raise UserError(f"{p} is not an in1k_dit.py checkpoint (no 'dit_config')")
+    model = LightningDiT(DiTConfig(**state["dit_config"]))
+    model.load_state_dict(state["model"])
+    if ema and state.get("ema"):
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, t in state["ema"]["shadow"].items():
+                params[n].copy_(t)
+    model.requires_grad_(False)
+    return model.to(device).eval(), dict(state["latent"]), dict(state["args"])

@@ -1,0 +1,263 @@
+"""Sample images from a trained spherical-latent DiT (PAPER.md "Riemannian flow matching", "Sampler").
+
+    python experiments/sample.py                              # runs/dit-tiny-embedded -> samples.png
+    python experiments/sample.py --ckpt runs/dit-xl --cfg 1.5 --cfg-interval 0.0 0.7
+    torchrun --nproc_per_node=8 experiments/sample.py --ckpt runs/dit-xl --num-samples 50000 --npz
+
+Pipeline: uniform noise on the product of N spheres S^{C−1}_R (t = 1) → ``spherical.integrate``
+(Riemannian Euler, 50 steps by default) on the α-shifted grid ``time_shift(linspace(1, 0, steps+1), α)``
+(or ``spherical.odeint`` with ``--method odeint:dopri5``) with classifier-free guidance
+``v = v_u + w·(v_c − v_u)`` (``--cfg w``, optionally only for t in ``--cfg-interval lo hi``) → every token
+rescaled to norm ``--decode-norm`` (default 14) by ``Hypersphere(norm).projx`` → autoencoder decoder.
+Outputs: a PNG grid and, with ``--npz``, an ADM-evaluator ``.npz`` (uint8 NHWC under ``arr_0``; labels are
+``arange(N) % num_classes``, i.e. 50 per class for N = 50000). Sample ``i``'s noise depends only on
+``(--seed, i)``: results do not depend on the number of processes or the batch size.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from experiments import distributed as D  # noqa: E402
+from experiments.data import mix_seed  # noqa: E402
+from experiments.dit_io import DEFAULT_DIT_RUN, load_autoencoder, load_dit, resolve_ckpt  # noqa: E402
+from experiments.trainer import OneLineParser, UserError, run_cli  # noqa: E402
+from spherical import METHODS, Hypersphere, dimension_shift, integrate, odeint, time_shift  # noqa: E402
+
+Tensor = torch.Tensor
+
+
+def time_grid(steps: int, alpha: float) -> Tensor:
+    """The sampling grid ``time_shift(linspace(1, 0, steps + 1), α)``: ``[steps + 1]``, 1 → 0."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return time_shift(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), alpha).float()
+
+
+def guided_velocity(model: torch.nn.Module, labels: Tensor, cfg_scale: float = 1.0,
+                    cfg_interval: tuple[float, float] | None = None,
+                    precision: str = "fp32") -> Callable[[Tensor, Tensor], Tensor]:
+    """``v(x [B,N,C], t 0-dim) -> [B,N,C]`` (float32): the model with CFG where ``lo ≤ t ≤ hi``.
+
+    ``cfg_scale == 1`` (or t outside the interval) runs only the conditional model. bf16 autocast wraps the
+    model call on CUDA when ``precision == "bf16"``; the output is returned in float32.
+    """
+    def v(x: Tensor, t: Tensor) -> Tensor:
+        tb = t.reshape(1).expand(x.shape[0]).to(x.dtype)
+        tf = float(t)
+        guide = cfg_scale != 1.0 and (cfg_interval is None or cfg_interval[0] <= tf <= cfg_interval[1])
+        use_bf16 = precision == "bf16" and x.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            out = model.forward_with_cfg(x, tb, labels, cfg_scale) if guide else model(x, tb, labels)
+        return out.float()
+
+    return v
+
+
+def sample_noise(indices: Sequence[int], num_tokens: int, channels: int, radius: float, seed: int,
+                 device: torch.device | str = "cpu") -> Tensor:
+    """Uniform noise on S^{C−1}_R for the given global sample indices: ``[len(indices), N, C]``.
+
+    Sample ``i`` uses its own generator seeded by ``(seed, i)``, so it is the same on any rank/batch.
+    """
+    sphere = Hypersphere(radius)
+    out = [sphere.random_uniform(1, num_tokens, channels, generator=torch.Generator().manual_seed(
+        mix_seed(seed, int(i)))) for i in indices]
+    return torch.cat(out).to(device)
+
+
+@torch.no_grad()
+def sample_latents(model: torch.nn.Module, labels: Tensor, *, num_tokens: int, channels: int, radius: float,
+                   steps: int = 50, method: str = "euler", cfg_scale: float = 1.0,
+                   cfg_interval: tuple[float, float] | None = None, alpha: float | None = None,
+                   generator: torch.Generator | None = None, noise: Tensor | None = None,
+                   precision: str = "fp32", rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
+    """Integrate the learned field from uniform noise (t = 1) to data (t = 0) on the sphere.
+
+    Args:
+        model: a :class:`models.dit.LightningDiT` (``(x, t, y) -> v``, with ``forward_with_cfg``).
+        labels: ``[B]`` int64 class labels (real classes; the null class is added by CFG).
+        num_tokens, channels, radius: the latent manifold, N tokens on S^{C−1}_R.
+        steps: number of grid intervals.
+        method: an ``integrate`` method (``euler``, ``midpoint``, ``heun``, ``rk4``, ``projected_euler``,
+            ``projected_rk4``) or ``odeint[:SOLVER]`` (torchdiffeq, default dopri5, end points only).
+        cfg_scale: guidance weight w (1 = conditional model).
+        cfg_interval: ``(lo, hi)``: guidance only for lo ≤ t ≤ hi.
+        alpha: time-grid shift; ``None`` = ``dimension_shift(num_tokens, channels)`` as in training.
+        generator: RNG for the noise (ignored when ``noise`` is given).
+        noise: optional ``[B, N, C]`` start points on the sphere.
+
+    Returns:
+        ``[B, N, C]`` float32 latents on S^{C−1}_R.
+    """
+    dev = labels.device
+    alpha = dimension_shift(num_tokens, channels) if alpha is None else float(alpha)
+    sphere = Hypersphere(radius)
+    if noise is None:
+        noise = sphere.random_uniform(labels.shape[0], num_tokens, channels, generator=generator,
+                                      device=generator.device if generator is not None else dev)
+    x = noise.to(dev, torch.float32)
+    v = guided_velocity(model, labels, cfg_scale, cfg_interval, precision)
+    if method.startswith("odeint"):
+        solver = method.partition(":")[2] or "dopri5"
+        return odeint(v, x, torch.tensor([1.0, 0.0]), sphere=sphere, method=solver, rtol=rtol, atol=atol)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS} or odeint[:SOLVER]")
+    return integrate(v, x, time_grid(steps, alpha), sphere=sphere, method=method)
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """``[B, 3, H, W]`` in [-1, 1] → uint8 ``[B, H, W, 3]`` (ADM convention ``(x + 1)·127.5``)."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, ae: torch.nn.Module, labels: Tensor, latent: dict, *,
+             decode_norm: float = 14.0, noise: Tensor | None = None, **kw) -> tuple[Tensor, Tensor]:
+    """Sample latents, rescale every token to ``decode_norm`` and decode.
+
+    Returns:
+        ``(z [B, N, C] with ‖z_i‖ = decode_norm, images [B, 3, H, W] in [-1, 1])``.
+    """
+    z = sample_latents(model, labels, num_tokens=latent["num_tokens"], channels=latent["channels"],
+                       radius=latent["radius"], alpha=kw.pop("alpha", None) or latent.get("alpha"),
+                       noise=noise, **kw)
+    z = Hypersphere(decode_norm).projx(z)
+    return z, ae.decode(z).float().clamp(-1, 1)
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog="sample.py", description="Sample images from an in1k_dit.py checkpoint "
+                      "(Riemannian Euler on the sphere, CFG, decode at --decode-norm).")
+    a = p.add_argument
+    a("--ckpt", default=DEFAULT_DIT_RUN, help="in1k_dit.py run folder or checkpoint file")
+    a("--ae-ckpt", help="autoencoder run folder / file (default: the one the DiT was trained on)")
+    a("--num-samples", type=int, default=32, help="number of images; labels = arange(N) %% num_classes")
+    a("--labels", type=int, nargs="+", help="explicit class labels (cycled to --num-samples)")
+    a("--steps", type=int, default=50, help="integration steps on the α-shifted time grid")
+    a("--method", default="euler", help=f"one of {', '.join(METHODS)}, or odeint[:SOLVER] (torchdiffeq)")
+    a("--rtol", type=float, default=1e-5, help="odeint relative tolerance")
+    a("--atol", type=float, default=1e-5, help="odeint absolute tolerance")
+    a("--cfg", type=float, default=1.0, help="classifier-free guidance scale w (1 = off)")
+    a("--cfg-interval", type=float, nargs=2, metavar=("LO", "HI"), help="guide only for LO <= t <= HI")
+    a("--alpha", type=float, help="time-grid shift α (default: the training α, sqrt(N·C/4096))")
+    a("--decode-norm", type=float, default=14.0, help="token norm s_vae before decoding")
+    a("--batch-size", type=int, default=64, help="images per forward batch per process")
+    a("--seed", type=int, default=0, help="noise seed (sample i uses (seed, i))")
+    a("--out", help="PNG grid path (default: <run>/samples.png)")
+    a("--grid", type=int, default=64, help="at most this many images in the PNG grid")
+    a("--nrow", type=int, default=8, help="images per grid row")
+    a("--npz", nargs="?", const="auto", help="also write an ADM .npz (default path <run>/samples-N.npz)")
+    a("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
+    a("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast of the DiT (CUDA only)")
+    a("--device", default="auto", help="auto | cpu | cuda")
+    return p
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.num_samples < 1 or args.batch_size < 1:
+        raise UserError("--num-samples and --batch-size must be >= 1")
+    if not (args.method in METHODS or args.method.startswith("odeint")):
+        raise UserError(f"--method {args.method!r}: expected one of {', '.join(METHODS)} or odeint[:SOLVER]")
+    info = D.setup(args.device)
+    try:
+        return run(args, info)
+    finally:
+        D.cleanup()
+
+
+def run(args, info) -> int:
+    from experiments.metrics import save_grid
+
+    dev = info.device
+    ckpt = resolve_ckpt(args.ckpt, "DiT", "--ckpt")
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    model, latent, _ = load_dit(ckpt, dev, ema=not args.raw)
+    ae = load_autoencoder(args.ae_ckpt or latent["ae_ckpt"], dev)
+    n, k = args.num_samples, latent["num_classes"]
+    labels = (torch.tensor(args.labels).repeat((n + len(args.labels) - 1) // len(args.labels))[:n]
+              if args.labels else torch.arange(n) % k)
+    if int(labels.max()) >= k or int(labels.min()) < 0:
+        raise UserError(f"labels must be in [0, {k}) for this checkpoint")
+    lo, hi = info.rank * n // info.world_size, (info.rank + 1) * n // info.world_size
+    kw = dict(steps=args.steps, method=args.method, cfg_scale=args.cfg, precision=args.precision,
+              cfg_interval=tuple(args.cfg_interval) if args.cfg_interval else None, alpha=args.alpha,
+              rtol=args.rtol, atol=args.atol)
+    if info.is_main:
+        print(f"sample.py: {n} samples from {ckpt} ({args.method}, {args.steps} steps, cfg {args.cfg}, "
+              f"decode norm {args.decode_norm}) on {info.world_size} process(es)", flush=True)
+    parts, grid = [], []
+    for s in range(lo, hi, args.batch_size):
+        idx = list(range(s, min(hi, s + args.batch_size)))
+        noise = sample_noise(idx, latent["num_tokens"], latent["channels"], latent["radius"], args.seed, dev)
+        _, img = generate(model, ae, labels[idx].to(dev), latent, decode_norm=args.decode_norm, noise=noise,
+                          **kw)
+        parts.append(to_uint8(img))
+        if sum(g.shape[0] for g in grid) < args.grid:
+            grid.append(img.cpu())
+    local = np.concatenate(parts) if parts else np.zeros((0,), np.uint8)
+    npz = None
+    if args.npz:
+        npz = Path(run_dir / f"samples-{n}.npz" if args.npz == "auto" else args.npz)
+        arr = _gather(local, npz, info)
+        if info.is_main:
+            write_npz(arr, npz)
+    if info.is_main:
+        imgs = torch.cat(grid)[:args.grid] if grid else torch.zeros(0)
+        out = Path(args.out or run_dir / "samples.png")
+        save_grid(list(imgs.split(args.nrow)), out, nrow=args.nrow)
+        print(f"sample.py: wrote {out}" + (f" and {npz} ({n} images)" if npz else ""), flush=True)
+    D.barrier()
+    return 0
+
+
+def _gather(local: np.ndarray, npz: Path, info) -> np.ndarray | None:
+    """All ranks' uint8 arrays in rank order on rank 0 (through files next to ``npz``), else ``None``."""
+    if not info.enabled:
+        return local
+    tmp = npz.with_name(f".{npz.stem}.rank{info.rank}.npy")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    np.save(tmp, local)
+    D.barrier()
+    if not info.is_main:
+        return None
+    files = [npz.with_name(f".{npz.stem}.rank{r}.npy") for r in range(info.world_size)]
+    arr = np.concatenate([a for a in (np.load(f) for f in files) if a.size])
+    for f in files:
+        f.unlink()
+    return arr
+
+
+def write_npz(arr: np.ndarray, path: str | Path) -> Path:
+    """ADM-evaluator sample file: ``arr_0`` = uint8 ``[N, H, W, 3]`` (written atomically)."""
+    import os
+
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"expected uint8 [N, H, W, 3], got {arr.dtype} {arr.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, arr_0=arr)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 user error)."""
+    return run_cli(_main, argv, prog="sample.py")
+
+
+if __name__ == "__main__":
+    import warnings as _w
+
+    _w.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    sys.exit(main())

@@ -138,7 +138,8 @@ class DinoDiscriminator(nn.Module):
     Args:
         config: a :class:`DiscriminatorConfig`.
         vit: the frozen timm DINO ViT.
-        backbone_ready: False for construction only (``forward`` raises :class:`EncoderWeightsError`).
+        backbone_ready: False for construction only (``forward`` raises :class:`EncoderWeightsError` until
+            ``load_state_dict`` of a discriminator checkpoint that had its weights).
 
     Shapes:
         images ``[B, 3, H, W]`` in [-1, 1] → logits ``[B, K]`` (K = Σ over taps of h·w positions).
@@ -151,7 +152,13 @@ class DinoDiscriminator(nn.Module):
         if max(config.taps) >= len(vit.blocks):
             raise ValueError(f"taps {config.taps} exceed the backbone depth {len(vit.blocks)}")
         self.heads = nn.ModuleList(_Head(self.backbone.embed_dim, config.head_width) for _ in config.taps)
-        self._ready = backbone_ready
+        self.register_buffer("backbone_ready", torch.tensor(bool(backbone_ready)))
+        self._ready = bool(backbone_ready)
+        self.register_load_state_dict_post_hook(DinoDiscriminator._sync_ready)
+
+    @staticmethod
+    def _sync_ready(module: "DinoDiscriminator", _incompatible: Any) -> None:
+        module._ready = bool(module.backbone_ready)
 
     def head_parameters(self) -> list[nn.Parameter]:
         """The trainable parameters (the heads; the ViT is frozen)."""

@@ -14,6 +14,8 @@ raises :class:`EncoderWeightsError`; random weights are never used silently.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -62,7 +64,10 @@ def convert_checkpoint(state: dict[str, torch.Tensor], vit: nn.Module) -> dict[s
     DINOv3, ``timm.models.vision_transformer`` for DINOv2); timm-format dicts pass through unchanged.
     """
     filter_fn = getattr(sys.modules[type(vit).__module__], "checkpoint_filter_fn", None)
-    return dict(filter_fn(dict(state), vit)) if filter_fn is not None else dict(state)
+    if filter_fn is None:
+        return dict(state)
+    with contextlib.redirect_stdout(io.StringIO()):  # timm prints a note per skipped all-zero qkv bias
+        return dict(filter_fn(dict(state), vit))
 
 
 def load_dino_weights(vit: nn.Module, path: str | Path) -> None:

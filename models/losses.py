@@ -104,8 +104,8 @@ class LPIPSLoss(nn.Module):
         if not path.is_file():
             raise LPIPSWeightsError(
                 f"LPIPS needs the torchvision VGG16 weights, not found at {path} (no download offline). "
-                f"Pass `vgg_path=PATH` (a copy of {VGG16_FILENAME}), put it in {default_vgg_path().parent}, "
-                "or disable LPIPS (LPIPS weight 0 / `--no-lpips`).")
+                f"Pass `--lpips-weights PATH` (Python: `vgg_path=PATH`; a copy of {VGG16_FILENAME}), put it "
+                f"in {default_vgg_path().parent}, or disable LPIPS (`--no-lpips`, LPIPS weight 0).")
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torchvision's `pretrained=` deprecation notes
             net = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)

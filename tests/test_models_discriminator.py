@@ -72,6 +72,8 @@ def test_construction_only_discriminator_raises() -> None:
     d = build_discriminator("tiny", random_backbone=False)
     with pytest.raises(EncoderWeightsError):
         d(torch.zeros(1, 3, 32, 32))
+    d.load_state_dict(build_discriminator("tiny").state_dict())  # a checkpoint that had weights
+    assert d(torch.zeros(1, 3, 32, 32), augment=False).shape == (1, 2 * 16)
 
 
 @given(seed=st.integers(0, 10_000))

@@ -153,6 +153,12 @@ class DinoSphericalAutoencoder(nn.Module):
                 f"The DINO encoder {self.config.encoder!r} was constructed without weights "
                 f"(construction only). {_HELP}")
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of the frozen ViT blocks (student path) and of every decoder stage:
+        identical results, less activation memory, about one extra forward of compute."""
+        self.backbone.vit.set_grad_checkpointing(enable)
+        self.decoder.grad_checkpointing = enable
+
     # ------------------------------------------------------------------ training stages
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:
         """Trainable parameters of a training stage: 1 → stem + decoder, 2 → decoder only."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from models.decoder_blocks import BLOCK_TYPES, ChannelShortcut, UpsampleBlock, conv3x3
 from models.stem import TRMS2d
@@ -117,6 +118,7 @@ class ConvDecoder(nn.Module):
         self.out_norm = TRMS2d(widths[-1])
         self.out_act = {"silu": nn.SiLU, "relu": nn.ReLU}[config.out_act]()
         self.out_conv = conv3x3(widths[-1], config.out_channels)
+        self.grad_checkpointing = False  # recompute each stage in backward (activation memory ↓)
 
     @property
     def last_layer(self) -> nn.Parameter:
@@ -128,9 +130,11 @@ class ConvDecoder(nn.Module):
         side = x.shape[-1] * self.patch_size
         y = self.project_in(x)
         x = y + self.project_in_shortcut(x) if self.project_in_shortcut is not None else y
-        for stage in self.stages:
-            x = stage(x)
-        x = self.extra_upsample(x)
+        for stage in list(self.stages) + [self.extra_upsample]:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
         if x.shape[-1] != side:
             x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
         return self.out_conv(self.out_act(self.out_norm(x)))

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import timm
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["EncoderWeightsError", "DinoBackbone", "create_dino_vit", "load_dino_weights",
            "read_checkpoint", "convert_checkpoint"]
@@ -200,13 +201,20 @@ class DinoBackbone(nn.Module):
             x = vit.norm_pre(x)
             mixed = getattr(vit, "rope_mixed", False) and rope is not None
             for i, blk in enumerate(vit.blocks):
-                x = blk(x, rope=rope[i] if mixed else rope)
+                x = self._run_block(blk, x, rope=rope[i] if mixed else rope)
         else:  # timm VisionTransformer (DINOv2)
             x = vit._pos_embed(x)
             x = vit.patch_drop(x)
             x = vit.norm_pre(x)
-            x = vit.blocks(x)
+            for blk in vit.blocks:
+                x = self._run_block(blk, x)
         return self._drop_prefix(vit.norm(x))
+
+    def _run_block(self, blk: nn.Module, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """One block, recomputed in backward when timm's ``set_grad_checkpointing()`` is on."""
+        if getattr(self.vit, "grad_checkpointing", False) and torch.is_grad_enabled():
+            return checkpoint(blk, x, use_reentrant=False, **kwargs)
+        return blk(x, **kwargs)
 
     def patch_grid(self, x: torch.Tensor) -> torch.Tensor:
         """timm's original patchify of normalised images: ``[B,3,H,W]`` → ``[B, H/p, W/p, C]``."""

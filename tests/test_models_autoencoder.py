@@ -193,3 +193,23 @@ def test_unknown_preset_and_override() -> None:
         build_autoencoder("tiny", nonsense=1)
     ae = build_autoencoder("tiny", decoder="tiny", stem_widths=(4, 8, 8))
     assert ae.stem.layers[0][0].out_channels == 4
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-dinov2"])
+def test_grad_checkpointing_gives_identical_outputs_and_gradients(preset: str) -> None:
+    torch.manual_seed(0)
+    ae = build_autoencoder(preset)
+    x = _images(2, ae.image_size)
+
+    def run():
+        ae.zero_grad()
+        out = ae(x, with_teacher=False)
+        out.recon.square().mean().backward()
+        return out.recon.detach(), [p.grad.clone() for p in ae.stage_parameters(1)]
+
+    r0, g0 = run()
+    ae.set_grad_checkpointing(True)
+    r1, g1 = run()
+    torch.testing.assert_close(r1, r0)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

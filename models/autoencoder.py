@@ -28,12 +28,14 @@ _TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2)
 class AutoencoderConfig:
     """Everything that defines a DINO Spherical Autoencoder.
 
+    ``AutoencoderConfig(**json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg`` (checkpoint-friendly).
+
     Attributes:
         encoder: timm model name of the DINO ViT (teacher = frozen student trunk).
         encoder_kwargs: timm architecture overrides (used by the tiny test presets).
         image_size: nominal square input size (a multiple of the patch size; N = (image_size/p)²).
         stem_widths: hidden widths of the hierarchical conv stem (64, 128, 256 in the paper).
-        decoder: a :class:`DecoderConfig` (or a name in ``DECODER_CONFIGS``).
+        decoder: a :class:`DecoderConfig` (or a name in ``DECODER_CONFIGS``, or its ``asdict`` dict).
         random_encoder: the preset is random by design (tiny tests); no weights are expected.
     """
 
@@ -45,8 +47,14 @@ class AutoencoderConfig:
     random_encoder: bool = False
 
     def __post_init__(self) -> None:
+        # accept a preset name, or the plain dict of ``dataclasses.asdict`` / JSON (lists → tuples)
         if isinstance(self.decoder, str):
             object.__setattr__(self, "decoder", decoder_config(self.decoder))
+        elif isinstance(self.decoder, dict):
+            dec = {k: tuple(v) if isinstance(v, list) else v for k, v in self.decoder.items()}
+            object.__setattr__(self, "decoder", DecoderConfig(**dec))
+        object.__setattr__(self, "stem_widths", tuple(self.stem_widths))
+        object.__setattr__(self, "encoder_kwargs", dict(self.encoder_kwargs))
 
 
 AE_CONFIGS: dict[str, AutoencoderConfig] = {

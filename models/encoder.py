@@ -139,6 +139,7 @@ class DinoBackbone(nn.Module):
             raise ValueError("DinoBackbone needs a timm ViT built with dynamic_img_size=True")
         self.vit = vit
         self.vit.requires_grad_(False)
+        self.vit.eval()
         cfg = getattr(vit, "pretrained_cfg", {}) or {}
         mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32)
         std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32)

@@ -213,3 +213,14 @@ def test_grad_checkpointing_gives_identical_outputs_and_gradients(preset: str) -
     torch.testing.assert_close(r1, r0)
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", sorted(AE_CONFIGS))
+def test_config_survives_a_json_round_trip(preset: str) -> None:
+    import dataclasses
+    import json
+
+    from models import AutoencoderConfig
+
+    cfg = AE_CONFIGS[preset]
+    assert AutoencoderConfig(**json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from models import (AE_CONFIGS, DECODER_CONFIGS, AutoencoderOutput, DinoSphericalAutoencoder,
                     build_autoencoder, gaussian_norm_radius)
@@ -56,6 +56,7 @@ def test_image_size_must_be_a_multiple_of_the_patch(ae14) -> None:
         build_autoencoder("tiny", image_size=40)
 
 
+@settings(max_examples=20)  # each example is a full (tiny) encoder pass
 @given(seed=st.integers(0, 2**16), scale=st.floats(1e-3, 1e3))
 def test_encoded_tokens_lie_on_the_sphere_of_radius_R(ae16, seed: int, scale: float) -> None:
     x = (_images(2, 64, seed) * scale).clamp(-1, 1)
@@ -128,6 +129,7 @@ def test_set_stage_freezes_the_stem_in_stage_2() -> None:
     assert all(p.requires_grad for p in ae.stem.parameters())
 
 
+@settings(max_examples=20)  # each example is two decoder passes
 @given(norm=st.floats(0.5, 64.0), seed=st.integers(0, 1000))
 def test_decode_with_norm_rescales_tokens(ae16, norm: float, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)

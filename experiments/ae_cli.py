@@ -18,9 +18,9 @@ _PAPER_2 = dict(_PAPER_1, lr=5e-5, beta1=0.5, beta2=0.9, ema_decay=0.9975, epoch
                 gan_weight=0.5, disc_warmup_epochs=2.0)
 # Tiny / embedded photos: a few thousand decoder parameters on 2 CPU cores in ~3 minutes: a large
 # learning rate with warm-up + cosine decay, a short-memory EMA with warm-up, small batches.
-_TINY_1 = dict(_PAPER_1, lr=4e-3, beta2=0.99, ema_decay=0.98, ema_warmup=10, batch_size=16,
-               epochs=None, max_steps=400, warmup_steps=20, lr_schedule="cosine", lpips_weight=0.0,
-               log_every=10, eval_every=100, ckpt_every=100, eval_images=32)
+_TINY_1 = dict(_PAPER_1, lr=4e-3, beta2=0.99, ema_decay=0.98, ema_warmup=10, batch_size=24,
+               epochs=None, max_steps=600, warmup_steps=20, lr_schedule="cosine", lpips_weight=0.0,
+               log_every=10, eval_every=100, ckpt_every=200, eval_images=32)
 _TINY_2 = dict(_TINY_1, lr=1e-3, beta1=0.5, beta2=0.9, cos_weight=0.0, gan_weight=0.5,
                disc_warmup_epochs=0.1)
 DEFAULTS = {("paper", 1): _PAPER_1, ("paper", 2): _PAPER_2, ("hae-code", 1): _PAPER_1,

@@ -147,11 +147,13 @@ def _spawn_entry(rank: int, world: int, port: int, fn: Callable, args: tuple) ->
     fn(*args)
 
 
-def spawn_local(fn: Callable, nprocs: int, args: tuple = ()) -> None:
-    """Run ``fn(*args)`` in ``nprocs`` fresh processes with torchrun-like environment (gloo on CPU).
+def spawn_local(fn: Callable, nprocs: int, args: tuple = (), *, start_method: str = "spawn") -> None:
+    """Run ``fn(*args)`` in ``nprocs`` processes with a torchrun-like environment (gloo on CPU).
 
-    ``fn`` must be importable (module-level); it should call :func:`setup` itself.
+    ``fn`` must be importable (module-level); it should call :func:`setup` itself. ``start_method="fork"``
+    skips re-importing torch in the children (fast CPU tests; not with CUDA initialised).
     """
     import torch.multiprocessing as mp
 
-    mp.spawn(_spawn_entry, args=(nprocs, free_port(), fn, args), nprocs=nprocs, join=True)
+    mp.start_processes(_spawn_entry, args=(nprocs, free_port(), fn, args), nprocs=nprocs, join=True,
+                       start_method=start_method)

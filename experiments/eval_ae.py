@@ -144,10 +144,25 @@ def _loader(data: str | None, split: str, image_size: int, n: int, batch_size: i
 def run_eval(ckpt, *, data, out_json, info, batch_size=50, num_images=0, num_workers=0,
              inception_weights=None, lpips_weights=None, no_lpips=False, fd="auto", precision="fp32",
              use_ema=True, split="val") -> dict:
-    from experiments.ae_steps import build_lpips
-
+    """Evaluate a checkpoint (file or run folder); writes ``out_json`` on the main process."""
     ae, state = load_autoencoder(ckpt, use_ema=use_ema, device=info.device)
     a = state["args"]
+    threads = torch.get_num_threads()
+    if a["preset"] == "tiny" and info.device.type == "cpu":
+        torch.set_num_threads(1)  # tiny convolutions: OpenMP sync costs more than it gains
+    try:
+        return _run_eval(ae, state, a, ckpt, data=data, out_json=out_json, info=info, batch_size=batch_size,
+                         num_images=num_images, num_workers=num_workers, inception_weights=inception_weights,
+                         lpips_weights=lpips_weights, no_lpips=no_lpips, fd=fd, precision=precision,
+                         use_ema=use_ema, split=split)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_eval(ae, state, a, ckpt, *, data, out_json, info, batch_size, num_images, num_workers,
+              inception_weights, lpips_weights, no_lpips, fd, precision, use_ema, split) -> dict:
+    from experiments.ae_steps import build_lpips
+
     data = data if data is not None else a.get("data")
     seed = a.get("seed", 0)
     loader = _loader(data, split, ae.image_size, num_images or (a.get("eval_images") if data is None else 0),

@@ -26,7 +26,9 @@ class FrechetStats:
         self.outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
 
     def update(self, feats: torch.Tensor) -> None:
-        f = feats.detach().to(self.sum.device, torch.float64).reshape(feats.shape[0], -1)
+        f = feats.detach().to(self.sum.device, torch.float64).reshape(feats.shape[0], self.sum.shape[0])
+        if f.shape[0] == 0:
+            return
         self.n += f.shape[0]
         self.sum += f.sum(0)
         self.outer += f.T @ f

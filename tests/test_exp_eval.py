@@ -1,0 +1,103 @@
+"""Evaluation metrics: Fréchet distance exactness and batch-size independence, PSNR/SSIM, eval_ae.py."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from experiments.data import EmbeddedPhotos, ShardedEvalSampler, collate
+from experiments.metrics import FrechetStats, fd_from_stats, frechet_distance, psnr_per_image
+
+
+def _sqrtm_fd(mu1, c1, mu2, c2):
+    """Reference FD with scipy's (non-symmetric) matrix square root."""
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    covmean = scipy_linalg.sqrtm(c1 @ c2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * np.trace(covmean))
+
+
+@given(seed=st.integers(0, 2**16), dim=st.integers(1, 6))
+def test_frechet_distance_matches_sqrtm_reference(seed, dim):
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=(dim, dim)), rng.normal(size=(dim, dim))
+    c1, c2 = a @ a.T + 0.1 * np.eye(dim), b @ b.T + 0.1 * np.eye(dim)
+    mu1, mu2 = rng.normal(size=dim), rng.normal(size=dim)
+    got = frechet_distance(*(torch.from_numpy(t) for t in (mu1, c1, mu2, c2)))
+    assert got == pytest.approx(_sqrtm_fd(mu1, c1, mu2, c2), rel=1e-6, abs=1e-8)
+    assert frechet_distance(*(torch.from_numpy(t) for t in (mu1, c1, mu1, c1))) == pytest.approx(0, abs=1e-6)
+
+
+def test_frechet_1d_closed_form():
+    # FD of N(m1, s1²) and N(m2, s2²) is (m1 − m2)² + (s1 − s2)²
+    got = frechet_distance(torch.tensor([1.0]), torch.tensor([[4.0]]), torch.tensor([-2.0]),
+                           torch.tensor([[9.0]]))
+    assert got == pytest.approx(9.0 + 1.0, rel=1e-12)
+
+
+@given(split=st.lists(st.integers(1, 7), min_size=1, max_size=6))
+def test_frechet_stats_independent_of_batching(split):
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(40, 5, generator=g) * 3 + 1
+    whole, parts = FrechetStats(5), FrechetStats(5)
+    whole.update(feats)
+    i = 0
+    while i < len(feats):
+        for k in split:
+            parts.update(feats[i:i + k])
+            i += k
+    mu_a, cov_a = whole.mean_cov()
+    mu_b, cov_b = parts.mean_cov()
+    assert torch.allclose(mu_a, mu_b, atol=1e-12) and torch.allclose(cov_a, cov_b, atol=1e-11)
+    ref = torch.from_numpy(np.cov(feats.double().numpy(), rowvar=False))
+    assert torch.allclose(cov_a, ref, atol=1e-10)
+
+
+def test_psnr_known_value():
+    x = torch.zeros(2, 3, 4, 4)
+    y = x + 0.2  # 0.1 on [0, 1] → MSE 0.01 → 20 dB
+    assert torch.allclose(psnr_per_image(y, x), torch.full((2,), 20.0), atol=1e-4)
+
+
+def _loader(ds, batch):
+    sampler = ShardedEvalSampler(len(ds), batch)
+    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate)
+
+
+def test_fd_dino_and_metrics_do_not_depend_on_batch_size():
+    from experiments.eval_ae import evaluate
+    from models import build_autoencoder
+
+    torch.manual_seed(0)
+    ae = build_autoencoder("tiny", image_size=32)
+    ds = EmbeddedPhotos("eval", 32, length=16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: faster, and same-thread results either way
+    try:
+        r3 = evaluate(ae, _loader(ds, 3), torch.device("cpu"), fd="dino")
+        r8 = evaluate(ae, _loader(ds, 8), torch.device("cpu"), fd="dino")
+    finally:
+        torch.set_num_threads(threads)
+    assert r3["n_images"] == r8["n_images"] == 16
+    assert r3["fd_features"].startswith("dino_teacher") and "rfid" not in r3 and "fid" not in r3
+    assert r3["fd_dino"] > 0
+    assert abs(r3["fd_dino"] - r8["fd_dino"]) <= 1e-6 * max(1.0, r3["fd_dino"])
+    assert abs(r3["psnr"] - r8["psnr"]) < 1e-6 and abs(r3["ssim"] - r8["ssim"]) < 1e-6
+
+
+def test_eval_ae_cli_writes_json(tmp_path, capsys):
+    from experiments import eval_ae, in1k_ae
+    from test_exp_support import tiny_argv
+
+    run = tmp_path / "run"
+    assert in1k_ae.main(tiny_argv(run, steps=1)) == 0
+    assert eval_ae.main(["--ckpt", str(run), "--batch-size", "5", "--num-workers", "0",
+                         "--fd", "dino"]) == 0
+    res = json.loads((run / "eval.json").read_text())
+    assert res["n_images"] == 8 and res["step"] == 1 and res["ema"] is True
+    assert {"psnr", "ssim", "fd_dino"} <= set(res) and "rfid" not in res
+    assert (run / "eval_recon.png").is_file()
+    assert eval_ae.main(["--ckpt", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0

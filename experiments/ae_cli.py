@@ -121,13 +121,13 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     args.embedded = args.data is None
     if args.embedded and args.preset != "tiny":
         raise UserError(f"--preset {args.preset} needs --data PATH (the embedded photos are for 'tiny')")
-    for k, v in DEFAULTS[(args.preset, args.stage)].items():
-        if getattr(args, k, None) is None:
+    defaults = DEFAULTS[(args.preset, args.stage)]
+    for k, v in defaults.items():
+        if k not in ("epochs", "max_steps") and getattr(args, k, None) is None:
             setattr(args, k, v)
-    if args.epochs is not None and args.max_steps is None:
-        args.max_steps = None  # computed from the dataset length later
-    elif args.max_steps is None:
-        args.max_steps = DEFAULTS[(args.preset, args.stage)].get("max_steps")
+    if args.max_steps is None and args.epochs is None:  # neither given: the preset's length
+        args.max_steps, args.epochs = defaults.get("max_steps"), defaults.get("epochs")
+    # --max-steps wins over --epochs; max_steps None = computed from --epochs and the dataset length
     if args.no_lpips:
         args.lpips_weight = 0.0
     if args.num_workers is None:

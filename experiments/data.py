@@ -217,6 +217,15 @@ class EmbeddedPhotos(Dataset):
         return {"image": crop.contiguous(), "label": label, "bad": []}
 
 
+def worker_init(worker_id: int) -> None:  # noqa: ARG001
+    """DataLoader ``worker_init_fn``: workers ignore SIGINT/SIGTERM; the main process decides when to stop
+    (it writes a checkpoint first) and shuts the workers down itself."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def collate(samples: list[dict]) -> dict:
     """Stack images/labels, concatenate the lists of skipped files."""
     return {"image": torch.stack([s["image"] for s in samples]),

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from experiments import checkpoint, distributed as D  # noqa: E402
 from experiments.ae_cli import build_parser, resolve  # noqa: E402
 from experiments.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
-                              collate, mix_seed)
+                              collate, mix_seed, worker_init)
 from experiments.ema import EMA  # noqa: E402
 from experiments.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
 from experiments.trainer import (NonFiniteError, NonFiniteGuard, UserError, autocast, build_adamw,  # noqa: E402
@@ -38,9 +38,13 @@ EMBEDDED_TRAIN_LEN = 4096
 _RESUME_KEYS = ("preset", "stage", "batch_size", "grad_accum", "image_size", "seed", "data")
 
 
-def banner(args, info) -> None:
+def banner(args, info, n_train: int) -> None:
     if not info.is_main:
         return
+    if not args.embedded:
+        print(f"in1k_ae: preset {args.preset}, stage {args.stage}, {n_train} training images in {args.data}, "
+              f"{args.max_steps} steps of {args.batch_size} images on {info.world_size} process(es) "
+              f"({info.device.type}, {args.precision}) -> {args.out}", flush=True)
     if args.embedded:
         print(f"in1k_ae: no --data, so training the TINY preset (random-init encoder) on random "
               f"{args.image_size}px crops of 8 scikit-image/scikit-learn photos, evaluating on held-out "
@@ -133,7 +137,7 @@ def train(args, info) -> int:
     probe = ResumableBatchSampler(len(train_ds), micro, world=world, chunks_per_step=args.grad_accum)
     if args.max_steps is None:
         args.max_steps = max(1, round(args.epochs * probe.steps_per_epoch))
-    banner(args, info)
+    banner(args, info, len(train_ds))
     params = ae.set_stage(args.stage)
     ae.to(dev)
     lpips, lpips_note = ae_steps.build_lpips(args.lpips_weights, args.lpips_weight <= 0, dev)
@@ -171,7 +175,8 @@ def train(args, info) -> int:
     sampler = ResumableBatchSampler(len(train_ds), micro, rank=info.rank, world=world, seed=args.seed,
                                     chunks_per_step=args.grad_accum, start_chunk=step * args.grad_accum)
     loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=args.num_workers,
-                                         collate_fn=collate, pin_memory=dev.type == "cuda")
+                                         collate_fn=collate, pin_memory=dev.type == "cuda",
+                                         worker_init_fn=worker_init if args.num_workers > 0 else None)
     val_loader = _eval_loader(val_ds, args, info)
     ctx = dict(args=args, info=info, ae=ae, ema=ema, logger=logger, val_loader=val_loader, out=out,
                lpips=lpips)
@@ -188,6 +193,9 @@ def train(args, info) -> int:
                         "world_size": world}, step_)
         D.barrier()
 
+    if step >= args.max_steps and info.is_main:
+        print(f"in1k_ae: nothing to do: {ckpts.last} is already at step {step} of {args.max_steps} "
+              f"(raise --max-steps to continue, or use --no-resume / another --out)", flush=True)
     if step == 0 and args.eval_every > 0:
         _evaluate(ctx, 0)
     progress = Progress(args.max_steps, step, enabled=info.is_main and not args.no_progress)

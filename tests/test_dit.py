@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.dit import (DiTConfig, LightningDiT, LightningDiT_models, cfg_combine,
@@ -32,6 +32,7 @@ def _inputs(b: int = 3, cfg: DiTConfig = TINY, seed: int = 1):
     return x, t, y
 
 
+@settings(max_examples=20)
 @given(b=st.integers(1, 4), side=st.sampled_from([1, 2, 3, 4]), ddt=st.booleans())
 def test_output_shape(b: int, side: int, ddt: bool) -> None:
     cfg = DiTConfig(in_channels=6, num_tokens=side * side, hidden_size=16, depth=1, num_heads=2,

@@ -3,7 +3,7 @@
 * :func:`load_autoencoder` reads a checkpoint written by ``experiments/in1k_ae.py`` (a run folder, whose
   ``checkpoints/last.pt`` is used, or a ``.pt`` file) and applies its EMA weights.
 * :data:`DIT_MODELS` is :data:`models.dit.LightningDiT_models` plus ``LightningDiT-T/1``, a tiny CPU
-  configuration (depth 4, width 128, 4 heads) for the embedded default run and the tests.
+  configuration (depth 4, width 96, 4 heads, 0.73 M parameters) for the embedded default run and the tests.
 * :func:`load_dit` rebuilds the DiT of an ``experiments/in1k_dit.py`` checkpoint (its ``dit_config``) and
   loads the EMA (default) or raw weights; it also returns the checkpoint's ``latent`` metadata
   (``num_tokens``, ``channels``, ``radius``, ``alpha``, ``num_classes``, ``ae_ckpt``).
@@ -68,7 +68,7 @@ def save_autoencoder(ae, path: str | os.PathLike, preset: str) -> Path:
 def _tiny_dit(**overrides: Any):
     from models.dit import DiTConfig, LightningDiT
 
-    cfg = replace(DiTConfig(), depth=4, hidden_size=128, num_heads=4, mlp_ratio=4.0)
+    cfg = replace(DiTConfig(), depth=4, hidden_size=96, num_heads=4, mlp_ratio=4.0)
     return LightningDiT(replace(cfg, **overrides))
 
 
@@ -101,3 +101,31 @@ def load_dit(path: str | os.PathLike, device: torch.device | str = "cpu", *, ema
                 params[n].copy_(t)
     model.requires_grad_(False)
     return model.to(device).eval(), dict(state["latent"]), dict(state["args"])
+
+
+def default_autoencoder(ae_ckpt: str | None, out: str | os.PathLike, seed: int, *, is_main: bool = True
+                        ) -> tuple[Path, str | None]:
+    """The autoencoder checkpoint to use, and a one-line note when it is a random-init stand-in.
+
+    ``ae_ckpt`` given → that (resolved). Else the embedded default: ``runs/ae-tiny-embedded-s1`` when that
+    run exists, otherwise a freshly built ``build_autoencoder("tiny")`` (random init, seeded by ``seed``)
+    saved once to ``OUT/ae-random-init.pt`` so sampling later decodes with the same decoder.
+    """
+    if ae_ckpt is not None:
+        return resolve_ckpt(ae_ckpt, "autoencoder", "--ae-ckpt").resolve(), None
+    trained = Path(DEFAULT_AE_RUN) / "checkpoints" / checkpoint.LAST
+    if trained.is_file():
+        return trained.resolve(), None
+    path = Path(out) / "ae-random-init.pt"
+    note = (f"no trained tiny autoencoder at {DEFAULT_AE_RUN} (run `python experiments/in1k_ae.py` first): "
+            f"using a freshly built random-init build_autoencoder('tiny'), saved to {path}")
+    if is_main and not path.is_file():
+        from models import build_autoencoder
+
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            save_autoencoder(build_autoencoder("tiny"), path, "tiny")
+    from experiments import distributed as D
+
+    D.barrier()
+    return path.resolve(), note

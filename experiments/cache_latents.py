@@ -1,0 +1,259 @@
+"""Encode a dataset once into safetensors shards of spherical latents, and read them back.
+
+    python experiments/cache_latents.py --out runs/latents-embedded                 # embedded photos
+    torchrun --nproc_per_node=8 experiments/cache_latents.py --data /imagenet --ae-ckpt runs/ae-paper-s2 \
+        --flip --out /scratch/in1k-latents
+
+Layout of ``--out DIR``: ``shard-00000.safetensors``, ... each holding ``latents`` ``[S, N, C]`` (``--dtype``),
+``labels`` ``[S]`` int64 and, with ``--flip``, ``latents_flip`` (the horizontally flipped image), for images
+``[k·S, (k+1)·S)`` of the dataset (centre crops of ``DIR/train`` for ``--data``; the fixed epoch-0 crops of
+the embedded photos otherwise); ``index.json`` describes the cache (``complete: true`` once every shard is
+written). Resumable: finished shards (written atomically) are skipped, so re-running the same command
+after a kill only encodes what is missing. DDP-aware: rank r writes shards r, r + W, ...
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch.utils.data import Dataset  # noqa: E402
+
+from experiments import distributed as D  # noqa: E402
+from experiments.data import (DataError, EmbeddedPhotos, ImageFolderDataset, _split_key,  # noqa: E402
+                              collate, mix_seed)
+from experiments.trainer import OneLineParser, UserError, run_cli  # noqa: E402
+from spherical import Hypersphere  # noqa: E402
+
+INDEX = "index.json"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_KEYS = ("num_images", "shard_size", "flip", "dtype", "ae_ckpt", "image_size", "source")
+
+
+def shard_path(root: str | os.PathLike, k: int) -> Path:
+    return Path(root) / f"shard-{k:05d}.safetensors"
+
+
+def _write_json(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def encode_batch(ae, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """``[B, 3, H, W]`` in [-1, 1] → float32 latents ``[B, N, C]`` on S^{C−1}_R (re-projected in fp32)."""
+    bf16 = precision == "bf16" and images.device.type == "cuda"
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        z = ae.encode(images)
+    return Hypersphere(ae.radius).projx(z.float())
+
+
+def cache_latents(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict, shard_size: int = 1024,
+                  batch_size: int = 64, flip: bool = False, dtype: str = "bfloat16", precision: str = "fp32",
+                  num_workers: int = 0, info: D.DistInfo = D.DistInfo(), log=print) -> dict:
+    """Encode ``dataset`` (items ``{"image", "label"}``, indexed by int) into shards under ``out``.
+
+    Args:
+        ae: autoencoder in eval mode on ``info.device``.
+        meta: identifies the cache (``ae_ckpt``, ``image_size``, ``source``, ``classes``); a rerun into the
+            same folder with different settings raises :class:`UserError` instead of mixing shards.
+        shard_size: images per shard S.
+        flip: also store the latents of the flipped images.
+        dtype: storage dtype of the latents (``float32``, ``bfloat16``, ``float16``).
+
+    Returns:
+        ``{"written": int, "skipped": int}`` for this process.
+    """
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    n = len(dataset)
+    index = dict(meta, num_images=n, shard_size=shard_size, num_shards=math.ceil(n / shard_size), flip=flip,
+                 dtype=dtype, num_tokens=ae.num_tokens, channels=ae.latent_dim, radius=ae.radius,
+                 complete=False)
+    old = json.loads((root / INDEX).read_text()) if (root / INDEX).is_file() else None
+    if old is not None:
+        diff = [k for k in _KEYS if old.get(k) != index.get(k)]
+        if diff:
+            raise UserError(f"{root} holds a cache written with different {', '.join(diff)}; use another --out")
+    D.barrier()
+    if info.is_main:
+        _write_json(dict(index, complete=bool(old and old.get("complete"))), root / INDEX)
+    written = skipped = 0
+    from safetensors.torch import save_file
+
+    for k in range(info.rank, index["num_shards"], info.world_size):
+        path = shard_path(root, k)
+        if path.is_file():
+            skipped += 1
+            continue
+        ids = list(range(k * shard_size, min(n, (k + 1) * shard_size)))
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=[ids[i:i + batch_size] for i in
+                                             range(0, len(ids), batch_size)], num_workers=num_workers,
+                                             collate_fn=collate)
+        zs, zf, labels = [], [], []
+        for batch in loader:
+            x = batch["image"].to(info.device)
+            zs.append(encode_batch(ae, x, precision).to(_DTYPES[dtype]).cpu())
+            if flip:
+                zf.append(encode_batch(ae, x.flip(-1), precision).to(_DTYPES[dtype]).cpu())
+            labels.append(batch["label"])
+        tensors = {"latents": torch.cat(zs).contiguous(), "labels": torch.cat(labels).contiguous()}
+        if flip:
+            tensors["latents_flip"] = torch.cat(zf).contiguous()
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path)
+        written += 1
+        log(f"cache_latents: wrote {path} ({len(ids)} images)")
+    D.barrier()
+    if info.is_main:
+        missing = [k for k in range(index["num_shards"]) if not shard_path(root, k).is_file()]
+        if missing:
+            raise RuntimeError(f"shards {missing[:5]} missing after encoding")
+        _write_json(dict(index, complete=True), root / INDEX)
+    D.barrier()
+    return {"written": written, "skipped": skipped}
+
+
+class LatentShards(Dataset):
+    """Cached latents as a dataset indexed by ``(epoch, i)`` (or ``i``): ``{"latent": [N, C] float32 on
+    S^{C−1}_R, "label": int}``. With flipped latents in the cache, epoch e uses the flipped copy of image i
+    with probability ½, a pure function of ``(seed, e, i)``.
+
+    Shards are read through safetensors' memory map on first use (``preload=True``: all in RAM).
+    """
+
+    def __init__(self, root: str | os.PathLike, *, seed: int = 0, preload: bool | None = None):
+        self.root = Path(root)
+        if not (self.root / INDEX).is_file():
+            raise DataError(f"{self.root}/{INDEX} not found (write it with experiments/cache_latents.py)")
+        self.index = json.loads((self.root / INDEX).read_text())
+        if not self.index.get("complete"):
+            raise DataError(f"{self.root} is an incomplete latent cache: re-run cache_latents.py to finish it")
+        self.n, self.shard_size = self.index["num_images"], self.index["shard_size"]
+        self.flip, self.seed = bool(self.index["flip"]), seed
+        self.sphere = Hypersphere(self.index["radius"])
+        from safetensors import safe_open
+
+        self.labels = torch.cat([safe_open(str(shard_path(self.root, k)), "pt").get_tensor("labels")
+                                 for k in range(self.index["num_shards"])])
+        size = self.n * self.index["num_tokens"] * self.index["channels"] * (2 if self.flip else 1) * 4
+        self._mem = None
+        if preload if preload is not None else size < 2**31:
+            from safetensors.torch import load_file
+
+            shards = [load_file(str(shard_path(self.root, k))) for k in range(self.index["num_shards"])]
+            self._mem = {key: torch.cat([s[key] for s in shards]).float()
+                         for key in (("latents", "latents_flip") if self.flip else ("latents",))}
+        self._open: dict[int, object] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.index.get("num_classes") or int(self.labels.max()) + 1)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_open": {}}  # mmap handles are per process
+
+    def _get(self, key: str, i: int) -> torch.Tensor:
+        if self._mem is not None:
+            return self._mem[key][i]
+        k, r = divmod(i, self.shard_size)
+        if k not in self._open:
+            from safetensors import safe_open
+
+            self._open[k] = safe_open(str(shard_path(self.root, k)), "pt")
+        return self._open[k].get_slice(key)[r:r + 1][0]
+
+    def __getitem__(self, key) -> dict:
+        epoch, i = _split_key(key)
+        name = "latents"
+        if self.flip and random.Random(mix_seed(self.seed, epoch, i, 3)).random() < 0.5:
+            name = "latents_flip"
+        z = self.sphere.projx(self._get(name, i).float())
+        return {"latent": z, "label": int(self.labels[i])}
+
+
+def collate_latents(samples: list[dict]) -> dict:
+    """Stack ``latent`` ``[B, N, C]`` and ``label`` ``[B]``."""
+    return {"latent": torch.stack([s["latent"] for s in samples]),
+            "label": torch.tensor([s["label"] for s in samples], dtype=torch.long), "bad": []}
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog="cache_latents.py", description="Encode a dataset once into safetensors shards of "
+                      "spherical latents (resumable: finished shards are skipped; DDP: torchrun).")
+    a = p.add_argument
+    a("--out", required=True, help="output folder of the shards and index.json")
+    a("--data", help="ImageNet-style folder: DIR/train/<class>/<image> (centre crops); omitted: embedded photos")
+    a("--ae-ckpt", help="in1k_ae.py run folder or checkpoint (default for the embedded photos: "
+      "runs/ae-tiny-embedded-s1, else a random-init tiny AE)")
+    a("--num-images", type=int, default=2048, help="embedded photos: number of fixed random crops")
+    a("--image-size", type=int, help="image side (default: the autoencoder's)")
+    a("--shard-size", type=int, default=1024, help="images per shard")
+    a("--batch-size", type=int, default=64, help="images per encoder batch per process")
+    a("--flip", action="store_true", help="also store latents of the horizontally flipped images")
+    a("--dtype", choices=tuple(_DTYPES), default="float32", help="storage dtype (bfloat16 halves the disk)")
+    a("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast of the encoder (CUDA)")
+    a("--seed", type=int, default=0, help="seed of the embedded crops / random-init AE")
+    a("--num-workers", type=int, default=0, help="data-loader workers")
+    a("--device", default="auto", help="auto | cpu | cuda")
+    return p
+
+
+def open_source(data: str | None, image_size: int, num_images: int, seed: int) -> tuple[Dataset, dict]:
+    """The dataset to encode and its identity (``source``, ``classes``, ``num_classes``)."""
+    if data is None:
+        ds = EmbeddedPhotos("train", image_size, length=num_images, seed=seed)
+        return ds, {"source": f"embedded:{num_images}:{seed}", "classes": ds.classes,
+                    "num_classes": len(ds.classes)}
+    ds = ImageFolderDataset(Path(data) / "train", image_size, train=False)
+    return ds, {"source": str(Path(data).resolve()), "classes": ds.classes, "num_classes": len(ds.classes)}
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    from experiments.dit_io import default_autoencoder, load_autoencoder
+
+    args = build_parser().parse_args(argv)
+    if args.data is not None and args.ae_ckpt is None:
+        raise UserError("--data needs --ae-ckpt (an in1k_ae.py run folder or checkpoint)")
+    info = D.setup(args.device)
+    try:
+        path, note = default_autoencoder(args.ae_ckpt, args.out, args.seed, is_main=info.is_main)
+        if note and info.is_main:
+            print(f"cache_latents: {note}", flush=True)
+        ae = load_autoencoder(path, info.device)
+        size = args.image_size or ae.image_size
+        ds, meta = open_source(args.data, size, args.num_images, args.seed)
+        res = cache_latents(ae, ds, args.out, meta=dict(meta, ae_ckpt=str(path), image_size=size),
+                            shard_size=args.shard_size, batch_size=args.batch_size, flip=args.flip,
+                            dtype=args.dtype, precision=args.precision, num_workers=args.num_workers, info=info,
+                            log=print if info.is_main else (lambda *_: None))
+        if info.is_main:
+            print(f"cache_latents: {res['written']} shards written, {res['skipped']} already there -> "
+                  f"{args.out}", flush=True)
+        return 0
+    finally:
+        D.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 user error)."""
+    return run_cli(_main, argv, prog="cache_latents.py", one_line=(DataError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

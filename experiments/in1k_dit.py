@@ -1,0 +1,307 @@
+"""Train a LightningDiT with Riemannian flow matching on spherical autoencoder latents (PAPER.md).
+
+    python experiments/in1k_dit.py                 # embedded photos, tiny AE + tiny DiT, ~2 min on 2 CPUs
+    torchrun --nproc_per_node=8 experiments/in1k_dit.py --preset paper --data /imagenet \
+        --ae-ckpt runs/ae-paper-s2 --cache-latents --out runs/dit-xl
+
+One step (fp32 sphere arithmetic; bf16 autocast only around the DiT on CUDA):
+x₀ = latents of the AE (data, t = 0), x₁ = ``Hypersphere(R).random_uniform`` (noise, t = 1),
+t = ``sample_time(B, alpha=α)`` with α = ``dimension_shift(N, C)`` unless ``--alpha``,
+(x_t, u_t) = ``geodesic_flow(x₀, x₁, t)``, labels dropped to the null class with prob. ``--cfg-dropout``,
+loss = ``rfm_loss(DiT(x_t, t, y), x_t, u_t, lambda_rad=λ_rad)``; AdamW + EMA.
+Noise, times and label dropout of step s on rank r come from a generator seeded by (seed, s, r), and the
+data order from :class:`experiments.data.ResumableBatchSampler`, so a resumed run repeats an uninterrupted
+one exactly. Outputs in ``--out``: ``metrics.jsonl``, ``checkpoints/last.pt`` (model, EMA, optimiser,
+scheduler, RNG, data position, ``dit_config`` and ``latent`` metadata for ``sample.py``) and
+``samples.png`` (EMA samples, one column per class). Re-running the same command resumes.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from experiments import checkpoint, distributed as D  # noqa: E402
+from experiments.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
+                              collate, mix_seed)
+from experiments.dit_cli import build_parser, resolve  # noqa: E402
+from experiments.ema import EMA  # noqa: E402
+from experiments.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
+from experiments.trainer import (NonFiniteError, NonFiniteGuard, UserError, build_adamw,  # noqa: E402
+                                 grads_finite_norm, lr_lambda, run_cli, seed_everything)
+from spherical import Hypersphere, dimension_shift, geodesic_flow, rfm_loss, sample_time  # noqa: E402
+
+EMBEDDED_TRAIN_LEN = 4096
+_RESUME_KEYS = ("preset", "model", "batch_size", "seed", "data", "latents", "lambda_rad", "cfg_dropout")
+
+
+def _main(argv=None) -> int:
+    args = resolve(build_parser().parse_args(argv))
+    info = D.setup(args.device)
+    threads = torch.get_num_threads()
+    if args.threads or (args.preset == "tiny" and info.device.type == "cpu"):
+        torch.set_num_threads(args.threads or 1)
+    try:
+        return train(args, info)
+    finally:
+        torch.set_num_threads(threads)
+        D.cleanup()
+
+
+def open_data(args, info, ae_path: Path, ae):
+    """Training dataset (images encoded on the fly, or cached latents), its collate fn and metadata."""
+    from experiments.cache_latents import LatentShards, cache_latents, collate_latents, open_source
+
+    if args.cache_latents:
+        src = Path(args.out) / "latents"
+        ds, meta = open_source(args.data, args.image_size or ae.image_size, 0, args.seed)
+        cache_latents(ae, ds, src, meta=dict(meta, ae_ckpt=str(ae_path), image_size=args.image_size or
+                                             ae.image_size), flip=args.flip, info=info,
+                      log=print if info.is_main else (lambda *_: None))
+    else:
+        src = args.latents
+    if src is not None:
+        ds = LatentShards(src, seed=args.seed)
+        return ds, collate_latents, {"num_classes": ds.num_classes, "classes": ds.index.get("classes"),
+                                     "source": f"cached latents {src}"}
+    size = args.image_size or ae.image_size
+    if args.embedded:
+        ds = EmbeddedPhotos("train", size, length=EMBEDDED_TRAIN_LEN, seed=args.seed)
+    else:
+        ds = ImageFolderDataset(Path(args.data) / "train", size, train=True, seed=args.seed)
+    return ds, collate, {"num_classes": len(ds.classes), "classes": list(ds.classes),
+                         "source": "embedded photos encoded on the fly" if args.embedded else
+                         f"{args.data} encoded on the fly"}
+
+
+def build_dit(args, latent: dict) -> torch.nn.Module:
+    from experiments.dit_io import dit_registry
+
+    reg = dit_registry()
+    if args.model not in reg:
+        raise UserError(f"unknown --model {args.model!r}; choose from {', '.join(reg)}")
+    side = int(round(latent["num_tokens"] ** 0.5))
+    if side * side != latent["num_tokens"]:
+        raise UserError(f"the DiT needs a square token grid; the autoencoder gives N={latent['num_tokens']}")
+    return reg[args.model](in_channels=latent["channels"], num_tokens=latent["num_tokens"],
+                           num_classes=latent["num_classes"], class_dropout_prob=args.cfg_dropout,
+                           ddt_head=args.ddt_head)
+
+
+def train(args, info) -> int:
+    from experiments.dit_io import default_autoencoder, load_autoencoder
+
+    out, dev, world = Path(args.out), info.device, info.world_size
+    ckpts = checkpoint.CheckpointDir(out / "checkpoints", keep_every=args.keep_every)
+    resume = None if args.no_resume else ckpts.load_latest()
+    if resume is not None:
+        old = resume["args"]
+        diff = [k for k in _RESUME_KEYS if old.get(k) != getattr(args, k)]
+        if diff:
+            raise UserError(f"{ckpts.last} was written with different {', '.join('--' + k for k in diff)}; "
+                            f"use the same arguments, another --out, or --no-resume")
+        if args.ae_ckpt is None:
+            args.ae_ckpt = resume["latent"]["ae_ckpt"]
+    if args.batch_size % world:
+        raise UserError(f"--batch-size {args.batch_size} must divide by the number of processes {world}")
+    ae_path, note = default_autoencoder(args.ae_ckpt, out, args.seed, is_main=info.is_main)
+    ae = load_autoencoder(ae_path, dev)
+    train_ds, collate_fn, data_meta = open_data(args, info, ae_path, ae)
+    n_tok, chans = ae.num_tokens, ae.latent_dim
+    alpha = args.alpha if args.alpha is not None else dimension_shift(n_tok, chans)
+    latent = dict(num_tokens=n_tok, channels=chans, radius=float(ae.radius), alpha=float(alpha),
+                  num_classes=args.num_classes or data_meta["num_classes"], ae_ckpt=str(ae_path),
+                  classes=data_meta["classes"], image_size=args.image_size or ae.image_size)
+    sampler_probe = ResumableBatchSampler(len(train_ds), args.batch_size, world=world)
+    if args.steps is None:
+        args.steps = max(1, round(args.epochs * sampler_probe.steps_per_epoch))
+    seed_everything(args.seed)
+    model = build_dit(args, latent).to(dev)
+    ema = EMA(model, args.ema_decay, warmup=args.ema_warmup)
+    opt = build_adamw(model.parameters(), args.lr, (args.beta1, args.beta2), args.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.lr_schedule, args.warmup_steps, args.steps))
+    guard = NonFiniteGuard(args.max_nonfinite)
+    precision = ("bf16" if dev.type == "cuda" else "fp32") if args.precision == "auto" else args.precision
+    logger = MetricsLogger(out, enabled=info.is_main, tensorboard=args.tensorboard)
+    step = 0
+    if info.is_main:
+        n_par = sum(p.numel() for p in model.parameters())
+        print(f"in1k_dit: {args.model} ({n_par / 1e6:.2f} M params) on {data_meta['source']}: {n_tok} tokens x {chans} ch on "
+              f"the sphere R={ae.radius:.3f}, alpha={alpha:.3f}, {latent['num_classes']} classes, "
+              f"{args.steps} steps of batch {args.batch_size}, {precision} -> {out}", flush=True)
+        if note:
+            print(f"in1k_dit: {note}", flush=True)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        ema.load_state_dict(resume["ema"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        guard.load_state_dict(resume["guard"])
+        rng = resume["rng"]
+        checkpoint.restore_rng(rng[info.rank] if len(rng) == world else rng[0])
+        step = int(resume["step"])
+        if info.is_main:
+            truncate_after(logger.path, step)
+            print(f"in1k_dit: resuming from {ckpts.last} at step {step}", flush=True)
+    else:
+        logger.log("start", 0, **vars(args), latent=latent, world_size=world, precision_used=precision)
+    net = D.wrap_ddp(model, info)
+    if args.compile:
+        net = torch.compile(net)
+    sampler = ResumableBatchSampler(len(train_ds), args.batch_size, rank=info.rank, world=world, seed=args.seed,
+                                    start_chunk=step)
+    loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=args.num_workers,
+                                         collate_fn=collate_fn, pin_memory=dev.type == "cuda")
+    ctx = dict(args=args, info=info, ae=ae, sphere=Hypersphere(float(ae.radius)), alpha=alpha,
+               precision=precision)
+
+    def save(step_: int) -> None:
+        rng = D.all_gather_object(checkpoint.capture_rng())
+        if info.is_main:
+            ckpts.save({"step": step_, "data_chunk": step_, "model": model.state_dict(), "ema": ema.state_dict(),
+                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "guard": guard.state_dict(), "rng": rng, "args": vars(args), "world_size": world,
+                        "dit_config": asdict(model.config), "latent": latent}, step_)
+        D.barrier()
+
+    progress = Progress(args.steps, step, enabled=info.is_main and not args.no_progress)
+    meter, it, t0 = Throughput(), iter(loader), time.time()
+    sums: dict[str, float] = {}
+    n_sum, code = 0, 0
+    with checkpoint.StopSignals() as stop:
+        try:
+            while step < args.steps:
+                parts, finite, gnorm = train_step(ctx, net, model, opt, next(it), step, meter)
+                if finite:
+                    guard.check(True, step)
+                    ema.update(model)
+                    for k, v in parts.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    n_sum += 1
+                else:
+                    logger.log("nonfinite", step + 1, consecutive=guard.consecutive + 1, **parts)
+                    guard.check(False, step + 1)  # raises NonFiniteError after --max-nonfinite in a row
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    sched.step()
+                step += 1
+                progress.update(1, loss=parts["loss"], lat_s=meter.rate(reset=False))
+                if step % args.log_every == 0 or step == args.steps:
+                    logger.log("train", step, **{k: v / max(n_sum, 1) for k, v in sums.items()},
+                               lr=sched.get_last_lr()[0], grad_norm=gnorm, latents_per_s=meter.rate(),
+                               epoch=round(sampler.epoch_of_chunk(step), 4), nonfinite_total=guard.total)
+                    sums, n_sum = {}, 0
+                if args.sample_every > 0 and step % args.sample_every == 0 and step < args.steps:
+                    sample_grid(ctx, model, ema, latent, out / f"samples-{step:07d}.png")
+                stopping = D.any_true(stop.requested or step == args.stop_after, dev)
+                periodic = step % args.ckpt_every == 0 or step == args.steps
+                if (periodic and guard.consecutive == 0) or stopping:
+                    save(step)
+                if stopping:
+                    sig = stop.signum or signal.SIGTERM
+                    logger.log("stopped", step, signal=signal.Signals(sig).name)
+                    progress.write(f"in1k_dit: stopped ({signal.Signals(sig).name}) at step {step}; checkpoint "
+                                   f"{ckpts.last}; re-run the same command to continue")
+                    code = 0 if stop.signum is None else 128 + sig
+                    break
+        except NonFiniteError as e:
+            logger.log("abort", step, reason=str(e))
+            progress.close()
+            print(f"in1k_dit: stopping: {e}; " + (f"the last good checkpoint is {ckpts.last}" if ckpts.exists()
+                                                 else "no checkpoint written yet"), file=sys.stderr, flush=True)
+            return 3
+    progress.close()
+    if code == 0 and step >= args.steps:
+        path = sample_grid(ctx, model, ema, latent, out / "samples.png")
+        if info.is_main:
+            print(f"in1k_dit: done at step {step} in {time.time() - t0:.1f}s; EMA samples {path}", flush=True)
+    logger.close()
+    return code
+
+
+def latents_of(ctx, batch: dict) -> torch.Tensor:
+    """The batch's data latents x₀ ``[B, N, C]`` in float32 on the sphere (encoded now if images)."""
+    from experiments.cache_latents import encode_batch
+
+    dev = ctx["info"].device
+    if "latent" in batch:
+        return ctx["sphere"].projx(batch["latent"].to(dev, non_blocking=True).float())
+    return encode_batch(ctx["ae"], batch["image"].to(dev, non_blocking=True), ctx["precision"])
+
+
+def flow_loss(ctx, net, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
+    """Riemannian flow-matching loss of one batch; returns :class:`spherical.RFMLoss` (fp32)."""
+    args, sphere, b = ctx["args"], ctx["sphere"], x0.shape[0]
+    x1 = sphere.random_uniform(*x0.shape, generator=gen, device=x0.device)
+    t = sample_time(b, alpha=ctx["alpha"], loc=args.time_loc, scale=args.time_scale, generator=gen,
+                    device=x0.device)
+    drop = torch.rand(b, generator=gen, device=x0.device) < args.cfg_dropout
+    xt, ut = geodesic_flow(x0, x1, t.view(b, 1, 1), sphere=sphere)
+    bf16 = ctx["precision"] == "bf16" and x0.device.type == "cuda"
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        v = net(xt, t, y, force_drop=drop)
+    return rfm_loss(v.float(), xt, ut, lambda_rad=args.lambda_rad)
+
+
+def train_step(ctx, net, model, opt, batch, step: int, meter):
+    """One optimizer step. Returns (loss parts, finite, pre-clip grad norm)."""
+    args, info = ctx["args"], ctx["info"]
+    dev = info.device
+    x0 = latents_of(ctx, batch)
+    y = batch["label"].to(dev)
+    meter.add(x0.shape[0] * info.world_size)
+    gen = torch.Generator(dev).manual_seed(mix_seed(args.seed, step, info.rank))
+    opt.zero_grad(set_to_none=True)
+    loss = flow_loss(ctx, net, x0, y, gen)
+    total = loss.total
+    if step + 1 in args.inject_nan_steps:  # 1-based, as logged
+        total = total * float("nan")
+    total.backward()
+    vals = torch.stack([total.detach(), loss.tangent.detach(), loss.radial.detach()]).double()
+    D.all_reduce_mean(vals)
+    gnorm = grads_finite_norm(list(model.parameters()), args.grad_clip)
+    finite = bool(torch.isfinite(vals).all()) and bool(torch.isfinite(gnorm))
+    if finite:
+        opt.step()
+    return dict(zip(("loss", "tangent", "radial"), vals.tolist())), finite, float(gnorm)
+
+
+@torch.no_grad()
+def sample_grid(ctx, model, ema, latent: dict, path: Path, per_class: int = 4) -> Path:
+    """EMA samples (Euler, ``--sample-steps``), ``per_class`` rows × one column per class (≤ 8), as PNG."""
+    from experiments.metrics import save_grid
+    from experiments.sample import generate, sample_noise
+
+    args, info = ctx["args"], ctx["info"]
+    if info.is_main:
+        k = min(8, latent["num_classes"])
+        labels = (torch.arange(k * per_class) % k).to(info.device)
+        noise = sample_noise(range(labels.numel()), latent["num_tokens"], latent["channels"], latent["radius"],
+                             args.seed, info.device)
+        was = model.training
+        model.eval()
+        with ema.applied(model):
+            _, img = generate(model, ctx["ae"], labels, latent, noise=noise, steps=args.sample_steps,
+                              precision=ctx["precision"])
+        model.train(was)
+        save_grid(list(img.cpu().split(k)), path, nrow=k)
+    D.barrier()
+    return path
+
+
+def main(argv=None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 user error, 3 non-finite stop, 128+sig on signal)."""
+    return run_cli(_main, argv, prog="in1k_dit.py", one_line=(DataError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -124,6 +124,11 @@ def train(args, info) -> int:
         if diff:
             raise UserError(f"{ckpts.last} was written with different {', '.join('--' + k for k in diff)}; "
                             f"use the same arguments, another --out, or --no-resume")
+    if args.image_size is None:
+        from models.autoencoder import AE_CONFIGS
+
+        args.image_size = AE_CONFIGS[args.preset].image_size
+    train_ds, val_ds = make_datasets(args)  # data problems surface before the (slow) model build
     seed_everything(args.seed)
     ae = build_model(args, resume)
     dev, world = info.device, info.world_size
@@ -132,7 +137,6 @@ def train(args, info) -> int:
                         f"({args.grad_accum} x {world})")
     if args.init_from and resume is None:
         load_init(ae, args.init_from)
-    train_ds, val_ds = make_datasets(args)
     micro = args.batch_size // args.grad_accum
     probe = ResumableBatchSampler(len(train_ds), micro, world=world, chunks_per_step=args.grad_accum)
     if args.max_steps is None:

@@ -112,3 +112,23 @@ def test_corrupt_files_are_skipped_and_counted(tmp_path):
     assert in1k_ae.main(tiny_argv(out, "--data", str(data), "--num-workers", "0", steps=2)) == 0
     assert records(out, "train")[-1]["skipped_files"] == 2
     assert sorted(final_state(out)["bad_files"]) == sorted(map(str, bad))
+
+
+def test_lpips_term_used_when_vgg_weights_given(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    cfg, feats, cin, i = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512], {}, 3, 0
+    for c in cfg:  # random VGG16 trunk in torchvision's key format (offline stand-in for the real file)
+        if c == "M":
+            i += 1
+            continue
+        feats[f"features.{i}.weight"] = torch.randn(c, cin, 3, 3, generator=g) * (2.0 / (9 * cin)) ** 0.5
+        feats[f"features.{i}.bias"] = torch.zeros(c)
+        cin, i = c, i + 2
+    vgg = tmp_path / "vgg16.pth"
+    torch.save(feats, vgg)
+    out = tmp_path / "lp"
+    assert in1k_ae.main(tiny_argv(out, "--lpips-weights", str(vgg), "--lpips-weight", "1.0", steps=2)) == 0
+    assert records(out, "start")[0]["lpips"] == "on"
+    for r in records(out, "train"):
+        assert r["lpips"] > 0
+        assert abs(r["loss"] - (0.5 * r["cos"] + r["l1"] + r["lpips"])) < 1e-5

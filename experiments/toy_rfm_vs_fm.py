@@ -203,7 +203,7 @@ def _reference(cfg: ToyConfig, dist: ToyDistribution) -> tuple[Tensor, Tensor]:
 def _job(cfg: ToyConfig, kind: str, lam: float, seed: int) -> dict[str, float]:
     """Train + sample + evaluate one (method, seed); runs single-threaded (also in a worker process)."""
     torch.set_num_threads(1)
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     dist = ToyDistribution(cfg)
     ref, _ = _reference(cfg, dist)
     model, hist = train(kind, lam, cfg, dist, seed)
@@ -211,7 +211,7 @@ def _job(cfg: ToyConfig, kind: str, lam: float, seed: int) -> dict[str, float]:
     row = evaluate(x, ref, dist, cfg) | {"final_loss": sum(hist[-50:]) / len(hist[-50:])}
     if kind == "fm":
         row["off_sphere"] = off
-    return row | {"seconds": time.time() - t0}
+    return row | {"seconds": time.time() - t0, "cpu_seconds": time.process_time() - c0}
 
 
 def run(cfg: ToyConfig, out_dir: Path = RESULTS, plot: bool = True, verbose: bool = True,
@@ -250,6 +250,7 @@ def run(cfg: ToyConfig, out_dir: Path = RESULTS, plot: bool = True, verbose: boo
         "reference": evaluate(ref2, ref, dist, cfg),
         "methods": {m: {k: _summary(v) for k, v in rows.items()} for m, rows in raw.items()},
         "seconds_total": time.time() - start,
+        "cpu_seconds_jobs": sum(sum(rows["cpu_seconds"]) for rows in raw.values()),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "toy_rfm_vs_fm.json").write_text(json.dumps(result, indent=2))

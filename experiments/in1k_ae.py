@@ -118,16 +118,16 @@ def train(args, info) -> int:
     out = Path(args.out)
     ckpts = checkpoint.CheckpointDir(out / "checkpoints", keep_every=args.keep_every)
     resume = None if args.no_resume else ckpts.load_latest()
-    if resume is not None:
-        old = resume["args"]
-        diff = [k for k in _RESUME_KEYS if k != "image_size" and old.get(k) != getattr(args, k)]
-        if diff:
-            raise UserError(f"{ckpts.last} was written with different {', '.join('--' + k for k in diff)}; "
-                            f"use the same arguments, another --out, or --no-resume")
     if args.image_size is None:
         from models.autoencoder import AE_CONFIGS
 
         args.image_size = AE_CONFIGS[args.preset].image_size
+    if resume is not None:
+        old = resume["args"]
+        diff = ", ".join("--" + k.replace("_", "-") for k in _RESUME_KEYS if old.get(k) != getattr(args, k))
+        if diff:
+            raise UserError(f"{ckpts.last} was written with different {diff}; "
+                            f"use the same arguments, another --out, or --no-resume")
     train_ds, val_ds = make_datasets(args)  # data problems surface before the (slow) model build
     seed_everything(args.seed)
     ae = build_model(args, resume)
@@ -205,8 +205,7 @@ def train(args, info) -> int:
     progress = Progress(args.max_steps, step, enabled=info.is_main and not args.no_progress)
     meter, it, t_start = Throughput(), iter(loader), time.time()
     sums: dict[str, float] = {}
-    n_sum = 0
-    code = 0
+    n_sum = reported_bad = code = 0
     with checkpoint.StopSignals() as stop:
         try:
             while step < args.max_steps:
@@ -230,12 +229,12 @@ def train(args, info) -> int:
                 if step % args.log_every == 0 or step == args.max_steps:
                     nbad = len(set().union(*D.all_gather_object(bad_files)))
                     logger.log("train", step, **{k: v / max(n_sum, 1) for k, v in sums.items()},
-                                     lr=sched.get_last_lr()[0], grad_norm=gnorm, img_per_s=meter.rate(),
-                                     epoch=round(epoch, 4), skipped_files=nbad,
-                                     nonfinite_total=guard.total)
+                               lr=sched.get_last_lr()[0], grad_norm=gnorm, img_per_s=meter.rate(),
+                               epoch=round(epoch, 4), skipped_files=nbad, nonfinite_total=guard.total)
                     sums, n_sum = {}, 0
-                    if nbad and info.is_main:
+                    if nbad > reported_bad and info.is_main:
                         progress.write(f"in1k_ae: {nbad} unreadable image files skipped so far")
+                    reported_bad = nbad
                 if args.eval_every > 0 and (step % args.eval_every == 0 or step == args.max_steps):
                     _evaluate(ctx, step)
                 stopping = D.any_true(stop.requested or step == args.stop_after, dev)
@@ -243,12 +242,12 @@ def train(args, info) -> int:
                 if (periodic and guard.consecutive == 0) or stopping:  # keep the last *good* one
                     save(step)
                 if stopping:
-                    sig = stop.signum or signal.SIGTERM
-                    logger.log("stopped", step, signal=signal.Signals(sig).name)
+                    why = signal.Signals(stop.signum).name if stop.signum else "--stop-after"
+                    logger.log("stopped", step, signal=why)
                     if info.is_main:
-                        progress.write(f"in1k_ae: stopped ({signal.Signals(sig).name}) at step {step}; "
-                                       f"checkpoint {ckpts.last}; re-run the same command to continue")
-                    code = 0 if stop.signum is None else 128 + sig
+                        progress.write(f"in1k_ae: stopped ({why}) at step {step}; checkpoint {ckpts.last}; "
+                                       f"re-run the same command to continue")
+                    code = 128 + stop.signum if stop.signum else 0
                     break
         except NonFiniteError as e:
             msg = (f"in1k_ae: stopping: {e}; the last good checkpoint is {ckpts.last}"

@@ -132,3 +132,11 @@ def test_lpips_term_used_when_vgg_weights_given(tmp_path):
     for r in records(out, "train"):
         assert r["lpips"] > 0
         assert abs(r["loss"] - (0.5 * r["cos"] + r["l1"] + r["lpips"])) < 1e-5
+
+
+def test_resume_refuses_different_arguments(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert in1k_ae.main(tiny_argv(out, "--stop-after", "1", steps=3)) == 0
+    assert records(out, "stopped")[0]["signal"] == "--stop-after"
+    assert in1k_ae.main(tiny_argv(out, "--batch-size", "8", steps=3)) == 2
+    assert "different --batch-size" in capsys.readouterr().err

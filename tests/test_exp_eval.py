@@ -99,5 +99,9 @@ def test_eval_ae_cli_writes_json(tmp_path, capsys):
     assert res["n_images"] == 8 and res["step"] == 1 and res["ema"] is True
     assert {"psnr", "ssim", "fd_dino"} <= set(res) and "rfid" not in res
     assert (run / "eval_recon.png").is_file()
+    (run / "eval.json").unlink()
+    assert in1k_ae.main(tiny_argv(run, "--eval-only")) == 0  # same numbers through the training script
+    res2 = json.loads((run / "eval.json").read_text())
+    assert res2["step"] == 1 and abs(res2["psnr"] - res["psnr"]) < 1e-6
     assert eval_ae.main(["--ckpt", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0

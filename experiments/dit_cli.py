@@ -114,6 +114,10 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     for k, v in DEFAULTS[args.preset].items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
+    from experiments.dit_io import dit_registry
+
+    if args.model not in dit_registry():
+        raise UserError(f"unknown --model {args.model!r}; choose from {', '.join(dit_registry())}")
     if args.steps is None and args.epochs is None:
         raise UserError("give --steps or --epochs")
     if args.data is not None and args.latents is not None:

@@ -17,6 +17,7 @@ scheduler, RNG, data position, ``dit_config`` and ``latent`` metadata for ``samp
 """
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
@@ -71,6 +72,10 @@ def open_data(args, info, ae_path: Path, ae):
         src = args.latents
     if src is not None:
         ds = LatentShards(src, seed=args.seed)
+        shape = (ds.index["num_tokens"], ds.index["channels"])
+        if shape != (ae.num_tokens, ae.latent_dim):
+            raise UserError(f"{src} holds {shape[0]}x{shape[1]} latents but the autoencoder {ae_path} gives "
+                            f"{ae.num_tokens}x{ae.latent_dim}; pass the --ae-ckpt that wrote the cache")
         return ds, collate_latents, {"num_classes": ds.num_classes, "classes": ds.index.get("classes"),
                                      "source": f"cached latents {src}"}
     size = args.image_size or ae.image_size
@@ -113,6 +118,8 @@ def train(args, info) -> int:
             args.ae_ckpt = resume["latent"]["ae_ckpt"]
     if args.batch_size % world:
         raise UserError(f"--batch-size {args.batch_size} must divide by the number of processes {world}")
+    if args.latents is not None and args.ae_ckpt is None:  # the autoencoder that wrote the cache
+        args.ae_ckpt = json.loads((Path(args.latents) / "index.json").read_text())["ae_ckpt"]
     ae_path, note = default_autoencoder(args.ae_ckpt, out, args.seed, is_main=info.is_main)
     ae = load_autoencoder(ae_path, dev)
     train_ds, collate_fn, data_meta = open_data(args, info, ae_path, ae)

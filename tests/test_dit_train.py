@@ -1,0 +1,116 @@
+"""experiments/in1k_dit.py and cache_latents.py: loss falls, exact resume, NaN guard, resumable latent cache."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments import cache_latents, in1k_dit
+from experiments.dit_io import load_dit, save_autoencoder
+
+
+def _losses(out: Path) -> dict[int, float]:
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in recs if r["event"] == "train"}
+
+
+def _events(out: Path, event: str) -> list[dict]:
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in recs if r["event"] == event]
+
+
+@pytest.fixture(scope="module")
+def ae_ckpt(tmp_path_factory) -> Path:
+    """A random-init tiny autoencoder at 32 px (2x2 tokens x 32 channels) in the in1k_ae checkpoint layout."""
+    from models import build_autoencoder
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ae") / "ae.pt"
+    save_autoencoder(build_autoencoder("tiny", image_size=32), path, "tiny")
+    return path
+
+
+def _argv(out: Path, ae: Path, *extra: str, steps: int = 6) -> list[str]:
+    return ["--ae-ckpt", str(ae), "--out", str(out), "--steps", str(steps), "--batch-size", "8",
+            "--log-every", "1", "--ckpt-every", "100", "--sample-steps", "2", "--no-progress", *extra]
+
+
+def test_loss_falls_on_a_tiny_problem(tmp_path, ae_ckpt):
+    out = tmp_path / "run"
+    # alpha 4 (times near the noise end) makes the drop fast; the auto alpha of 4 tokens x 32 ch is 0.18.
+    assert in1k_dit.main(_argv(out, ae_ckpt, "--steps", "80", "--batch-size", "16", "--lr", "3e-3",
+                               "--warmup-steps", "5", "--alpha", "4")) == 0
+    losses = list(_losses(out).values())
+    first, last = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
+    assert last < 0.75 * first, (first, last)
+    # The checkpoint rebuilds for sampling: EMA weights, latent metadata of the AE, a sample grid.
+    model, latent, args = load_dit(out)
+    assert latent["num_tokens"] == 4 and latent["channels"] == 32 and latent["num_classes"] == 8
+    assert latent["alpha"] == 4.0 and args["lambda_rad"] == 0.1
+    assert not model.training and (out / "samples.png").is_file()
+    start = _events(out, "start")[0]
+    assert start["beta1"] == 0.9 and start["beta2"] == 0.95 and start["cfg_dropout"] == 0.1
+
+
+def test_resume_is_exact(tmp_path, ae_ckpt):
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert in1k_dit.main(_argv(full, ae_ckpt)) == 0
+    assert in1k_dit.main(_argv(split, ae_ckpt, "--stop-after", "3")) == 0
+    assert max(_losses(split)) == 3
+    assert in1k_dit.main(_argv(split, ae_ckpt, "--stop-after", "3")) == 0   # same command resumes
+    assert _losses(full) == _losses(split) and len(_losses(full)) == 6
+    assert load_dit(full)[1]["alpha"] == pytest.approx((4 * 32 / 4096) ** 0.5)  # auto: dimension_shift
+    a = torch.load(full / "checkpoints" / "last.pt", weights_only=False)
+    b = torch.load(split / "checkpoints" / "last.pt", weights_only=False)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["ema"]["shadow"][k], b["ema"]["shadow"][k]) for k in a["ema"]["shadow"])
+    # A different batch size must not silently resume.
+    assert in1k_dit.main(_argv(split, ae_ckpt, "--steps", "8", "--batch-size", "4")) == 2
+
+
+def test_nonfinite_steps_are_skipped_then_stop(tmp_path, ae_ckpt):
+    out = tmp_path / "nan"
+    assert in1k_dit.main(_argv(out, ae_ckpt, "--steps", "4", "--inject-nan-steps", "2")) == 0
+    assert [r["step"] for r in _events(out, "nonfinite")] == [2]
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    out2 = tmp_path / "nan2"
+    assert in1k_dit.main(_argv(out2, ae_ckpt, "--inject-nan-steps", "2,3", "--max-nonfinite", "2")) == 3
+    assert _events(out2, "abort")
+
+
+def test_cache_latents_is_resumable_and_trains(tmp_path, ae_ckpt):
+    lat = tmp_path / "lat"
+    argv = ["--out", str(lat), "--ae-ckpt", str(ae_ckpt), "--num-images", "20", "--shard-size", "8",
+            "--flip", "--device", "cpu"]
+    assert cache_latents.main(argv) == 0
+    shards = sorted(lat.glob("shard-*.safetensors"))
+    index = json.loads((lat / "index.json").read_text())
+    assert len(shards) == 3 and index["complete"] and index["num_images"] == 20
+    ds = cache_latents.LatentShards(lat)
+    z = torch.stack([ds[i]["latent"] for i in range(20)])
+    assert z.shape == (20, 4, 32)
+    torch.testing.assert_close(z.norm(dim=-1), torch.full((20, 4), index["radius"]))
+    before = {p.name: p.stat().st_mtime_ns for p in shards}
+    shards[1].unlink()                                          # a kill lost shard 1
+    assert cache_latents.main(argv) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in sorted(lat.glob("shard-*.safetensors"))}
+    assert set(after) == set(before)
+    assert all(after[n] == before[n] for n in before if n != shards[1].name)  # finished shards skipped
+    torch.testing.assert_close(torch.stack([cache_latents.LatentShards(lat)[i]["latent"] for i in range(20)]), z)
+    # Latents match encoding the same crops now; a cache with other settings is refused.
+    bad = ["--out", str(lat), "--ae-ckpt", str(ae_ckpt), "--num-images", "20", "--shard-size", "4"]
+    assert cache_latents.main(bad) == 2
+    out = tmp_path / "from_cache"
+    assert in1k_dit.main(["--latents", str(lat), "--preset", "tiny", "--out", str(out), "--steps", "3",
+                          "--batch-size", "4", "--log-every", "1", "--sample-steps", "1", "--no-progress"]) == 0
+    assert len(_losses(out)) == 3 and load_dit(out)[1]["ae_ckpt"] == str(ae_ckpt.resolve())
+
+
+def test_bad_arguments_are_one_line(tmp_path, capsys):
+    assert in1k_dit.main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "train/" in capsys.readouterr().err
+    assert in1k_dit.main(["--model", "LightningDiT-Q/7", "--out", str(tmp_path / "o"), "--steps", "1"]) == 2
+    assert "--model" in capsys.readouterr().err

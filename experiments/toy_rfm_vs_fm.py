@@ -58,6 +58,7 @@ class ToyConfig:
     train_steps: int = 1000
     batch: int = 64
     lr: float = 3e-3
+    ema: float = 0.0               # EMA decay of the weights used for sampling (0 = off)
     alpha: float = 1.0             # time shift for training times and the sampling grid
     sample_steps: int = 50
     n_eval: int = 384
@@ -117,6 +118,7 @@ def train(method: str, lam: float, cfg: ToyConfig, dist: ToyDistribution, seed: 
         opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / cfg.train_steps)))
     y = torch.zeros(cfg.batch, dtype=torch.long)
     history = []
+    ema = [p.detach().clone() for p in model.parameters()] if cfg.ema > 0 else None
     for _ in range(cfg.train_steps):
         x0, _ = dist.sample(cfg.batch, g)
         t = sample_time(cfg.batch, alpha=cfg.alpha, generator=g)
@@ -135,6 +137,13 @@ def train(method: str, lam: float, cfg: ToyConfig, dist: ToyDistribution, seed: 
         opt.step()
         sched.step()
         history.append(loss.item())
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1 - cfg.ema)
+    if ema is not None:
+        with torch.no_grad():
+            for p, e in zip(model.parameters(), ema):
+                p.copy_(e)
     return model.eval(), history
 
 

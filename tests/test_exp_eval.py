@@ -105,3 +105,44 @@ def test_eval_ae_cli_writes_json(tmp_path, capsys):
     assert res2["step"] == 1 and abs(res2["psnr"] - res["psnr"]) < 1e-6
     assert eval_ae.main(["--ckpt", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+class _TinyFeatures(torch.nn.Module):
+    """Stand-in for the Inception net inside torchmetrics' FID (offline: no Inception weights here)."""
+
+    num_features = 12
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 12, 5, stride=4)
+
+    def forward(self, x):
+        return torch.tanh(self.conv(x.float())).mean((2, 3))
+
+
+def test_rfid_branch_uses_torchmetrics_fid_when_weights_exist(tmp_path, monkeypatch):
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from experiments import eval_ae
+    from models import build_autoencoder
+
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    weights.write_bytes(b"stand-in")
+    seen = []
+
+    def fake_make_fid(path, device):
+        seen.append(path)
+        torch.manual_seed(1)
+        return FrechetInceptionDistance(feature=_TinyFeatures(), normalize=True).to(device)
+
+    monkeypatch.setattr(eval_ae, "make_fid", fake_make_fid)
+    torch.manual_seed(0)
+    ae = build_autoencoder("tiny", image_size=32)
+    ds = EmbeddedPhotos("eval", 32, length=10)
+    r3 = eval_ae.evaluate(ae, _loader(ds, 3), torch.device("cpu"), inception_weights=str(weights))
+    r8 = eval_ae.evaluate(ae, _loader(ds, 8), torch.device("cpu"), inception_weights=str(weights))
+    assert seen == [str(weights)] * 2
+    assert r3["fd_features"] == "inception_pool3_2048" and "fd_dino" not in r3 and r3["rfid"] > 0
+    assert abs(r3["rfid"] - r8["rfid"]) <= 1e-5 * max(1.0, r3["rfid"])
+    with pytest.raises(FileNotFoundError):
+        eval_ae.evaluate(ae, _loader(ds, 8), torch.device("cpu"), inception_weights=str(tmp_path / "no"))

@@ -2,7 +2,8 @@
 
 Target distribution: N tokens, each on S^{C−1}_R. A shared mixture component k ~ U{0..K−1} picks, for
 every token n, a mean direction μ[k, n] (drawn once, uniformly on the sphere); each token is then
-``projx(μ[k, n] + R·spread·ε)``, ε ~ N(0, I_C) (a projected-normal cluster, vMF-like). Tokens are
+``projx(μ[k, n] + R·spread·ε/√C)``, ε ~ N(0, I_C) (a projected-normal cluster, vMF-like, of angular
+radius ≈ atan(spread) whatever C). Tokens are
 therefore correlated only through the shared k, which the model has to learn jointly.
 
 Methods, trained with the same tiny LightningDiT, optimiser, step budget, time law and sampling grid:
@@ -50,7 +51,7 @@ class ToyConfig:
     tokens: int = 16
     channels: int = 8
     components: int = 4
-    spread: float = 0.15
+    spread: float = 0.15 * math.sqrt(8)  # noise norm relative to R (≈ 23° clusters)
     radius: float = 0.0            # 0 → E‖N(0, I_C)‖, so each channel has unit variance
     hidden: int = 32
     depth: int = 2
@@ -87,7 +88,8 @@ class ToyDistribution:
         """Returns ``x [n, N, C]`` on the sphere and component labels ``k [n]``."""
         k = torch.randint(0, self.cfg.components, (n,), generator=generator)
         eps = torch.randn(n, self.cfg.tokens, self.cfg.channels, generator=generator)
-        return self.sphere.projx(self.means[k] + self.cfg.R * self.cfg.spread * eps), k
+        scale = self.cfg.R * self.cfg.spread / math.sqrt(self.cfg.channels)
+        return self.sphere.projx(self.means[k] + scale * eps), k
 
     def angles_to_means(self, x: Tensor) -> Tensor:
         """Angle (radians) of every token to every component's mean: ``[n, K, N]``."""
@@ -306,6 +308,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="tiny run for tests (seconds)")
     p.add_argument("--steps", type=int, help="training steps per run")
     p.add_argument("--seeds", type=int, help="seeds per method")
+    p.add_argument("--tokens", type=int, help="N (a perfect square)")
+    p.add_argument("--channels", type=int, help="C (each token on S^{C-1})")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--workers", type=int, default=None,
                    help="parallel single-threaded jobs (default: 2, or 1 with --quick)")
@@ -314,8 +318,9 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = quick_config() if args.quick else ToyConfig()
     if args.steps:
         cfg.train_steps = args.steps
-    if args.seeds:
-        cfg.seeds = args.seeds
+    for name in ("seeds", "tokens", "channels"):
+        if getattr(args, name):
+            setattr(cfg, name, getattr(args, name))
     workers = args.workers if args.workers is not None else (1 if args.quick else 2)
     result = run(cfg, args.out, plot=not args.no_plot, workers=workers)
     print(f"wrote {args.out / 'toy_rfm_vs_fm.json'} in {result['seconds_total']:.1f}s")

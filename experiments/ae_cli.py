@@ -33,7 +33,7 @@ _EPILOG = "per-preset defaults (stage 1 / stage 2) of the options marked [preset
         else f"{k}={DEFAULTS[(p, 1)][k]}" for k in sorted(DEFAULTS[(p, 1)]))
     for p in ("tiny", "paper")) + "\n  hae-code: as paper.\n" + (
     "\nWithout --data: trains the tiny preset on random crops of the photos bundled in scikit-image and\n"
-    "scikit-learn (chelsea and flower held out for evaluation), random-init encoder, ~3 min on 2 cores.\n"
+    "scikit-learn (chelsea and flower held out for evaluation), random-init encoder, ~2 min on 2 cores.\n"
     "Real run: torchrun --nproc_per_node=8 experiments/in1k_ae.py --data /imagenet --preset paper \\\n"
     "           --encoder-weights dinov3_vitl16.pth --precision bf16 --out runs/ae-paper-s1")
 
@@ -41,8 +41,12 @@ _EPILOG = "per-preset defaults (stage 1 / stage 2) of the options marked [preset
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):
         h = action.help or ""
+        if "[preset]" in h:
+            return h.replace(" [preset]", "") + " (default: per preset, see the table below)"
+        if "(default:" in h:
+            return h
         if action.default is None and action.option_strings and action.nargs != 0:
-            return h + " (default: [preset], see below)" if "[preset]" in h else h + " (default: none)"
+            return h + " (default: none)"
         return super()._get_help_string(action)
 
 
@@ -91,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-nonfinite", type=int, default=5,
                    help="stop after this many non-finite steps in a row (0 = never)")
     g = p.add_argument_group("run")
-    g.add_argument("--out", help="run folder (default: runs/ae-<preset>[-embedded]-s<stage>)")
+    g.add_argument("--out", help="run folder; re-running with the same folder resumes "
+                   "(default: runs/ae-<preset>[-embedded]-s<stage>)")
     g.add_argument("--seed", type=int, default=0, help="global seed (model init, data order, crops)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda")
     g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
@@ -111,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     g.add_argument("--no-resume", action="store_true", help="ignore DIR/checkpoints/last.pt, start over")
     g.add_argument("--stop-after", type=int, help="(testing) stop like SIGTERM after this step")
-    g.add_argument("--inject-nan-steps", default="", help="(testing) comma list of steps with NaN loss")
+    g.add_argument("--inject-nan-steps", help="(testing) comma-separated steps whose loss is made NaN")
     del a
     return p
 
@@ -157,5 +162,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             raise UserError(f"--{name.replace('_', '-')} file not found: {path}")
     if args.stage == 2 and args.init_from is None and not args.eval_only:
         print("note: stage 2 without --init-from starts from untrained stem/decoder weights")
-    args.inject_nan_steps = {int(s) for s in str(args.inject_nan_steps).split(",") if s.strip()}
+    try:
+        args.inject_nan_steps = {int(s) for s in (args.inject_nan_steps or "").split(",") if s.strip()}
+    except ValueError:
+        raise UserError(f"--inject-nan-steps expects comma-separated integers, got {args.inject_nan_steps!r}") from None
     return args

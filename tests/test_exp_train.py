@@ -163,3 +163,17 @@ def test_stage2_resume_is_exact(tmp_path):
     for k, v in sa["disc"].items():
         if v.is_floating_point():
             assert torch.allclose(v, sb["disc"][k], atol=1e-6, rtol=0), k
+
+
+def test_sigint_writes_checkpoint_and_exits_130(tmp_path, monkeypatch):
+    real = in1k_ae._train_step
+
+    def step(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during the first step
+        return real(*a, **k)
+
+    monkeypatch.setattr(in1k_ae, "_train_step", step)
+    out = tmp_path / "int"
+    assert in1k_ae.main(tiny_argv(out, steps=5)) == 128 + signal.SIGINT
+    assert final_state(out)["step"] == 1 and records(out, "stopped")[0]["signal"] == "SIGINT"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored

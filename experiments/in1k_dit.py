@@ -137,7 +137,9 @@ def train(args, info) -> int:
     opt = build_adamw(model.parameters(), args.lr, (args.beta1, args.beta2), args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.lr_schedule, args.warmup_steps, args.steps))
     guard = NonFiniteGuard(args.max_nonfinite)
-    precision = ("bf16" if dev.type == "cuda" else "fp32") if args.precision == "auto" else args.precision
+    precision = "bf16" if args.precision in ("auto", "bf16") and dev.type == "cuda" else "fp32"
+    if args.precision == "bf16" and precision == "fp32" and info.is_main:
+        print("in1k_dit: --precision bf16 applies on CUDA only; training in fp32 on CPU", flush=True)
     logger = MetricsLogger(out, enabled=info.is_main, tensorboard=args.tensorboard)
     step = 0
     if info.is_main:
@@ -216,8 +218,9 @@ def train(args, info) -> int:
                 if stopping:
                     sig = stop.signum or signal.SIGTERM
                     logger.log("stopped", step, signal=signal.Signals(sig).name)
-                    progress.write(f"in1k_dit: stopped ({signal.Signals(sig).name}) at step {step}; checkpoint "
-                                   f"{ckpts.last}; re-run the same command to continue")
+                    if info.is_main:
+                        progress.write(f"in1k_dit: stopped ({signal.Signals(sig).name}) at step {step}; "
+                                       f"checkpoint {ckpts.last}; re-run the same command to continue")
                     code = 0 if stop.signum is None else 128 + sig
                     break
         except NonFiniteError as e:

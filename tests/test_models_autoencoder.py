@@ -11,14 +11,6 @@ from models import (AE_CONFIGS, DECODER_CONFIGS, AutoencoderOutput, DinoSpherica
                     build_autoencoder, gaussian_norm_radius)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def ae16() -> DinoSphericalAutoencoder:
     torch.manual_seed(0)

@@ -10,14 +10,6 @@ from models.encoder import EncoderWeightsError
 from models.losses import hinge_d_loss, hinge_g_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def disc() -> DinoDiscriminator:
     torch.manual_seed(0)

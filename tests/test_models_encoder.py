@@ -13,15 +13,6 @@ TINY = dict(embed_dim=32, depth=2, num_heads=2)
 V3, V2 = "vit_small_patch16_dinov3", "vit_small_patch14_reg4_dinov2"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are fastest single-threaded (no OpenMP contention on a shared 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _vit(name: str, seed: int, size: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     vit = create_dino_vit(name, random_init=True, img_size=size, **TINY)

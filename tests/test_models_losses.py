@@ -15,14 +15,6 @@ _VGG = {0: (64, 3), 2: (64, 64), 5: (128, 64), 7: (128, 128), 10: (256, 128), 12
         28: (512, 512)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @given(seed=st.integers(0, 10_000), scale=st.floats(1e-3, 1e3))
 def test_cosine_loss_known_values(seed: int, scale: float) -> None:
     g = torch.Generator().manual_seed(seed)

@@ -10,14 +10,6 @@ from models.decoder_blocks import ChannelShortcut, ReLULinearAttention, Upsample
 from models.stem import TRMS2d, HierarchicalConvPatchEmbed
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @given(seed=st.integers(0, 10_000), scale=st.floats(1e-3, 1e3), c=st.integers(1, 8), hw=st.integers(1, 6))
 def test_trms2d_normalises_over_chw_jointly(seed: int, scale: float, c: int, hw: int) -> None:
     g = torch.Generator().manual_seed(seed)

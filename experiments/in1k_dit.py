@@ -13,7 +13,7 @@ Noise, times and label dropout of step s on rank r come from a generator seeded 
 data order from :class:`experiments.data.ResumableBatchSampler`, so a resumed run repeats an uninterrupted
 one exactly. Outputs in ``--out``: ``metrics.jsonl``, ``checkpoints/last.pt`` (model, EMA, optimiser,
 scheduler, RNG, data position, ``dit_config`` and ``latent`` metadata for ``sample.py``) and
-``samples.png`` (EMA samples, one column per class). Re-running the same command resumes.
+``train-samples.png`` (EMA samples, one column per class). Re-running the same command resumes.
 """
 from __future__ import annotations
 
@@ -210,7 +210,7 @@ def train(args, info) -> int:
                                epoch=round(sampler.epoch_of_chunk(step), 4), nonfinite_total=guard.total)
                     sums, n_sum = {}, 0
                 if args.sample_every > 0 and step % args.sample_every == 0 and step < args.steps:
-                    sample_grid(ctx, model, ema, latent, out / f"samples-{step:07d}.png")
+                    sample_grid(ctx, model, ema, latent, out / f"train-samples-{step:07d}.png")
                 stopping = D.any_true(stop.requested or step == args.stop_after, dev)
                 periodic = step % args.ckpt_every == 0 or step == args.steps
                 if (periodic and guard.consecutive == 0) or stopping:
@@ -231,7 +231,7 @@ def train(args, info) -> int:
             return 3
     progress.close()
     if code == 0 and step >= args.steps:
-        path = sample_grid(ctx, model, ema, latent, out / "samples.png")
+        path = sample_grid(ctx, model, ema, latent, out / "train-samples.png")
         if info.is_main:
             print(f"in1k_dit: done at step {step} in {time.time() - t0:.1f}s; EMA samples {path}", flush=True)
     logger.close()

@@ -49,7 +49,7 @@ def test_loss_falls_on_a_tiny_problem(tmp_path, ae_ckpt):
     model, latent, args = load_dit(out)
     assert latent["num_tokens"] == 4 and latent["channels"] == 32 and latent["num_classes"] == 8
     assert latent["alpha"] == 4.0 and args["lambda_rad"] == 0.1
-    assert not model.training and (out / "samples.png").is_file()
+    assert not model.training and (out / "train-samples.png").is_file()
     start = _events(out, "start")[0]
     assert start["beta1"] == 0.9 and start["beta2"] == 0.95 and start["cfg_dropout"] == 0.1
 

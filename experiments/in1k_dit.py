@@ -171,7 +171,7 @@ def train(args, info) -> int:
     loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=args.num_workers,
                                          collate_fn=collate_fn, pin_memory=dev.type == "cuda")
     ctx = dict(args=args, info=info, ae=ae, sphere=Hypersphere(float(ae.radius)), alpha=alpha,
-               precision=precision)
+               precision=precision, bad_files=set())
 
     def save(step_: int) -> None:
         rng = D.all_gather_object(checkpoint.capture_rng())
@@ -205,7 +205,8 @@ def train(args, info) -> int:
                 step += 1
                 progress.update(1, loss=parts["loss"], lat_s=meter.rate(reset=False))
                 if step % args.log_every == 0 or step == args.steps:
-                    logger.log("train", step, **{k: v / max(n_sum, 1) for k, v in sums.items()},
+                    nbad = len(set().union(*D.all_gather_object(ctx["bad_files"])))
+                    logger.log("train", step, skipped_files=nbad, **{k: v / max(n_sum, 1) for k, v in sums.items()},
                                lr=sched.get_last_lr()[0], grad_norm=gnorm, latents_per_s=meter.rate(),
                                epoch=round(sampler.epoch_of_chunk(step), 4), nonfinite_total=guard.total)
                     sums, n_sum = {}, 0
@@ -266,6 +267,7 @@ def train_step(ctx, net, model, opt, batch, step: int, meter):
     """One optimizer step. Returns (loss parts, finite, pre-clip grad norm)."""
     args, info = ctx["args"], ctx["info"]
     dev = info.device
+    ctx["bad_files"].update(batch["bad"])  # unreadable images replaced by the next readable file
     x0 = latents_of(ctx, batch)
     y = batch["label"].to(dev)
     meter.add(x0.shape[0] * info.world_size)

@@ -206,7 +206,8 @@ def build_parser() -> OneLineParser:
     a("--shard-size", type=int, default=1024, help="images per shard")
     a("--batch-size", type=int, default=64, help="images per encoder batch per process")
     a("--flip", action="store_true", help="also store latents of the horizontally flipped images")
-    a("--dtype", choices=tuple(_DTYPES), default="float32", help="storage dtype (bfloat16 halves the disk)")
+    a("--dtype", choices=tuple(_DTYPES), default="bfloat16", help="storage dtype (tokens are re-projected onto "
+      "the sphere in float32 when read)")
     a("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast of the encoder (CUDA)")
     a("--seed", type=int, default=0, help="seed of the embedded crops / random-init AE")
     a("--num-workers", type=int, default=0, help="data-loader workers")

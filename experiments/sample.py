@@ -16,9 +16,11 @@ Outputs: a PNG grid and, with ``--npz``, an ADM-evaluator ``.npz`` (uint8 NHWC u
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -263,7 +265,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import warnings as _w
-
-    _w.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     sys.exit(main())

@@ -303,9 +303,17 @@ def quick_config() -> ToyConfig:
                      batch=16, sample_steps=4, n_eval=24, seeds=2)
 
 
+PRESETS = {
+    "tiny": {},                                                        # default: ≈ 3 min on 2 cores
+    "medium": {"hidden": 64, "depth": 3, "heads": 4, "batch": 32},     # ≈ 5 min on 2 cores
+}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny run for tests (seconds)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
+                   help="model size: tiny (default, capacity-limited) or medium (better trained, slower)")
     p.add_argument("--steps", type=int, help="training steps per run")
     p.add_argument("--seeds", type=int, help="seeds per method")
     p.add_argument("--tokens", type=int, help="N (a perfect square)")
@@ -315,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="parallel single-threaded jobs (default: 2, or 1 with --quick)")
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
-    cfg = quick_config() if args.quick else ToyConfig()
+    cfg = quick_config() if args.quick else ToyConfig(**PRESETS[args.preset])
     if args.steps:
         cfg.train_steps = args.steps
     for name in ("seeds", "tokens", "channels"):

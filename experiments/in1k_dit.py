@@ -46,6 +46,7 @@ _RESUME_KEYS = ("preset", "model", "batch_size", "seed", "data", "latents", "lam
 
 
 def _main(argv=None) -> int:
+    """Parse, set up (DDP, threads), train."""
     args = resolve(build_parser().parse_args(argv))
     info = D.setup(args.device)
     threads = torch.get_num_threads()
@@ -89,6 +90,7 @@ def open_data(args, info, ae_path: Path, ae):
 
 
 def build_dit(args, latent: dict) -> torch.nn.Module:
+    """The ``--model`` DiT for ``[B, N, C]`` tokens and ``num_classes`` (+1 null) labels."""
     from experiments.dit_io import dit_registry
 
     reg = dit_registry()
@@ -103,6 +105,10 @@ def build_dit(args, latent: dict) -> torch.nn.Module:
 
 
 def train(args, info) -> int:
+    """The training loop: resume or start, step until ``--steps``, checkpoint, sample a grid.
+
+    Returns the exit code (0 done or stopped by ``--stop-after``, 3 non-finite stop, 128+sig on a signal).
+    """
     from experiments.dit_io import default_autoencoder, load_autoencoder
 
     out, dev, world = Path(args.out), info.device, info.world_size

@@ -265,9 +265,22 @@ def run(cfg: ToyConfig, out_dir: Path = RESULTS, plot: bool = True, verbose: boo
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "toy_rfm_vs_fm.json").write_text(json.dumps(result, indent=2))
+    (out_dir / "toy_rfm_vs_fm.md").write_text(markdown_table(result))
     if plot:
         _plot(result, out_dir / "toy_rfm_vs_fm.png")
     return result
+
+
+def markdown_table(result: dict) -> str:
+    """The result as a Markdown table: mean ± std over seeds per method, plus the true-vs-true row."""
+    cols = METRICS + ("off_sphere",)
+    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, rows in result["methods"].items():
+        cells = [f"{rows[m]['mean']:.4g} ± {rows[m]['std']:.2g}" if m in rows else "—" for m in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    ref = result["reference"]
+    lines.append("| true vs true | " + " | ".join(f"{ref[m]:.4g}" if m in ref else "—" for m in cols) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _plot(result: dict, path: Path) -> None:

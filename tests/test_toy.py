@@ -63,6 +63,8 @@ def test_quick_run_writes_json_and_png(tmp_path, one_thread) -> None:
     result = main(["--quick", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "toy_rfm_vs_fm.json").read_text())
     assert (tmp_path / "toy_rfm_vs_fm.png").stat().st_size > 0
+    table = (tmp_path / "toy_rfm_vs_fm.md").read_text()
+    assert table.startswith("| method |") and "rfm_lam0.1" in table and "true vs true" in table
     assert set(data) >= {"config", "reference", "methods", "seconds_total"}
     assert set(data["methods"]) == {"fm", "rfm_lam0", "rfm_lam0.1", "rfm_lam1"}
     cfg = quick_config()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from experiments.cli_common import add_checkpoint_args, add_optimisation_args, add_run_control_args
 from experiments.trainer import OneLineParser, UserError
 
 _PAPER_1 = dict(lr=1e-5, beta1=0.9, beta2=0.999, weight_decay=0.0, ema_decay=0.9999, ema_warmup=0,
@@ -26,6 +27,12 @@ _TINY_2 = dict(_TINY_1, lr=1e-3, beta1=0.5, beta2=0.9, cos_weight=0.0, gan_weigh
 DEFAULTS = {("paper", 1): _PAPER_1, ("paper", 2): _PAPER_2, ("hae-code", 1): _PAPER_1,
             ("hae-code", 2): _PAPER_2, ("tiny", 1): _TINY_1, ("tiny", 2): _TINY_2}
 PRESETS = ("tiny", "hae-code", "paper")
+
+
+def default_out(preset: str, embedded: bool, stage: int) -> str:
+    """The default ``--out``, ``runs/ae-<preset>[-embedded]-s<stage>`` (also ``dit_io.DEFAULT_AE_RUN``)."""
+    return f"runs/ae-{preset}{'-embedded' if embedded else ''}-s{stage}"
+
 
 _EPILOG = "per-preset defaults (stage 1 / stage 2) of the options marked [preset]:\n" + "\n".join(
     f"  {p:8s} " + "; ".join(
@@ -55,7 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
         "Train the DINO Spherical Autoencoder (stage 1: stem + decoder alignment; stage 2: decoder + "
         "discriminator with latent smoothing) on an ImageNet-style folder, or on embedded photos."),
         epilog=_EPILOG, formatter_class=_Formatter)
-    a = p.add_argument
     g = p.add_argument_group("data and model")
     g.add_argument("--data", help="ImageNet-style folder with train/ and val/ class sub-folders; "
                    "omitted: embedded scikit-image/scikit-learn photos (tiny preset)")
@@ -70,30 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lpips-weights", help="local VGG16 weights for LPIPS (default: torch cache)")
     g.add_argument("--no-lpips", action="store_true", help="train and evaluate without LPIPS")
     g.add_argument("--inception-weights", help="torch-fidelity FID Inception weights (eval; else FD_dino)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, help="global batch size over all processes [preset]")
-    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    g.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs) [preset]")
-    g.add_argument("--epochs", type=float, help="epochs of the training set [preset]")
-    g.add_argument("--lr", type=float, help="AdamW learning rate [preset]")
-    g.add_argument("--beta1", type=float, help="AdamW β1 [preset]")
-    g.add_argument("--beta2", type=float, help="AdamW β2 [preset]")
-    g.add_argument("--weight-decay", type=float, help="AdamW weight decay [preset]")
-    g.add_argument("--lr-schedule", choices=("constant", "cosine"), help="after warm-up [preset]")
-    g.add_argument("--warmup-steps", type=int, help="linear lr warm-up steps [preset]")
-    g.add_argument("--grad-clip", type=float, help="max global grad norm, 0 = off [preset]")
-    g.add_argument("--ema-decay", type=float, help="EMA decay of the trained weights [preset]")
-    g.add_argument("--ema-warmup", type=int, help="EMA decay min(d, (1+n)/(warmup+n)); 0 = off [preset]")
-    g.add_argument("--cos-weight", type=float, help="weight of 1 - cos(z, z_teacher) [preset]")
-    g.add_argument("--l1-weight", type=float, help="weight of the L1 loss [preset]")
-    g.add_argument("--lpips-weight", type=float, help="weight of LPIPS [preset]")
-    g.add_argument("--gan-weight", type=float, help="weight of the hinge GAN loss (stage 2) [preset]")
-    g.add_argument("--disc-warmup-epochs", type=float, help="stage 2: discriminator-only epochs [preset]")
-    g.add_argument("--tau-start", type=float, default=0.8, help="stage 2: latent smoothing tau at epoch 0")
-    g.add_argument("--tau-end", type=float, default=1.2, help="stage 2: tau after the ramp")
-    g.add_argument("--tau-ramp-epochs", type=float, default=20.0, help="stage 2: epochs of the tau ramp")
-    g.add_argument("--max-nonfinite", type=int, default=5,
-                   help="stop after this many non-finite steps in a row (0 = never)")
+    add_optimisation_args(p, length=_length_args, extra=_loss_args,
+                          ema_decay_help="EMA decay of the trained weights [preset]")
     g = p.add_argument_group("run")
     g.add_argument("--out", help="run folder; re-running with the same folder resumes "
                    "(default: runs/ae-<preset>[-embedded]-s<stage>)")
@@ -109,16 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-every", type=int, help="steps between train log lines [preset]")
     g.add_argument("--eval-every", type=int, help="steps between evaluations, 0 = off [preset]")
     g.add_argument("--eval-images", type=int, help="held-out images per evaluation [preset]")
-    g.add_argument("--ckpt-every", type=int, help="steps between checkpoints [preset]")
-    g.add_argument("--keep-every", type=int, default=0, help="also keep step_N.pt every N steps (0 = off)")
+    add_checkpoint_args(g)
     g.add_argument("--eval-only", action="store_true", help="evaluate the run's checkpoint and exit")
-    g.add_argument("--tensorboard", action="store_true", help="also log to DIR/tb (needs tensorboard)")
-    g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    g.add_argument("--no-resume", action="store_true", help="ignore DIR/checkpoints/last.pt, start over")
-    g.add_argument("--stop-after", type=int, help="(testing) stop like SIGTERM after this step")
-    g.add_argument("--inject-nan-steps", help="(testing) comma-separated steps whose loss is made NaN")
-    del a
+    add_run_control_args(g, folder="DIR", tensorboard_help="also log to DIR/tb (needs tensorboard)",
+                         inject_nan_help="(testing) comma-separated steps whose loss is made NaN")
     return p
+
+
+def _length_args(g) -> None:
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs) [preset]")
+    g.add_argument("--epochs", type=float, help="epochs of the training set [preset]")
+
+
+def _loss_args(g) -> None:
+    g.add_argument("--cos-weight", type=float, help="weight of 1 - cos(z, z_teacher) [preset]")
+    g.add_argument("--l1-weight", type=float, help="weight of the L1 loss [preset]")
+    g.add_argument("--lpips-weight", type=float, help="weight of LPIPS [preset]")
+    g.add_argument("--gan-weight", type=float, help="weight of the hinge GAN loss (stage 2) [preset]")
+    g.add_argument("--disc-warmup-epochs", type=float, help="stage 2: discriminator-only epochs [preset]")
+    g.add_argument("--tau-start", type=float, default=0.8, help="stage 2: latent smoothing tau at epoch 0")
+    g.add_argument("--tau-end", type=float, default=1.2, help="stage 2: tau after the ramp")
+    g.add_argument("--tau-ramp-epochs", type=float, default=20.0, help="stage 2: epochs of the tau ramp")
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
@@ -140,7 +136,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
         args.num_workers = 0 if args.embedded else min(8, os.cpu_count() or 1)
     if args.out is None:
-        args.out = f"runs/ae-{args.preset}{'-embedded' if args.embedded else ''}-s{args.stage}"
+        args.out = default_out(args.preset, args.embedded, args.stage)
     for name in ("batch_size", "grad_accum"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")

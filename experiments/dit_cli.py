@@ -9,6 +9,8 @@ import argparse
 import os
 from pathlib import Path
 
+from experiments.ae_cli import default_out as ae_default_out
+from experiments.cli_common import add_checkpoint_args, add_optimisation_args, add_run_control_args
 from experiments.trainer import OneLineParser, UserError
 
 # PAPER.md "Riemannian flow matching": LightningDiT-XL/1, AdamW lr 2e-4, β (0.9, 0.95), batch 1024,
@@ -23,11 +25,18 @@ _TINY = dict(_PAPER, model="LightningDiT-T/1", lr=1e-3, batch_size=32, epochs=No
              ckpt_every=250)
 DEFAULTS = {"paper": _PAPER, "tiny": _TINY}
 
+
+def default_out(preset: str, embedded: bool) -> str:
+    """The default ``--out``: ``runs/dit-<preset>[-embedded]`` (``dit_io.DEFAULT_DIT_RUN`` for tiny)."""
+    return f"runs/dit-{preset}{'-embedded' if embedded else ''}"
+
+
 _EPILOG = "per-preset defaults of the options marked [preset]:\n" + "\n".join(
     f"  {p:6s} " + "; ".join(f"{k}={v}" for k, v in sorted(d.items())) for p, d in DEFAULTS.items()) + (
     "\n\nData sources (one of):\n"
     "  (none)           embedded scikit-image/scikit-learn photos, encoded on the fly by the tiny AE of\n"
-    "                   runs/ae-tiny-embedded-s1 (or a fresh random-init tiny AE if that run does not exist)\n"
+    f"                   {ae_default_out('tiny', True, 1)} (or a fresh random-init tiny AE if that run does "
+    "not exist)\n"
     "  --data DIR       ImageNet-style DIR/train/<class>/<img>, encoded on the fly by --ae-ckpt\n"
     "  --data DIR --cache-latents   encode once to OUT/latents (safetensors shards, resumable), train on them\n"
     "  --latents DIR    shards written by experiments/cache_latents.py\n"
@@ -66,21 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--time-loc", type=float, default=0.0, help="logit-normal location of t")
     g.add_argument("--time-scale", type=float, default=1.0, help="logit-normal scale of t")
     g.add_argument("--cfg-dropout", type=float, default=0.1, help="label dropout to the null class")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, help="global batch size over all processes [preset]")
-    g.add_argument("--steps", "--max-steps", dest="steps", type=int, help="optimizer steps [preset]")
-    g.add_argument("--epochs", type=float, help="epochs of the training set (if --steps is not set) [preset]")
-    g.add_argument("--lr", type=float, help="AdamW learning rate [preset]")
-    g.add_argument("--beta1", type=float, help="AdamW β1 [preset]")
-    g.add_argument("--beta2", type=float, help="AdamW β2 [preset]")
-    g.add_argument("--weight-decay", type=float, help="AdamW weight decay [preset]")
-    g.add_argument("--lr-schedule", choices=("constant", "cosine"), help="after warm-up [preset]")
-    g.add_argument("--warmup-steps", type=int, help="linear lr warm-up steps [preset]")
-    g.add_argument("--grad-clip", type=float, help="max global grad norm, 0 = off [preset]")
-    g.add_argument("--ema-decay", type=float, help="EMA decay [preset]")
-    g.add_argument("--ema-warmup", type=int, help="EMA decay min(d, (1+n)/(warmup+n)); 0 = off [preset]")
-    g.add_argument("--max-nonfinite", type=int, default=5,
-                   help="stop after this many non-finite steps in a row (0 = never)")
+    add_optimisation_args(p, length=_length_args, ema_decay_help="EMA decay [preset]")
     g = p.add_argument_group("run")
     g.add_argument("--out", help="run folder (default: runs/dit-<preset>[-embedded])")
     g.add_argument("--seed", type=int, default=0, help="global seed (init, data order, noise, times)")
@@ -93,17 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "CPU, where more threads are slower; else torch's)")
     g.add_argument("--num-workers", type=int, help="data-loader workers (default: 0 embedded, else 8)")
     g.add_argument("--log-every", type=int, help="steps between train log lines [preset]")
-    g.add_argument("--ckpt-every", type=int, help="steps between checkpoints [preset]")
-    g.add_argument("--keep-every", type=int, default=0, help="also keep step_N.pt every N steps (0 = off)")
+    add_checkpoint_args(g)
     g.add_argument("--sample-every", type=int, help="steps between EMA sample grids, 0 = only at the "
                    "end [preset]")
     g.add_argument("--sample-steps", type=int, default=50, help="Euler steps of those sample grids")
-    g.add_argument("--tensorboard", action="store_true", help="also log to OUT/tb")
-    g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    g.add_argument("--no-resume", action="store_true", help="ignore OUT/checkpoints/last.pt, start over")
-    g.add_argument("--stop-after", type=int, help="(testing) stop like SIGTERM after this step")
-    g.add_argument("--inject-nan-steps", default="", help="(testing) comma list of steps with NaN loss")
+    add_run_control_args(g, folder="OUT", tensorboard_help="also log to OUT/tb",
+                         inject_nan_help="(testing) comma list of steps with NaN loss", inject_nan_default="")
     return p
+
+
+def _length_args(g) -> None:
+    g.add_argument("--steps", "--max-steps", dest="steps", type=int, help="optimizer steps [preset]")
+    g.add_argument("--epochs", type=float, help="epochs of the training set (if --steps is not set) [preset]")
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
@@ -141,6 +137,6 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.num_workers is None:
         args.num_workers = 0 if args.embedded else min(8, os.cpu_count() or 1)
     if args.out is None:
-        args.out = f"runs/dit-{args.preset}{'-embedded' if args.embedded else ''}"
+        args.out = default_out(args.preset, args.embedded)
     args.inject_nan_steps = sorted({int(s) for s in str(args.inject_nan_steps).split(",") if s.strip()})
     return args

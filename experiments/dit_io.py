@@ -18,10 +18,13 @@ from typing import Any, Callable
 import torch
 
 from experiments import checkpoint
+from experiments.ae_cli import default_out as ae_default_out
+from experiments.dit_cli import default_out as dit_default_out
+from experiments.ema import load_ema_weights
 from experiments.trainer import UserError
 
-DEFAULT_AE_RUN = "runs/ae-tiny-embedded-s1"  # in1k_ae.py's default --out without --data
-DEFAULT_DIT_RUN = "runs/dit-tiny-embedded"   # in1k_dit.py's default --out without --data
+DEFAULT_AE_RUN = ae_default_out("tiny", embedded=True, stage=1)  # in1k_ae.py's --out without --data
+DEFAULT_DIT_RUN = dit_default_out("tiny", embedded=True)         # in1k_dit.py's --out without --data
 
 
 def resolve_ckpt(path: str | os.PathLike, what: str, flag: str) -> Path:
@@ -50,11 +53,8 @@ def load_autoencoder(path: str | os.PathLike, device: torch.device | str = "cpu"
     args = state.get("args", {})
     ae = build_autoencoder(args.get("preset", "tiny"), random_init=True, image_size=args.get("image_size"))
     ae.load_state_dict(state["model"])
-    if ema and state.get("ema"):
-        params = dict(ae.named_parameters())
-        with torch.no_grad():
-            for n, t in state["ema"]["shadow"].items():
-                params[n].copy_(t)
+    if ema:
+        load_ema_weights(ae, state)
     ae.requires_grad_(False)
     return ae.to(device).eval()
 
@@ -94,11 +94,8 @@ def load_dit(path: str | os.PathLike, device: torch.device | str = "cpu", *, ema
         raise UserError(f"{p} is not an in1k_dit.py checkpoint (no 'dit_config')")
     model = LightningDiT(DiTConfig(**state["dit_config"]))
     model.load_state_dict(state["model"])
-    if ema and state.get("ema"):
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for n, t in state["ema"]["shadow"].items():
-                params[n].copy_(t)
+    if ema:
+        load_ema_weights(model, state)
     model.requires_grad_(False)
     return model.to(device).eval(), dict(state["latent"]), dict(state["args"])
 

@@ -4,6 +4,9 @@
 when ``warmup > 0`` (so the average follows the model closely early on), ``n`` the number of updates.
 Only parameters that require grad at construction are tracked (frozen backbones are shared, not copied);
 the shadow is kept in float32 whatever the parameter dtype.
+
+:func:`load_ema_weights` copies the EMA shadow stored in a training checkpoint over a rebuilt module
+(used by every loader of ``in1k_ae.py`` / ``in1k_dit.py`` checkpoints).
 """
 from __future__ import annotations
 
@@ -69,3 +72,18 @@ class EMA:
             raise KeyError(f"EMA state lacks {sorted(missing)[:3]}...")
         for n in self.names:
             self.shadow[n].copy_(state["shadow"][n])
+
+
+@torch.no_grad()
+def load_ema_weights(module: nn.Module, state: dict) -> bool:
+    """Copy the EMA shadow of checkpoint ``state`` (``state["ema"]["shadow"]``) over ``module``'s parameters.
+
+    Returns whether the checkpoint had EMA weights (nothing is changed when it has none).
+    """
+    ema_state = state.get("ema")
+    if not ema_state:
+        return False
+    params = dict(module.named_parameters())
+    for n, t in ema_state.get("shadow", {}).items():
+        params[n].copy_(t)
+    return True

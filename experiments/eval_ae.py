@@ -25,6 +25,7 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from experiments import checkpoint, distributed as D  # noqa: E402
+from experiments.ema import load_ema_weights  # noqa: E402
 from experiments.metrics import (FrechetStats, fd_from_stats, find_inception_weights, make_fid,  # noqa: E402
                                  psnr_per_image, save_grid, ssim_per_image, to_unit)
 from experiments.trainer import OneLineParser, UserError, autocast, run_cli  # noqa: E402
@@ -120,11 +121,8 @@ def load_autoencoder(ckpt: str | Path, *, use_ema: bool = True, device: str | to
     a = state["args"]
     ae = build_autoencoder(a["preset"], random_init=True, image_size=a["image_size"])
     ae.load_state_dict(state["model"])
-    if use_ema and state.get("ema"):
-        params = dict(ae.named_parameters())
-        with torch.no_grad():
-            for n, t in state["ema"]["shadow"].items():
-                params[n].copy_(t)
+    if use_ema:
+        load_ema_weights(ae, state)
     return ae.to(device).eval(), state
 
 

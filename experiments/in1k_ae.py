@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import time
-import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python experiments/in1k_ae.py` from anywhere
@@ -28,10 +27,10 @@ from experiments import checkpoint, distributed as D  # noqa: E402
 from experiments.ae_cli import build_parser, resolve  # noqa: E402
 from experiments.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
                               collate, mix_seed, worker_init)
-from experiments.ema import EMA  # noqa: E402
+from experiments.ema import EMA, load_ema_weights  # noqa: E402
 from experiments.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
-from experiments.trainer import (NonFiniteError, NonFiniteGuard, UserError, autocast, build_adamw,  # noqa: E402
-                                 grads_finite_norm, lr_lambda, run_cli, seed_everything)
+from experiments.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError, autocast,  # noqa: E402
+                                 build_adamw, grads_finite_norm, lr_lambda, run_cli, seed_everything)
 
 EMBEDDED_TRAIN_LEN = 4096
 # Keys that must match between a checkpoint and the command resuming it.
@@ -88,10 +87,7 @@ def load_init(ae, path: str) -> None:
     p = Path(path)
     state = checkpoint.load(p / "checkpoints" / checkpoint.LAST if p.is_dir() else p)
     ae.load_state_dict(state["model"])
-    params = dict(ae.named_parameters())
-    with torch.no_grad():
-        for n, t in state.get("ema", {}).get("shadow", {}).items():
-            params[n].copy_(t)
+    load_ema_weights(ae, state)
 
 
 def _main(argv=None) -> int:
@@ -204,34 +200,22 @@ def train(args, info) -> int:
         _evaluate(ctx, 0)
     progress = Progress(args.max_steps, step, enabled=info.is_main and not args.no_progress)
     meter, it, t_start = Throughput(), iter(loader), time.time()
-    sums: dict[str, float] = {}
-    n_sum = reported_bad = code = 0
+    book = StepBookkeeper(guard, ema, ae, logger, sched)
+    reported_bad = code = 0
     with checkpoint.StopSignals() as stop:
         try:
             while step < args.max_steps:
                 epoch = sampler.epoch_of_chunk(step * args.grad_accum)
                 parts, finite, gnorm = _train_step(ctx, net_d, disc_d, disc, opt, d_opt, it, step, epoch,
                                                    weights, params, bad_files, meter)
-                if finite:
-                    guard.check(True, step)
-                    ema.update(ae)
-                    for k, v in parts.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    n_sum += 1
-                else:
-                    logger.log("nonfinite", step + 1, consecutive=guard.consecutive + 1, **parts)
-                    guard.check(False, step + 1)  # raises NonFiniteError after --max-nonfinite in a row
-                with warnings.catch_warnings():  # D-only warm-up / skipped steps: no opt.step()
-                    warnings.simplefilter("ignore", UserWarning)
-                    sched.step()
+                book.record(step, parts, finite)  # guard, EMA, loss sums, sched.step()
                 step += 1
                 progress.update(1, loss=parts.get("loss", float("nan")), img_s=meter.rate(reset=False))
                 if step % args.log_every == 0 or step == args.max_steps:
                     nbad = len(set().union(*D.all_gather_object(bad_files)))
-                    logger.log("train", step, **{k: v / max(n_sum, 1) for k, v in sums.items()},
-                               lr=sched.get_last_lr()[0], grad_norm=gnorm, img_per_s=meter.rate(),
-                               epoch=round(epoch, 4), skipped_files=nbad, nonfinite_total=guard.total)
-                    sums, n_sum = {}, 0
+                    logger.log("train", step, **book.pop_means(), lr=sched.get_last_lr()[0], grad_norm=gnorm,
+                               img_per_s=meter.rate(), epoch=round(epoch, 4), skipped_files=nbad,
+                               nonfinite_total=guard.total)
                     if nbad > reported_bad and info.is_main:
                         progress.write(f"in1k_ae: {nbad} unreadable image files skipped so far")
                     reported_bad = nbad

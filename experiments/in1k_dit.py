@@ -37,7 +37,7 @@ from experiments.data import (DataError, EmbeddedPhotos, ImageFolderDataset, Res
 from experiments.dit_cli import build_parser, resolve  # noqa: E402
 from experiments.ema import EMA  # noqa: E402
 from experiments.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
-from experiments.trainer import (NonFiniteError, NonFiniteGuard, UserError, build_adamw,  # noqa: E402
+from experiments.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError, build_adamw,  # noqa: E402
                                  grads_finite_norm, lr_lambda, run_cli, seed_everything)
 from spherical import Hypersphere, dimension_shift, geodesic_flow, rfm_loss, sample_time  # noqa: E402
 
@@ -190,32 +190,19 @@ def train(args, info) -> int:
 
     progress = Progress(args.steps, step, enabled=info.is_main and not args.no_progress)
     meter, it, t0 = Throughput(), iter(loader), time.time()
-    sums: dict[str, float] = {}
-    n_sum, code = 0, 0
+    book, code = StepBookkeeper(guard, ema, model, logger, sched), 0
     with checkpoint.StopSignals() as stop:
         try:
             while step < args.steps:
                 parts, finite, gnorm = train_step(ctx, net, model, opt, next(it), step, meter)
-                if finite:
-                    guard.check(True, step)
-                    ema.update(model)
-                    for k, v in parts.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    n_sum += 1
-                else:
-                    logger.log("nonfinite", step + 1, consecutive=guard.consecutive + 1, **parts)
-                    guard.check(False, step + 1)  # raises NonFiniteError after --max-nonfinite in a row
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    sched.step()
+                book.record(step, parts, finite)  # guard, EMA, loss sums, sched.step()
                 step += 1
                 progress.update(1, loss=parts["loss"], lat_s=meter.rate(reset=False))
                 if step % args.log_every == 0 or step == args.steps:
                     nbad = len(set().union(*D.all_gather_object(ctx["bad_files"])))
-                    logger.log("train", step, skipped_files=nbad, **{k: v / max(n_sum, 1) for k, v in sums.items()},
-                               lr=sched.get_last_lr()[0], grad_norm=gnorm, latents_per_s=meter.rate(),
+                    logger.log("train", step, skipped_files=nbad, **book.pop_means(), lr=sched.get_last_lr()[0],
+                               grad_norm=gnorm, latents_per_s=meter.rate(),
                                epoch=round(sampler.epoch_of_chunk(step), 4), nonfinite_total=guard.total)
-                    sums, n_sum = {}, 0
                 if args.sample_every > 0 and step % args.sample_every == 0 and step < args.steps:
                     sample_grid(ctx, model, ema, latent, out / f"train-samples-{step:07d}.png")
                 stopping = D.any_true(stop.requested or step == args.stop_after, dev)

@@ -3,6 +3,7 @@
 * :class:`UserError`, :class:`OneLineParser`, :func:`run_cli`: bad arguments / missing files / missing
   weights end the program with ONE line on stderr and a non-zero exit code, never a traceback.
 * :class:`NonFiniteGuard`: skip steps whose loss or gradient is not finite; stop after ``k`` in a row.
+* :class:`StepBookkeeper`: after each optimizer step: guard check, EMA update, loss sums, scheduler step.
 * :func:`lr_lambda`, :func:`build_adamw`, :func:`autocast`, :func:`seed_everything`.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import os
 import random
 import sys
+import warnings
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -122,6 +124,43 @@ class NonFiniteGuard:
 
     def load_state_dict(self, s: dict) -> None:
         self.consecutive, self.total = s["consecutive"], s["total"]
+
+
+class StepBookkeeper:
+    """The per-step bookkeeping shared by the training loops (``in1k_ae.py``, ``in1k_dit.py``).
+
+    ``record(step, parts, finite)`` after each optimizer step (``step`` 0-based, before incrementing):
+    a finite step resets ``guard``, updates ``ema`` from ``model`` and adds ``parts`` to the running sums;
+    a non-finite one is logged as a ``nonfinite`` event and counted by ``guard`` (which raises
+    :class:`NonFiniteError` after ``--max-nonfinite`` in a row). Then the lr scheduler steps (its
+    "``optimizer.step()`` was skipped" warning silenced). ``pop_means()`` returns the mean of each loss
+    part since the last call and starts a new interval.
+    """
+
+    def __init__(self, guard: NonFiniteGuard, ema, model: torch.nn.Module, logger, sched=None):
+        self.guard, self.ema, self.model, self.logger, self.sched = guard, ema, model, logger, sched
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def record(self, step: int, parts: dict[str, float], finite: bool) -> None:
+        if finite:
+            self.guard.check(True, step)
+            self.ema.update(self.model)
+            for k, v in parts.items():
+                self.sums[k] = self.sums.get(k, 0.0) + v
+            self.n += 1
+        else:
+            self.logger.log("nonfinite", step + 1, consecutive=self.guard.consecutive + 1, **parts)
+            self.guard.check(False, step + 1)  # raises NonFiniteError after --max-nonfinite in a row
+        if self.sched is not None:
+            with warnings.catch_warnings():  # skipped steps / D-only warm-up: no opt.step()
+                warnings.simplefilter("ignore", UserWarning)
+                self.sched.step()
+
+    def pop_means(self) -> dict[str, float]:
+        means = {k: v / max(self.n, 1) for k, v in self.sums.items()}
+        self.sums, self.n = {}, 0
+        return means
 
 
 def grads_finite_norm(params: Sequence[torch.nn.Parameter], max_norm: float) -> torch.Tensor:

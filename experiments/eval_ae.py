@@ -28,7 +28,7 @@ from experiments import checkpoint, distributed as D  # noqa: E402
 from experiments.ema import load_ema_weights  # noqa: E402
 from experiments.metrics import (FrechetStats, fd_from_stats, find_inception_weights, make_fid,  # noqa: E402
                                  psnr_per_image, save_grid, ssim_per_image, to_unit)
-from experiments.trainer import OneLineParser, UserError, autocast, run_cli  # noqa: E402
+from experiments.trainer import OneLineParser, UserError, autocast, cpu_threads, run_cli  # noqa: E402
 
 
 @torch.no_grad()
@@ -145,16 +145,12 @@ def run_eval(ckpt, *, data, out_json, info, batch_size=50, num_images=0, num_wor
     """Evaluate a checkpoint (file or run folder); writes ``out_json`` on the main process."""
     ae, state = load_autoencoder(ckpt, use_ema=use_ema, device=info.device)
     a = state["args"]
-    threads = torch.get_num_threads()
-    if a["preset"] == "tiny" and info.device.type == "cpu":
-        torch.set_num_threads(1)  # tiny convolutions: OpenMP sync costs more than it gains
-    try:
+    # tiny convolutions on CPU: OpenMP sync costs more than it gains
+    with cpu_threads(1 if a["preset"] == "tiny" and info.device.type == "cpu" else None):
         return _run_eval(ae, state, a, ckpt, data=data, out_json=out_json, info=info, batch_size=batch_size,
                          num_images=num_images, num_workers=num_workers, inception_weights=inception_weights,
                          lpips_weights=lpips_weights, no_lpips=no_lpips, fd=fd, precision=precision,
                          use_ema=use_ema, split=split)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run_eval(ae, state, a, ckpt, *, data, out_json, info, batch_size, num_images, num_workers,

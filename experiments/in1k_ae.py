@@ -12,7 +12,6 @@ See ``--help`` for every option and its default.
 """
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
@@ -29,8 +28,9 @@ from experiments.data import (DataError, EmbeddedPhotos, ImageFolderDataset, Res
                               collate, mix_seed, worker_init)
 from experiments.ema import EMA, load_ema_weights  # noqa: E402
 from experiments.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
-from experiments.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError, autocast,  # noqa: E402
-                                 build_adamw, grads_finite_norm, lr_lambda, run_cli, seed_everything)
+from experiments.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError,  # noqa: E402
+                                 abort_nonfinite, autocast, build_adamw, check_resume_args,
+                                 grads_finite_norm, lr_lambda, run_cli, seed_everything, training_session)
 
 EMBEDDED_TRAIN_LEN = 4096
 # Keys that must match between a checkpoint and the command resuming it.
@@ -92,20 +92,13 @@ def load_init(ae, path: str) -> None:
 
 def _main(argv=None) -> int:
     args = resolve(build_parser().parse_args(argv))
-    info = D.setup(args.device)
-    threads = torch.get_num_threads()
-    if args.threads or (args.preset == "tiny" and info.device.type == "cpu"):
-        torch.set_num_threads(args.threads or 1)
-    try:
+    with training_session(args) as info:  # DDP set-up, CPU threads; undone on exit
         if args.eval_only:
             from experiments.eval_ae import evaluate_run
 
             evaluate_run(args, info)
             return 0
         return train(args, info)
-    finally:
-        torch.set_num_threads(threads)
-        D.cleanup()
 
 
 def train(args, info) -> int:
@@ -119,11 +112,7 @@ def train(args, info) -> int:
 
         args.image_size = AE_CONFIGS[args.preset].image_size
     if resume is not None:
-        old = resume["args"]
-        diff = ", ".join("--" + k.replace("_", "-") for k in _RESUME_KEYS if old.get(k) != getattr(args, k))
-        if diff:
-            raise UserError(f"{ckpts.last} was written with different {diff}; "
-                            f"use the same arguments, another --out, or --no-resume")
+        check_resume_args(resume["args"], args, _RESUME_KEYS, ckpts.last)
     train_ds, val_ds = make_datasets(args)  # data problems surface before the (slow) model build
     seed_everything(args.seed)
     ae = build_model(args, resume)
@@ -234,12 +223,7 @@ def train(args, info) -> int:
                     code = 128 + stop.signum if stop.signum else 0
                     break
         except NonFiniteError as e:
-            msg = (f"in1k_ae: stopping: {e}; the last good checkpoint is {ckpts.last}"
-                   if ckpts.exists() else f"in1k_ae: stopping: {e}; no checkpoint written yet")
-            logger.log("abort", step, reason=str(e))
-            progress.close()
-            print(msg, file=sys.stderr, flush=True)
-            return 3
+            return abort_nonfinite("in1k_ae", e, step, logger, progress, ckpts)
     progress.close()
     if info.is_main and code == 0:
         print(f"in1k_ae: done at step {step} in {time.time() - t_start:.1f}s -> {out}", flush=True)

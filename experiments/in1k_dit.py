@@ -37,8 +37,9 @@ from experiments.data import (DataError, EmbeddedPhotos, ImageFolderDataset, Res
 from experiments.dit_cli import build_parser, resolve  # noqa: E402
 from experiments.ema import EMA  # noqa: E402
 from experiments.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
-from experiments.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError, build_adamw,  # noqa: E402
-                                 grads_finite_norm, lr_lambda, run_cli, seed_everything)
+from experiments.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError,  # noqa: E402
+                                 abort_nonfinite, build_adamw, check_resume_args, grads_finite_norm,
+                                 lr_lambda, run_cli, seed_everything, training_session)
 from spherical import Hypersphere, dimension_shift, geodesic_flow, rfm_loss, sample_time  # noqa: E402
 
 EMBEDDED_TRAIN_LEN = 4096
@@ -48,15 +49,8 @@ _RESUME_KEYS = ("preset", "model", "batch_size", "seed", "data", "latents", "lam
 def _main(argv=None) -> int:
     """Parse, set up (DDP, threads), train."""
     args = resolve(build_parser().parse_args(argv))
-    info = D.setup(args.device)
-    threads = torch.get_num_threads()
-    if args.threads or (args.preset == "tiny" and info.device.type == "cpu"):
-        torch.set_num_threads(args.threads or 1)
-    try:
+    with training_session(args) as info:
         return train(args, info)
-    finally:
-        torch.set_num_threads(threads)
-        D.cleanup()
 
 
 def open_data(args, info, ae_path: Path, ae):
@@ -115,11 +109,7 @@ def train(args, info) -> int:
     ckpts = checkpoint.CheckpointDir(out / "checkpoints", keep_every=args.keep_every)
     resume = None if args.no_resume else ckpts.load_latest()
     if resume is not None:
-        old = resume["args"]
-        diff = [k for k in _RESUME_KEYS if old.get(k) != getattr(args, k)]
-        if diff:
-            raise UserError(f"{ckpts.last} was written with different {', '.join('--' + k for k in diff)}; "
-                            f"use the same arguments, another --out, or --no-resume")
+        check_resume_args(resume["args"], args, _RESUME_KEYS, ckpts.last)
         if args.ae_ckpt is None:
             args.ae_ckpt = resume["latent"]["ae_ckpt"]
     if args.batch_size % world:
@@ -218,11 +208,7 @@ def train(args, info) -> int:
                     code = 0 if stop.signum is None else 128 + sig
                     break
         except NonFiniteError as e:
-            logger.log("abort", step, reason=str(e))
-            progress.close()
-            print(f"in1k_dit: stopping: {e}; " + (f"the last good checkpoint is {ckpts.last}" if ckpts.exists()
-                                                 else "no checkpoint written yet"), file=sys.stderr, flush=True)
-            return 3
+            return abort_nonfinite("in1k_dit", e, step, logger, progress, ckpts)
     progress.close()
     if code == 0 and step >= args.steps:
         path = sample_grid(ctx, model, ema, latent, out / "train-samples.png")

@@ -22,7 +22,7 @@ mode_tv ≈ 0.04 is already the sampling-noise floor at n_eval = 384):
   * ``mode_tv``      total variation between the nearest-mode frequencies and the true (uniform) weights;
   * ``off_sphere``   for ``fm`` only: mean |‖x‖ − R|/R of the raw samples before the final projection.
 
-Run: ``python experiments/toy_rfm_vs_fm.py`` (≈ 3 min on 2 idle CPU cores: 12 single-threaded jobs of
+Run: ``python experiments/toy_rfm_vs_fm.py`` (3–4 min on 2 CPU cores, measured 241 s: 12 single-threaded jobs of
 ≈ 31 CPU-s in 2 worker processes) or ``--quick`` (seconds); ``--preset medium`` (≈ 5 min) trains a
 wider/deeper DiT; ``--channels 32`` changes C. Writes ``benchmarks/results/toy_rfm_vs_fm.{json,png,md}``
 (or under ``--out``).

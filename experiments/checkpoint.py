@@ -3,7 +3,9 @@
 * :func:`save_atomic` writes ``torch.save`` output to a temporary file in the target folder, fsyncs it and
   ``os.replace``-s it over the destination, so a checkpoint on disk is always complete (a kill during the
   write leaves the previous one intact).
-* :func:`capture_rng` / :func:`restore_rng` cover Python, NumPy, torch CPU and CUDA generators.
+* :func:`capture_rng` / :func:`restore_rng` cover Python, NumPy, torch CPU and CUDA generators;
+  :func:`restore_training` loads a resumed run's objects and this rank's generators.
+* :func:`in_run`: a run folder → its ``checkpoints/last.pt``.
 * :class:`StopSignals` turns SIGTERM / SIGINT into a flag the training loop polls at step boundaries;
   a second SIGINT raises ``KeyboardInterrupt`` at once.
 
@@ -47,6 +49,12 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def in_run(path: str | os.PathLike) -> Path:
+    """A run folder → its ``checkpoints/last.pt``; anything else (a checkpoint file) → itself."""
+    p = Path(path)
+    return p / "checkpoints" / LAST if p.is_dir() else p
+
+
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint written by :func:`save_atomic` (full pickle: our own files only)."""
     return torch.load(path, map_location=map_location, weights_only=False)
@@ -68,6 +76,16 @@ def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def restore_training(state: dict, rank: int, world_size: int, **objects: Any) -> int:
+    """Resume: ``obj.load_state_dict(state[key])`` for each ``key=obj``, then this rank's RNG state (rank 0's
+    when the world size changed). Returns ``state["step"]``."""
+    for key, obj in objects.items():
+        obj.load_state_dict(state[key])
+    rng = state["rng"]
+    restore_rng(rng[rank] if len(rng) == world_size else rng[0])
+    return int(state["step"])
 
 
 class CheckpointDir:

@@ -29,9 +29,7 @@ DEFAULT_DIT_RUN = dit_default_out("tiny", embedded=True)         # in1k_dit.py's
 
 def resolve_ckpt(path: str | os.PathLike, what: str, flag: str) -> Path:
     """A run folder → ``folder/checkpoints/last.pt``; a file → itself. Raises :class:`UserError`."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "checkpoints" / checkpoint.LAST
+    p = checkpoint.in_run(path)
     if not p.is_file():
         raise UserError(f"{what} checkpoint not found: {p} (pass {flag} RUN_DIR or FILE.pt)")
     return p
@@ -110,7 +108,7 @@ def default_autoencoder(ae_ckpt: str | None, out: str | os.PathLike, seed: int, 
     """
     if ae_ckpt is not None:
         return resolve_ckpt(ae_ckpt, "autoencoder", "--ae-ckpt").resolve(), None
-    trained = Path(DEFAULT_AE_RUN) / "checkpoints" / checkpoint.LAST
+    trained = checkpoint.in_run(DEFAULT_AE_RUN)
     if trained.is_file():
         return trained.resolve(), None
     path = Path(out) / "ae-random-init.pt"

@@ -112,9 +112,7 @@ def load_autoencoder(ckpt: str | Path, *, use_ema: bool = True, device: str | to
     """
     from models import build_autoencoder
 
-    p = Path(ckpt)
-    if p.is_dir():
-        p = p / "checkpoints" / checkpoint.LAST
+    p = checkpoint.in_run(ckpt)
     if not p.is_file():
         raise UserError(f"checkpoint not found: {p}")
     state = checkpoint.load(p)

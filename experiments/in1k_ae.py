@@ -84,8 +84,7 @@ def make_datasets(args):
 
 def load_init(ae, path: str) -> None:
     """Stage 2 init: the stage-1 checkpoint's full model, then its EMA weights on top."""
-    p = Path(path)
-    state = checkpoint.load(p / "checkpoints" / checkpoint.LAST if p.is_dir() else p)
+    state = checkpoint.load(checkpoint.in_run(path))
     ae.load_state_dict(state["model"])
     load_ema_weights(ae, state)
 
@@ -324,18 +323,12 @@ def _evaluate(ctx, step: int) -> dict:
 
 
 def _restore(state, ae, ema, opt, sched, disc, d_opt, guard, bad_files, info) -> int:
-    ae.load_state_dict(state["model"])
-    ema.load_state_dict(state["ema"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
     if disc is not None and state.get("disc") is not None:
         disc.load_state_dict(state["disc"])
         d_opt.load_state_dict(state["disc_optimizer"])
-    guard.load_state_dict(state["guard"])
     bad_files.update(state.get("bad_files", []))
-    rng = state["rng"]
-    checkpoint.restore_rng(rng[info.rank] if len(rng) == info.world_size else rng[0])
-    return int(state["step"])
+    return checkpoint.restore_training(state, info.rank, info.world_size, model=ae, ema=ema, optimizer=opt,
+                                       scheduler=sched, guard=guard)
 
 
 def main(argv=None) -> int:

@@ -146,14 +146,8 @@ def train(args, info) -> int:
         if note:
             print(f"in1k_dit: {note}", flush=True)
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        ema.load_state_dict(resume["ema"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        guard.load_state_dict(resume["guard"])
-        rng = resume["rng"]
-        checkpoint.restore_rng(rng[info.rank] if len(rng) == world else rng[0])
-        step = int(resume["step"])
+        step = checkpoint.restore_training(resume, info.rank, world, model=model, ema=ema, optimizer=opt,
+                                           scheduler=sched, guard=guard)
         if info.is_main:
             truncate_after(logger.path, step)
             print(f"in1k_dit: resuming from {ckpts.last} at step {step}", flush=True)

@@ -12,16 +12,7 @@ from models.dit import DiTConfig, LightningDiT
 from spherical import Hypersphere, geodesic_flow, rfm_loss, sample_time
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest (and least disturbed by other processes) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_rfm_training_steps_reduce_loss(one_thread) -> None:
+def test_rfm_training_steps_reduce_loss() -> None:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     sphere = Hypersphere(2.0)
@@ -59,7 +50,7 @@ def test_metrics_separate_truth_from_noise() -> None:
     torch.testing.assert_close(dist.sphere.projx(same), same)  # samples lie on the sphere
 
 
-def test_quick_run_writes_json_and_png(tmp_path, one_thread) -> None:
+def test_quick_run_writes_json_and_png(tmp_path) -> None:
     result = main(["--quick", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "toy_rfm_vs_fm.json").read_text())
     assert (tmp_path / "toy_rfm_vs_fm.png").stat().st_size > 0

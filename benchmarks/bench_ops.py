@@ -187,7 +187,7 @@ def main(argv=None):
         "error_curves": error, "wall_s": time.perf_counter() - t0,
     }
     (args.out / "ops.json").write_text(json.dumps(summary, indent=1))
-    print(f"| op | lib | ms | speed-up vs geoopt | fraction of clone bandwidth |")
+    print("| op | lib | ms | speed-up vs geoopt | fraction of clone bandwidth |")
     print("|---|---|---|---|---|")
     for op, rows in speed["ops"].items():
         for name, r in rows.items():

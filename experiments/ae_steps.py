@@ -15,7 +15,6 @@ The sphere arithmetic (projection, cosine, smoothing) runs in fp32 even under bf
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from experiments.trainer import UserError

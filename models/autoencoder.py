@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from models.decoder import DECODER_CONFIGS, ConvDecoder, DecoderConfig, decoder_config
-from models.encoder import EncoderWeightsError, DinoBackbone, create_dino_vit, load_dino_weights, _HELP
+from models.encoder import (EncoderWeightsError, DinoBackbone, create_dino_vit_for_build,
+                            load_dino_weights, _HELP)
 from models.latent import gaussian_norm_radius, smooth_latent
 from models.stem import HierarchicalConvPatchEmbed
 from spherical import Hypersphere
@@ -261,10 +262,8 @@ def build_autoencoder(preset: str = "tiny", *, weights: str | Path | None = None
     if image_size is not None:
         overrides["image_size"] = image_size
     config = replace(AE_CONFIGS[preset], **overrides)
-    random = random_init or config.random_encoder
-    ready = weights is not None or pretrained or random
-    vit = create_dino_vit(config.encoder, weights=weights, pretrained=pretrained and weights is None,
-                          random_init=not ready or random, img_size=config.image_size,
-                          **config.encoder_kwargs)
+    vit, ready = create_dino_vit_for_build(config.encoder, weights=weights, pretrained=pretrained,
+                                           random_init=random_init, random_by_design=config.random_encoder,
+                                           img_size=config.image_size, **config.encoder_kwargs)
     return DinoSphericalAutoencoder(config, vit, encoder_ready=ready)
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from models.encoder import EncoderWeightsError, DinoBackbone, create_dino_vit, _HELP
+from models.encoder import EncoderWeightsError, DinoBackbone, create_dino_vit_for_build, _HELP
 
 __all__ = ["diff_augment", "DiscriminatorConfig", "DISCRIMINATOR_CONFIGS", "DinoDiscriminator",
            "build_discriminator"]
@@ -182,9 +182,7 @@ def build_discriminator(preset: str = "tiny", *, weights: str | Path | None = No
     """Builds a :class:`DinoDiscriminator` (weights semantics as :func:`models.build_autoencoder`:
     ``tiny`` is random by design; otherwise no weights means construction only)."""
     config = replace(DISCRIMINATOR_CONFIGS[preset], **overrides)
-    random = random_init or config.random_backbone
-    ready = weights is not None or pretrained or random
-    vit = create_dino_vit(config.backbone, weights=weights, pretrained=pretrained and weights is None,
-                          random_init=not ready or random, img_size=config.input_size,
-                          **config.backbone_kwargs)
+    vit, ready = create_dino_vit_for_build(config.backbone, weights=weights, pretrained=pretrained,
+                                           random_init=random_init, random_by_design=config.random_backbone,
+                                           img_size=config.input_size, **config.backbone_kwargs)
     return DinoDiscriminator(config, vit, backbone_ready=ready)

@@ -120,6 +120,23 @@ def create_dino_vit(name: str, *, weights: str | Path | None = None, pretrained:
     return vit
 
 
+def create_dino_vit_for_build(name: str, *, weights: str | Path | None, pretrained: bool, random_init: bool,
+                              random_by_design: bool, img_size: int | None,
+                              **timm_kwargs: Any) -> tuple[nn.Module, bool]:
+    """The weight-source rule shared by the ``build_*`` entry points; returns ``(vit, ready)``.
+
+    ``ready`` is True when real weights were loaded (``weights`` file or ``pretrained``) or a random
+    network was asked for (``random_init``, or a preset that is random by design such as ``tiny``).
+    Otherwise the network is built with random weights for construction only and ``ready`` is False,
+    so the caller can refuse to run it until weights are loaded.
+    """
+    random = random_init or random_by_design
+    ready = weights is not None or pretrained or random
+    vit = create_dino_vit(name, weights=weights, pretrained=pretrained and weights is None,
+                          random_init=not ready or random, img_size=img_size, **timm_kwargs)
+    return vit, ready
+
+
 class DinoBackbone(nn.Module):
     """A frozen timm DINO ViT exposing its pieces around the patch embedding.
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, strategies as st
 
 from experiments.data import EmbeddedPhotos, ShardedEvalSampler, collate
-from experiments.metrics import FrechetStats, fd_from_stats, frechet_distance, psnr_per_image
+from experiments.metrics import FrechetStats, frechet_distance, psnr_per_image
 
 
 def _sqrtm_fd(mu1, c1, mu2, c2):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import signal
 
-import pytest
 import torch
 
 from experiments import in1k_ae

@@ -23,7 +23,8 @@ import torchdiffeq
 from torch import Tensor
 
 from ._series import sinc
-from .hypersphere import Hypersphere, _dot, _norm
+from ._kernels import _dot, _norm
+from .hypersphere import Hypersphere
 
 __all__ = ["integrate", "odeint", "METHODS"]
 

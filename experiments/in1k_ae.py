@@ -12,6 +12,7 @@ See ``--help`` for every option and its default.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
@@ -241,14 +242,14 @@ def _train_step(ctx, net, disc_d, disc, opt, d_opt, it, step, epoch, w, params, 
     opt.zero_grad(set_to_none=True)
     if d_opt is not None:
         d_opt.zero_grad(set_to_none=True)
-    totals: dict[str, float] = {}
+    totals: dict[str, torch.Tensor] = {}  # summed on the device: one host sync per step, not one per part
     for m in range(accum):
         batch = next(it)
         bad_files.update(batch["bad"])
         x = batch["image"].to(dev, non_blocking=True)
         meter.add(x.shape[0] * info.world_size)
         sync = m == accum - 1
-        with (net.no_sync() if (not sync and hasattr(net, "no_sync")) else _null()):
+        with (net.no_sync() if (not sync and hasattr(net, "no_sync")) else contextlib.nullcontext()):
             with autocast(dev, args.precision):
                 if args.stage == 1:
                     recon, z, zt = net(x)
@@ -264,15 +265,15 @@ def _train_step(ctx, net, disc_d, disc, opt, d_opt, it, step, epoch, w, params, 
             if train_g:
                 (loss / accum).backward()
         if disc_d is not None:
-            with (disc_d.no_sync() if (not sync and hasattr(disc_d, "no_sync")) else _null()):
+            with (disc_d.no_sync() if (not sync and hasattr(disc_d, "no_sync")) else contextlib.nullcontext()):
                 with autocast(dev, args.precision):
                     d_loss, d_parts = ae_steps.stage2_d_loss(x, recon.detach(), disc_d, generator=gen)
                 (d_loss / accum).backward()
             parts.update(d_parts)
         parts["loss"] = loss
         for k, v in parts.items():
-            totals[k] = totals.get(k, 0.0) + float(v.detach()) / accum
-    vals = torch.tensor(list(totals.values()), device=dev, dtype=torch.float64)
+            totals[k] = totals.get(k, 0.0) + v.detach().double() / accum
+    vals = torch.stack(list(totals.values()))
     D.all_reduce_mean(vals)
     parts = dict(zip(totals, vals.tolist()))
     gnorm = grads_finite_norm(params, args.grad_clip) if train_g else torch.tensor(0.0)
@@ -292,14 +293,6 @@ def _tau(args, epoch: float) -> float:
     from models import smoothing_tau
 
     return smoothing_tau(epoch, start=args.tau_start, end=args.tau_end, ramp_epochs=args.tau_ramp_epochs)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _eval_loader(val_ds, args, info):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
 import random
 import sys
 import warnings
@@ -216,8 +215,3 @@ def grads_finite_norm(params: Sequence[torch.nn.Parameter], max_norm: float) -> 
     if not params:
         return torch.tensor(0.0)
     return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-
-
-def env_flag(name: str, default: bool = False) -> bool:
-    v = os.environ.get(name)
-    return default if v is None else v.lower() not in ("0", "false", "no", "")

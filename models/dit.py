@@ -273,7 +273,8 @@ class LightningDiT(nn.Module):
         self.blocks = nn.ModuleList(
             DiTBlock(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio, cfg.qk_norm)
             for _ in range(cfg.depth))
-        self.final_layer = FinalLayer(cfg.hidden_size, cfg.in_channels)
+        # the output layer: the trunk's own, or the DDT head's (no unused parameters: DDP needs all used)
+        self.final_layer = None if cfg.ddt_head else FinalLayer(cfg.hidden_size, cfg.in_channels)
         self.head = DDTHead(cfg) if cfg.ddt_head else None
         self._rope_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
         self.initialize_weights()
@@ -295,7 +296,7 @@ class LightningDiT(nn.Module):
         for lin in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
             nn.init.normal_(lin.weight, std=0.02)
         blocks = list(self.blocks) + (list(self.head.blocks) if self.head is not None else [])
-        finals = [self.final_layer] + ([self.head.final] if self.head is not None else [])
+        finals = [self.head.final if self.head is not None else self.final_layer]
         for m in blocks + finals:
             nn.init.zeros_(m.adaLN_modulation[-1].weight)
             nn.init.zeros_(m.adaLN_modulation[-1].bias)

@@ -50,13 +50,24 @@ def test_adaln_zero_init_outputs_zero(ddt: bool) -> None:
                                       "ddt_heads": 2}))
     x, t, y = _inputs()
     assert torch.count_nonzero(model(x, t, y)) == 0
-    assert torch.count_nonzero(model.final_layer.linear.weight) == 0
+    final = model.head.final if ddt else model.final_layer
+    assert torch.count_nonzero(final.linear.weight) == 0
     for block in model.blocks:
         assert torch.count_nonzero(block.adaLN_modulation[-1].weight) == 0
     # but gradients reach the output layer, so training can start
     (model(x, t, y) * torch.randn_like(x)).sum().backward()
-    final = model.head.final if ddt else model.final_layer
     assert final.linear.bias.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("ddt", [False, True])
+def test_every_parameter_is_used(ddt: bool) -> None:
+    """No dead parameters (DDP without find_unused_parameters fails on any): each one gets a gradient."""
+    model = _randomise(LightningDiT(DiTConfig(**{**TINY.__dict__, "ddt_head": ddt, "ddt_hidden": 32,
+                                                 "ddt_heads": 2})))
+    x, t, y = _inputs()
+    (model(x, t, y) * torch.randn_like(x)).sum().backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not unused, unused
 
 
 def test_cfg_scale_one_equals_conditional_and_zero_equals_null() -> None:

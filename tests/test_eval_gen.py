@@ -76,9 +76,16 @@ def test_cli_writes_json_with_stand_in(tmp_path, images):
     a = _npz(tmp_path / "a.npz", images)
     args = eval_gen.build_parser().parse_args(["--samples", str(a), "--ref", str(a), "--splits", "4",
                                                "--out", str(tmp_path / "r.json")])
-    eval_gen.run(args, extractor=StandIn())
+    returned = eval_gen.run(args, extractor=StandIn())
     res = json.loads((tmp_path / "r.json").read_text())
     assert set(res) >= {"fid", "is", "is_std", "n_samples", "n_reference"} and res["splits"] == 4
+    # the file holds what evaluate() gives for the same options, plus the two paths
+    direct = eval_gen.evaluate(a, a, StandIn(), splits=4)
+    assert res == json.loads(json.dumps(returned))
+    for k in ("fid", "is", "is_std", "n_samples", "n_reference"):
+        assert res[k] == pytest.approx(direct[k], rel=1e-6, abs=1e-9), k
+    assert abs(res["fid"]) < 1e-6 and res["n_samples"] == len(images)
+    assert res["samples"] == res["reference"] == str(a)
 
 
 def test_missing_inception_weights_is_one_clear_line(tmp_path, images, monkeypatch, capsys):

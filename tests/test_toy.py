@@ -64,6 +64,9 @@ def test_quick_run_writes_json_and_png(tmp_path) -> None:
             assert set(rows[metric]) == {"mean", "std", "values"}
             assert len(rows[metric]["values"]) == cfg.seeds
         assert ("off_sphere" in rows) == (name == "fm")
+        assert all(v >= 0 and v == v for v in rows["final_loss"]["values"])
+    # Euclidean FM leaves the sphere before its final projection (what the column measures)
+    assert all(v > 0 for v in data["methods"]["fm"]["off_sphere"]["values"])
     assert set(data["reference"]) == set(METRICS)
     assert data["config"]["R"] == pytest.approx(cfg.R)
     assert result["methods"].keys() == data["methods"].keys()

@@ -13,6 +13,7 @@ See ``--help`` for every option and its default.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import sys
 import time
@@ -275,18 +276,18 @@ def _train_step(ctx, net, disc_d, disc, opt, d_opt, it, step, epoch, w, params, 
             totals[k] = totals.get(k, 0.0) + v.detach().double() / accum
     vals = torch.stack(list(totals.values()))
     D.all_reduce_mean(vals)
-    parts = dict(zip(totals, vals.tolist()))
-    gnorm = grads_finite_norm(params, args.grad_clip) if train_g else torch.tensor(0.0)
-    finite = bool(torch.isfinite(vals).all()) and bool(torch.isfinite(gnorm))
+    norms = [grads_finite_norm(params, args.grad_clip) if train_g else torch.tensor(0.0)]
     if disc is not None:
-        dn = grads_finite_norm([p for p in disc.parameters() if p.requires_grad], args.grad_clip)
-        finite = finite and bool(torch.isfinite(dn))
+        norms.append(grads_finite_norm([p for p in disc.parameters() if p.requires_grad], args.grad_clip))
+    host = torch.cat([vals] + [n.detach().double().reshape(1).to(dev) for n in norms]).tolist()  # one sync
+    parts = dict(zip(totals, host[:len(totals)]))
+    finite = all(math.isfinite(v) for v in host)
     if finite:
         if train_g:
             opt.step()
         if d_opt is not None:
             d_opt.step()
-    return parts, finite, float(gnorm)
+    return parts, finite, host[len(totals)]
 
 
 def _tau(args, epoch: float) -> float:

@@ -18,6 +18,7 @@ scheduler, RNG, data position, ``dit_config`` and ``latent`` metadata for ``samp
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import time
@@ -254,10 +255,11 @@ def train_step(ctx, net, model, opt, batch, step: int, meter):
     vals = torch.stack([total.detach(), loss.tangent.detach(), loss.radial.detach()]).double()
     D.all_reduce_mean(vals)
     gnorm = grads_finite_norm(list(model.parameters()), args.grad_clip)
-    finite = bool(torch.isfinite(vals).all()) and bool(torch.isfinite(gnorm))
+    host = torch.cat([vals, gnorm.detach().double().reshape(1).to(vals.device)]).tolist()  # one sync a step
+    finite = all(math.isfinite(v) for v in host)
     if finite:
         opt.step()
-    return dict(zip(("loss", "tangent", "radial"), vals.tolist())), finite, float(gnorm)
+    return dict(zip(("loss", "tangent", "radial"), host[:3])), finite, host[3]
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from experiments.trainer import UserError
+from models.latent import smooth_latent
 from models.losses import cosine_alignment_loss as cosine_alignment, hinge_d_loss, hinge_g_loss, l1_loss
 
 
@@ -76,28 +77,29 @@ class Stage2Net(nn.Module):
         with torch.no_grad():
             z = self.ae.encode(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            from models import smooth_latent
-
             z = smooth_latent(z.float(), tau, generator)
         return self.ae.decode(z)
 
 
-def stage1_losses(x, recon, z, z_teacher, lpips, w: dict) -> tuple[torch.Tensor, dict]:
-    """Total stage-1 loss and its parts (fp32 scalars)."""
-    parts = {"cos": cosine_alignment(z, z_teacher), "l1": l1_loss(recon, x)}
+def _reconstruction(x, recon, lpips, w: dict) -> tuple[torch.Tensor, dict]:
+    """w_l1·L1 + w_lpips·LPIPS (LPIPS only when there is a module and a weight) and its parts."""
+    parts = {"l1": l1_loss(recon, x)}
     if lpips is not None and w["lpips"] > 0:
         parts["lpips"] = lpips(recon.float(), x.float()).mean()
-    total = w["cos"] * parts["cos"] + w["l1"] * parts["l1"] + w["lpips"] * parts.get("lpips", 0.0)
-    return total, parts
+    return w["l1"] * parts["l1"] + w["lpips"] * parts.get("lpips", 0.0), parts
+
+
+def stage1_losses(x, recon, z, z_teacher, lpips, w: dict) -> tuple[torch.Tensor, dict]:
+    """Total stage-1 loss and its parts (fp32 scalars)."""
+    rec, rec_parts = _reconstruction(x, recon, lpips, w)
+    parts = {"cos": cosine_alignment(z, z_teacher), **rec_parts}
+    return w["cos"] * parts["cos"] + rec, parts
 
 
 def stage2_g_losses(x, recon, lpips, disc, w: dict, adversarial: bool,
                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
     """Generator (decoder) loss of stage 2; the discriminator's parameters get no gradient here."""
-    parts = {"l1": l1_loss(recon, x)}
-    if lpips is not None and w["lpips"] > 0:
-        parts["lpips"] = lpips(recon.float(), x.float()).mean()
-    total = w["l1"] * parts["l1"] + w["lpips"] * parts.get("lpips", 0.0)
+    total, parts = _reconstruction(x, recon, lpips, w)
     if adversarial and w["gan"] > 0:
         core = disc.module if hasattr(disc, "module") else disc
         flags = [p.requires_grad for p in core.parameters()]

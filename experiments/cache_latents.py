@@ -52,11 +52,12 @@ def _write_json(obj: dict, path: Path) -> None:
 
 @torch.no_grad()
 def encode_batch(ae, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-    """``[B, 3, H, W]`` in [-1, 1] → float32 latents ``[B, N, C]`` on S^{C−1}_R (re-projected in fp32)."""
+    """``[B, 3, H, W]`` in [-1, 1] → float32 latents ``[B, N, C]`` on S^{C−1}_R (re-projected in fp32 after
+    bf16; an fp32 ``encode`` is already on the sphere)."""
     bf16 = precision == "bf16" and images.device.type == "cuda"
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
         z = ae.encode(images)
-    return Hypersphere(ae.radius).projx(z.float())
+    return ae.sphere.projx(z.float()) if bf16 else z.float()
 
 
 def cache_latents(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict, shard_size: int = 1024,

@@ -157,6 +157,12 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
+def _adaln(modulation: nn.Module, c: Tensor, k: int) -> tuple[Tensor, ...]:
+    """The ``k`` modulation vectors of condition ``c`` ``[B, D]`` (broadcast over tokens) or ``[B, N, D]``."""
+    mod = modulation(c)
+    return (mod.unsqueeze(1) if mod.dim() == 2 else mod).chunk(k, dim=-1)
+
+
 class DiTBlock(nn.Module):
     """Pre-norm transformer block with adaLN-Zero: six modulation vectors from the condition.
 
@@ -173,10 +179,7 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x: Tensor, c: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
-        mod = self.adaLN_modulation(c)
-        if mod.dim() == 2:
-            mod = mod.unsqueeze(1)
-        sh_a, sc_a, g_a, sh_m, sc_m, g_m = mod.chunk(6, dim=-1)
+        sh_a, sc_a, g_a, sh_m, sc_m, g_m = _adaln(self.adaLN_modulation, c, 6)
         x = x + g_a * self.attn(_modulate(self.norm1(x), sh_a, sc_a), rope)
         return x + g_m * self.mlp(_modulate(self.norm2(x), sh_m, sc_m))
 
@@ -191,10 +194,7 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        mod = self.adaLN_modulation(c)
-        if mod.dim() == 2:
-            mod = mod.unsqueeze(1)
-        shift, scale = mod.chunk(2, dim=-1)
+        shift, scale = _adaln(self.adaLN_modulation, c, 2)
         return self.linear(_modulate(self.norm(x), shift, scale))
 
 

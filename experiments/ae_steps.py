@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from experiments.distributed import unwrap
 from experiments.trainer import UserError
 from models.latent import smooth_latent
 from models.losses import cosine_alignment_loss as cosine_alignment, hinge_d_loss, hinge_g_loss, l1_loss
@@ -101,7 +102,7 @@ def stage2_g_losses(x, recon, lpips, disc, w: dict, adversarial: bool,
     """Generator (decoder) loss of stage 2; the discriminator's parameters get no gradient here."""
     total, parts = _reconstruction(x, recon, lpips, w)
     if adversarial and w["gan"] > 0:
-        core = disc.module if hasattr(disc, "module") else disc
+        core = unwrap(disc)
         flags = [p.requires_grad for p in core.parameters()]
         core.requires_grad_(False)
         try:

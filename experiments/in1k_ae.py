@@ -46,7 +46,7 @@ def banner(args, info, n_train: int) -> None:
         print(f"in1k_ae: preset {args.preset}, stage {args.stage}, {n_train} training images in {args.data}, "
               f"{args.max_steps} steps of {args.batch_size} images on {info.world_size} process(es) "
               f"({info.device.type}, {args.precision}) -> {args.out}", flush=True)
-    if args.embedded:
+    else:
         print(f"in1k_ae: no --data, so training the TINY preset (random-init encoder) on random "
               f"{args.image_size}px crops of 8 scikit-image/scikit-learn photos, evaluating on held-out "
               f"chelsea+flower crops, {args.max_steps} steps, LPIPS "

@@ -20,7 +20,7 @@ from torch import nn
 from experiments.distributed import unwrap
 from experiments.trainer import UserError
 from models.latent import smooth_latent
-from models.losses import cosine_alignment_loss as cosine_alignment, hinge_d_loss, hinge_g_loss, l1_loss
+from models.losses import LossWeights, autoencoder_losses, hinge_d_loss, hinge_g_loss
 
 
 def build_lpips(weights: str | None, disabled: bool, device: torch.device) -> tuple[nn.Module | None, str]:
@@ -82,26 +82,18 @@ class Stage2Net(nn.Module):
         return self.ae.decode(z)
 
 
-def _reconstruction(x, recon, lpips, w: dict) -> tuple[torch.Tensor, dict]:
-    """w_l1·L1 + w_lpips·LPIPS (LPIPS only when there is a module and a weight) and its parts."""
-    parts = {"l1": l1_loss(recon, x)}
-    if lpips is not None and w["lpips"] > 0:
-        parts["lpips"] = lpips(recon.float(), x.float()).mean()
-    return w["l1"] * parts["l1"] + w["lpips"] * parts.get("lpips", 0.0), parts
+def stage1_losses(x, recon, z, z_teacher, lpips, w: LossWeights) -> tuple[torch.Tensor, dict]:
+    """Total stage-1 loss and its computed parts ``cos``, ``l1``, ``lpips`` (fp32 scalars)."""
+    out = autoencoder_losses(recon, x, z, z_teacher, w, lpips_fn=lpips)
+    return out.total, out.parts()
 
 
-def stage1_losses(x, recon, z, z_teacher, lpips, w: dict) -> tuple[torch.Tensor, dict]:
-    """Total stage-1 loss and its parts (fp32 scalars)."""
-    rec, rec_parts = _reconstruction(x, recon, lpips, w)
-    parts = {"cos": cosine_alignment(z, z_teacher), **rec_parts}
-    return w["cos"] * parts["cos"] + rec, parts
-
-
-def stage2_g_losses(x, recon, lpips, disc, w: dict, adversarial: bool,
+def stage2_g_losses(x, recon, lpips, disc, w: LossWeights, adversarial: bool,
                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
     """Generator (decoder) loss of stage 2; the discriminator's parameters get no gradient here."""
-    total, parts = _reconstruction(x, recon, lpips, w)
-    if adversarial and w["gan"] > 0:
+    out = autoencoder_losses(recon, x, None, None, w, lpips_fn=lpips)
+    total, parts = out.total, out.parts()
+    if adversarial and w.gan > 0:
         core = unwrap(disc)
         flags = [p.requires_grad for p in core.parameters()]
         core.requires_grad_(False)
@@ -110,7 +102,7 @@ def stage2_g_losses(x, recon, lpips, disc, w: dict, adversarial: bool,
         finally:
             for p, f in zip(core.parameters(), flags):
                 p.requires_grad_(f)
-        total = total + w["gan"] * parts["g_gan"]
+        total = total + w.gan * parts["g_gan"]
     return total, parts
 
 

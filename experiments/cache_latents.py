@@ -32,7 +32,7 @@ from torch.utils.data import Dataset  # noqa: E402
 from experiments import distributed as D  # noqa: E402
 from experiments.data import (DataError, EmbeddedPhotos, ImageFolderDataset, _split_key,  # noqa: E402
                               collate, mix_seed)
-from experiments.trainer import OneLineParser, UserError, run_cli  # noqa: E402
+from experiments.trainer import OneLineParser, UserError, autocast, run_cli  # noqa: E402
 from spherical import Hypersphere  # noqa: E402
 
 INDEX = "index.json"
@@ -55,7 +55,7 @@ def encode_batch(ae, images: torch.Tensor, precision: str = "fp32") -> torch.Ten
     """``[B, 3, H, W]`` in [-1, 1] → float32 latents ``[B, N, C]`` on S^{C−1}_R (re-projected in fp32 after
     bf16; an fp32 ``encode`` is already on the sphere)."""
     bf16 = precision == "bf16" and images.device.type == "cuda"
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+    with autocast(images.device, precision, cuda_only=True):
         z = ae.encode(images)
     return ae.sphere.projx(z.float()) if bf16 else z.float()
 

@@ -133,8 +133,10 @@ def train(args, info) -> int:
     lpips, lpips_note = ae_steps.build_lpips(args.lpips_weights, args.lpips_weight <= 0, dev)
     if info.is_main and args.lpips_weight > 0 and lpips is None:
         print(f"in1k_ae: LPIPS off: {lpips_note}", flush=True)
-    weights = {"cos": args.cos_weight, "l1": args.l1_weight, "lpips": args.lpips_weight if lpips else 0.0,
-               "gan": args.gan_weight}
+    from models.losses import LossWeights
+
+    weights = LossWeights(cosine=args.cos_weight, l1=args.l1_weight, lpips=args.lpips_weight if lpips else 0.0,
+                          gan=args.gan_weight)
     net = ae_steps.Stage1Net(ae) if args.stage == 1 else ae_steps.Stage2Net(ae)
     ema = EMA(ae, args.ema_decay, warmup=args.ema_warmup)
     opt = build_adamw(params, args.lr, (args.beta1, args.beta2), args.weight_decay)

@@ -39,7 +39,7 @@ from experiments.dit_cli import build_parser, resolve  # noqa: E402
 from experiments.ema import EMA  # noqa: E402
 from experiments.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
 from experiments.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError,  # noqa: E402
-                                 abort_nonfinite, build_adamw, check_resume_args, grads_finite_norm,
+                                 abort_nonfinite, autocast, build_adamw, check_resume_args, grads_finite_norm,
                                  lr_lambda, run_cli, seed_everything, training_session)
 from spherical import Hypersphere, dimension_shift, geodesic_flow, rfm_loss, sample_time  # noqa: E402
 
@@ -231,8 +231,7 @@ def flow_loss(ctx, net, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator)
                     device=x0.device)
     drop = torch.rand(b, generator=gen, device=x0.device) < args.cfg_dropout
     xt, ut = geodesic_flow(x0, x1, t.view(b, 1, 1), sphere=sphere)
-    bf16 = ctx["precision"] == "bf16" and x0.device.type == "cuda"
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+    with autocast(x0.device, ctx["precision"], cuda_only=True):
         v = net(xt, t, y, force_drop=drop)
     return rfm_loss(v.float(), xt, ut, lambda_rad=args.lambda_rad)
 

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from experiments import distributed as D  # noqa: E402
 from experiments.data import mix_seed  # noqa: E402
 from experiments.dit_io import DEFAULT_DIT_RUN, load_autoencoder, load_dit, resolve_ckpt  # noqa: E402
-from experiments.trainer import OneLineParser, UserError, run_cli  # noqa: E402
+from experiments.trainer import OneLineParser, UserError, autocast, run_cli  # noqa: E402
 from spherical import METHODS, Hypersphere, dimension_shift, integrate, odeint, time_shift  # noqa: E402
 
 Tensor = torch.Tensor
@@ -53,10 +53,9 @@ def guided_velocity(model: torch.nn.Module, labels: Tensor, cfg_scale: float = 1
     """
     def v(x: Tensor, t: Tensor) -> Tensor:
         tb = t.reshape(1).expand(x.shape[0]).to(x.dtype)
-        tf = float(t)
-        guide = cfg_scale != 1.0 and (cfg_interval is None or cfg_interval[0] <= tf <= cfg_interval[1])
-        use_bf16 = precision == "bf16" and x.device.type == "cuda"
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+        # the interval test reads t on the host (one sync per evaluation), only when an interval is set
+        guide = cfg_scale != 1.0 and (cfg_interval is None or cfg_interval[0] <= float(t) <= cfg_interval[1])
+        with autocast(x.device, precision, cuda_only=True):
             out = model.forward_with_cfg(x, tb, labels, cfg_scale) if guide else model(x, tb, labels)
         return out.float()
 

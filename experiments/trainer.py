@@ -134,13 +134,18 @@ def build_adamw(params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[fl
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast context (no-op for fp32). Keep sphere arithmetic outside or in explicit fp32."""
-    if precision == "fp32":
+def autocast(device: torch.device | str, precision: str, *, cuda_only: bool = False):
+    """bf16 autocast context (no-op for fp32). Keep sphere arithmetic outside or in explicit fp32.
+
+    ``cuda_only=True`` turns bf16 into a no-op off CUDA (the DiT, sampling and latent caching, where CPU
+    bf16 is slower than fp32 and only a test path).
+    """
+    device_type = torch.device(device).type
+    if precision == "fp32" or (precision == "bf16" and cuda_only and device_type != "cuda"):
         return contextlib.nullcontext()
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    raise UserError(f"unknown precision {precision!r}")
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    raise UserError(f"unknown precision {precision!r} (expected fp32 or bf16)")
 
 
 class NonFiniteGuard:

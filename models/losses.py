@@ -9,7 +9,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -165,25 +165,41 @@ STAGE_LOSS_WEIGHTS: dict[int, LossWeights] = {
 
 
 class AELosses(NamedTuple):
-    """Terms of the generator objective; ``total`` = weighted sum (GAN term excluded, see below)."""
+    """Terms of the reconstruction objective; ``total`` is their weighted sum (GAN term excluded).
+
+    A term that was not computed (weight 0, no LPIPS module, no teacher) is ``None``.
+    """
 
     total: torch.Tensor
-    cosine: torch.Tensor
-    l1: torch.Tensor
-    lpips: torch.Tensor
+    cosine: Optional[torch.Tensor]
+    l1: Optional[torch.Tensor]
+    lpips: Optional[torch.Tensor]
+
+    def parts(self) -> dict[str, torch.Tensor]:
+        """The computed terms under their logged names ``cos``, ``l1``, ``lpips`` (in that order)."""
+        named = (("cos", self.cosine), ("l1", self.l1), ("lpips", self.lpips))
+        return {k: v for k, v in named if v is not None}
 
 
-def autoencoder_losses(recon: torch.Tensor, images: torch.Tensor, z: torch.Tensor,
+def autoencoder_losses(recon: torch.Tensor, images: torch.Tensor, z: torch.Tensor | None,
                        z_teacher: torch.Tensor | None, weights: LossWeights,
-                       lpips_fn: nn.Module | None = None) -> AELosses:
-    """Reconstruction objective w_cos·(1 − cos) + w_l1·L1 + w_lpips·LPIPS (the GAN term is added by the
-    trainer with :func:`hinge_g_loss` and, optionally, :func:`adaptive_gan_weight`).
+                       lpips_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> AELosses:
+    """Reconstruction objective w_cos·mean(1 − cos(z, z_teacher)) + w_l1·|x̂ − x|₁ + w_lpips·LPIPS(x̂, x).
 
-    Terms with weight 0 (or no LPIPS module / no teacher) are reported as 0 and not computed.
+    Args:
+        recon, images: ``[B, 3, H, W]`` in [-1, 1]; z, z_teacher: ``[B, N, C]`` student / teacher tokens.
+        weights: the term weights; lpips_fn: ``(x̂, x) -> scalar or [B]`` (averaged), or ``None``.
+
+    The GAN term is added by the trainer with :func:`hinge_g_loss` (and, optionally,
+    :func:`adaptive_gan_weight`). Terms with weight 0, no LPIPS module or no teacher are not computed
+    (``None``); every computed term is a float32 scalar.
     """
-    zero = recon.new_zeros((), dtype=torch.float32)
-    cos = cosine_alignment_loss(z, z_teacher) if weights.cosine and z_teacher is not None else zero
-    l1 = l1_loss(recon, images) if weights.l1 else zero
-    lp = lpips_fn(recon, images) if weights.lpips and lpips_fn is not None else zero
-    total = weights.cosine * cos + weights.l1 * l1 + weights.lpips * lp
+    cos = cosine_alignment_loss(z, z_teacher) if weights.cosine and z is not None and z_teacher is not None \
+        else None
+    l1 = l1_loss(recon, images) if weights.l1 else None
+    lp = lpips_fn(recon.float(), images.float()).mean() if weights.lpips and lpips_fn is not None else None
+    total = recon.new_zeros((), dtype=torch.float32)
+    for w, term in ((weights.cosine, cos), (weights.l1, l1), (weights.lpips, lp)):
+        if term is not None:
+            total = total + w * term
     return AELosses(total=total, cosine=cos, l1=l1, lpips=lp)

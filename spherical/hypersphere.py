@@ -31,11 +31,15 @@ Points are assumed to lie on the sphere (``‖x‖ = R`` to round-off); use :met
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Sequence, Tuple, Union
 
-import geoopt
 import torch
 from torch import Tensor
+
+with warnings.catch_warnings():  # geoopt 0.5 calls torch.jit.script at import: deprecated from torch 2.10 on
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+    import geoopt
 
 from ._kernels import Radius, _add_first_two, _combine, _dot, _fallback, _fold_fallback, _frame, _Frame, _norm
 from ._series import safe_div, sinc, theta_over_sin

@@ -73,3 +73,13 @@ def test_script_subprocess_one_line_and_exit_code():
                        capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 2
     assert _one_line(p.stderr).startswith("in1k_ae.py: error: data folder not found")
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_paper_cli_defaults_match_the_paper_loss_weights(stage):
+    """The CLI's paper-preset weights (kept import-light in ae_cli) equal models.losses.STAGE_LOSS_WEIGHTS."""
+    from experiments.ae_cli import DEFAULTS
+    from models.losses import STAGE_LOSS_WEIGHTS
+
+    d, w = DEFAULTS[("paper", stage)], STAGE_LOSS_WEIGHTS[stage]
+    assert (d["cos_weight"], d["l1_weight"], d["lpips_weight"], d["gan_weight"]) == (w.cosine, w.l1, w.lpips, w.gan)

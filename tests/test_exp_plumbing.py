@@ -2,6 +2,7 @@
 EMA, non-finite guard, metrics log."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -143,7 +144,9 @@ def test_ae_stage_losses_are_the_weighted_sums_of_their_parts():
     g = torch.Generator().manual_seed(0)
     x, recon = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1, torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
     z, zt = torch.randn(2, 4, 6, generator=g), torch.randn(2, 4, 6, generator=g)
-    w = {"cos": 0.5, "l1": 2.0, "lpips": 3.0, "gan": 0.5}
+    from models.losses import LossWeights
+
+    w = LossWeights(cosine=0.5, l1=2.0, lpips=3.0, gan=0.5)
     lp = lambda a, b: (a - b).pow(2).mean((1, 2, 3))  # noqa: E731  (stand-in for LPIPS, per image)
     total, parts = ae_steps.stage1_losses(x, recon, z, zt, lp, w)
     assert list(parts) == ["cos", "l1", "lpips"]
@@ -153,6 +156,6 @@ def test_ae_stage_losses_are_the_weighted_sums_of_their_parts():
     total, parts = ae_steps.stage1_losses(x, recon, z, zt, None, w)  # no LPIPS module: no term
     assert list(parts) == ["cos", "l1"]
     torch.testing.assert_close(total, 0.5 * parts["cos"] + 2.0 * parts["l1"])
-    total, parts = ae_steps.stage2_g_losses(x, recon, lp, None, {**w, "lpips": 0.0}, adversarial=False)
+    total, parts = ae_steps.stage2_g_losses(x, recon, lp, None, dataclasses.replace(w, lpips=0.0), adversarial=False)
     assert list(parts) == ["l1"]  # LPIPS weight 0: not computed
     torch.testing.assert_close(total, 2.0 * parts["l1"])

@@ -123,10 +123,10 @@ def test_autoencoder_losses_weights_and_skipping() -> None:
     z = torch.randn(1, 4, 8)
     out = autoencoder_losses(rec, img, z, -z, STAGE_LOSS_WEIGHTS[1], lpips_fn=None)
     assert out.cosine.item() == pytest.approx(2.0) and out.l1.item() == pytest.approx(0.25)
-    assert out.lpips.item() == 0.0
+    assert out.lpips is None and list(out.parts()) == ["cos", "l1"]
     assert out.total.item() == pytest.approx(0.5 * 2.0 + 0.25)
     out2 = autoencoder_losses(rec, img, z, None, STAGE_LOSS_WEIGHTS[2], lpips_fn=lambda a, b: torch.tensor(3.0))
-    assert out2.cosine.item() == 0.0 and out2.total.item() == pytest.approx(0.25 + 3.0)
+    assert out2.cosine is None and out2.total.item() == pytest.approx(0.25 + 3.0)
     assert STAGE_LOSS_WEIGHTS[2] == LossWeights(cosine=0.0, l1=1.0, lpips=1.0, gan=0.5)
 
 

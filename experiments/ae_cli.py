@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments.cli_common import add_checkpoint_args, add_optimisation_args, add_run_control_args
+from experiments.cli_common import PresetHelpFormatter, add_checkpoint_args, add_optimisation_args, add_run_control_args
 from experiments.trainer import OneLineParser, UserError
 
 _PAPER_1 = dict(lr=1e-5, beta1=0.9, beta2=0.999, weight_decay=0.0, ema_decay=0.9999, ema_warmup=0,
@@ -45,23 +45,11 @@ _EPILOG = "per-preset defaults (stage 1 / stage 2) of the options marked [preset
     "           --encoder-weights dinov3_vitl16.pth --precision bf16 --out runs/ae-paper-s1")
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    def _get_help_string(self, action):
-        h = action.help or ""
-        if "[preset]" in h:
-            return h.replace(" [preset]", "") + " (default: per preset, see the table below)"
-        if "(default:" in h:
-            return h
-        if action.default is None and action.option_strings and action.nargs != 0:
-            return h + " (default: none)"
-        return super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="in1k_ae.py", description=(
         "Train the DINO Spherical Autoencoder (stage 1: stem + decoder alignment; stage 2: decoder + "
         "discriminator with latent smoothing) on an ImageNet-style folder, or on embedded photos."),
-        epilog=_EPILOG, formatter_class=_Formatter)
+        epilog=_EPILOG, formatter_class=PresetHelpFormatter)
     g = p.add_argument_group("data and model")
     g.add_argument("--data", help="ImageNet-style folder with train/ and val/ class sub-folders; "
                    "omitted: embedded scikit-image/scikit-learn photos (tiny preset)")

@@ -11,6 +11,22 @@ from typing import Callable
 AddArgs = Callable[[argparse._ArgumentGroup], None]
 
 
+class PresetHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` that states every option's default: a help text marked ``[preset]`` says the default
+    depends on the preset (listed in the epilog), an explicit ``(default: ...)`` is kept, ``None`` reads
+    "none", anything else gets argparse's ``(default: X)``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        h = action.help or ""
+        if "[preset]" in h:
+            return h.replace(" [preset]", "") + " (default: per preset, see the table below)"
+        if "(default:" in h:
+            return h
+        if action.default is None and action.option_strings and action.nargs != 0:
+            return h + " (default: none)"
+        return super()._get_help_string(action) or h
+
+
 def add_optimisation_args(parser: argparse.ArgumentParser, *, length: AddArgs, extra: AddArgs | None = None,
                           ema_decay_help: str = "EMA decay [preset]") -> argparse._ArgumentGroup:
     """Add the ``optimisation`` group: batch size, run length, AdamW, lr schedule, clipping, EMA, guard.

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from experiments.ae_cli import default_out as ae_default_out
-from experiments.cli_common import add_checkpoint_args, add_optimisation_args, add_run_control_args
+from experiments.cli_common import PresetHelpFormatter, add_checkpoint_args, add_optimisation_args, add_run_control_args
 from experiments.trainer import OneLineParser, UserError
 
 # PAPER.md "Riemannian flow matching": LightningDiT-XL/1, AdamW lr 2e-4, β (0.9, 0.95), batch 1024,
@@ -44,16 +44,8 @@ _EPILOG = "per-preset defaults of the options marked [preset]:\n" + "\n".join(
     "          --ae-ckpt runs/ae-paper-s2 --cache-latents --out runs/dit-xl")
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    def _get_help_string(self, action):
-        h = action.help or ""
-        if action.default is None and action.option_strings and action.nargs != 0:
-            return h + (" (default: [preset], see below)" if "[preset]" in h else " (default: none)")
-        return super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="in1k_dit.py", formatter_class=_Formatter, epilog=_EPILOG, description=(
+    p = OneLineParser(prog="in1k_dit.py", formatter_class=PresetHelpFormatter, epilog=_EPILOG, description=(
         "Train a class-conditional LightningDiT with Riemannian flow matching on the spherical latents of a "
         "trained DINO Spherical Autoencoder (t = 0 data, t = 1 uniform noise on the sphere)."))
     g = p.add_argument_group("data and model")

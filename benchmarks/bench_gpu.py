@@ -1,0 +1,247 @@
+"""Training throughput and peak memory of the two training steps, one prepared script for a GPU session.
+
+    python benchmarks/bench_gpu.py ae    # paper AE, stage 1, 256 px, random-init DINOv3-L, bf16, 50 steps
+    python benchmarks/bench_gpu.py dit   # LightningDiT-XL/1, RFM on random [256 x 1024] latents, bf16 trunk
+    python benchmarks/bench_gpu.py all --tiny --device cpu --steps 4 --warmup 1   # the same code, CPU-sized
+
+Each step is the one the training scripts run, built from their own pieces:
+
+* ``ae``: ``ae_steps.Stage1Net`` + ``ae_steps.stage1_losses`` (0.5·(1 − cos) + L1 + LPIPS), AdamW on stem +
+  decoder, gradient clipping at 1, EMA. LPIPS runs a VGG16 with random weights (``--lpips random``: the same
+  cost as the real one, which cannot be downloaded offline) or is left out (``--lpips off``).
+* ``dit``: ``in1k_dit.flow_loss`` (uniform noise on the sphere, logit-normal t shifted by α = √(N·C/4096),
+  ``geodesic_flow``, ``rfm_loss`` with λ_rad = 0.1, label dropout 0.1; bf16 autocast around the DiT only),
+  AdamW(2e-4, β 0.9/0.95), clipping at 1, EMA 0.9995.
+
+The batch is the largest of ``--batch-sizes`` whose step fits in memory (tried from the largest down).
+img/s counts the ``--steps`` − ``--warmup`` timed steps after warm-up (CUDA synchronised); peak memory is
+``torch.cuda.max_memory_allocated`` over the timed steps. Writes ``benchmarks/results/gpu_{ae,dit}.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+if __package__ in (None, ""):  # `python benchmarks/bench_gpu.py` from anywhere
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+StepFn = Callable[[], torch.Tensor]  # one optimiser step; returns the (detached) loss
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def largest_fitting_batch(make_step: Callable[[int], StepFn], candidates: Sequence[int], dev: torch.device,
+                          log: Callable[[str], None] = print) -> tuple[int, StepFn]:
+    """The largest batch in ``candidates`` whose step runs twice without running out of memory.
+
+    ``make_step(b)`` builds the step for batch ``b`` (model and optimiser state are shared between
+    tries). Raises ``RuntimeError`` naming the smallest candidate if none fits.
+    """
+    for b in sorted(set(candidates), reverse=True):
+        try:
+            step = make_step(b)
+            for _ in range(2):
+                step()
+            _sync(dev)
+            return b, step
+        except torch.OutOfMemoryError:
+            step = None
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            log(f"bench_gpu: batch {b} does not fit; trying a smaller one")
+    raise RuntimeError(f"no batch size fits, not even {min(candidates)}")
+
+
+def measure(step: StepFn, batch: int, steps: int, warmup: int, dev: torch.device) -> dict:
+    """Runs ``warmup`` untimed then ``steps − warmup`` timed steps: img/s, s/step, peak memory, losses."""
+    if not 0 <= warmup < steps:
+        raise ValueError(f"need 0 <= warmup < steps, got warmup={warmup}, steps={steps}")
+    losses = [float(step()) for _ in range(warmup)]
+    _sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    timed = []
+    t0 = time.perf_counter()
+    for _ in range(steps - warmup):
+        timed.append(step())
+    _sync(dev)
+    dt = time.perf_counter() - t0
+    losses += [float(v) for v in timed]
+    n = steps - warmup
+    return {"batch": batch, "timed_steps": n, "seconds": dt, "s_per_step": dt / n, "img_per_s": batch * n / dt,
+            "peak_mem_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
+            "loss_first": losses[0], "loss_last": losses[-1], "losses_finite": all(map(math.isfinite, losses))}
+
+
+def _random_vgg_lpips(dev: torch.device):
+    """LPIPS(VGG) whose VGG16 trunk has random weights: the real module's cost without its download."""
+    import torchvision
+
+    from models.losses import LPIPSLoss
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "vgg16-random.pth"
+        features = torchvision.models.vgg16().features.state_dict()
+        torch.save({f"features.{k}": v for k, v in features.items()}, path)
+        return LPIPSLoss(path).to(dev)
+
+
+def ae_step_factory(args, dev: torch.device) -> tuple[Callable[[int], StepFn], dict]:
+    """The stage-1 step of ``in1k_ae.py`` for the preset; returns ``make_step(batch)`` and a description."""
+    from experiments import ae_steps
+    from experiments.ema import EMA
+    from experiments.trainer import autocast, build_adamw
+    from models import build_autoencoder
+    from models.losses import STAGE_LOSS_WEIGHTS
+
+    preset = "tiny" if args.tiny else args.preset
+    size = args.image_size or (64 if args.tiny else 256)
+    ae = build_autoencoder(preset, random_init=not args.tiny, image_size=size)
+    params = ae.set_stage(1)
+    ae.to(dev)
+    if args.grad_checkpointing:
+        ae.set_grad_checkpointing(True)
+    lpips = None
+    if args.lpips == "random":
+        try:
+            lpips = _random_vgg_lpips(dev)
+        except ImportError as e:  # the `lpips` package is not installed there
+            print(f"bench_gpu: LPIPS left out ({e})", flush=True)
+    w = STAGE_LOSS_WEIGHTS[1] if lpips is not None else dataclasses.replace(STAGE_LOSS_WEIGHTS[1], lpips=0.0)
+    net = torch.compile(ae_steps.Stage1Net(ae)) if args.compile else ae_steps.Stage1Net(ae)
+    opt = build_adamw(params, 1e-5, (0.9, 0.999), 0.0)
+    ema = EMA(ae, 0.9999)
+    gen = torch.Generator(dev).manual_seed(0)
+
+    def make_step(b: int) -> StepFn:
+        x = torch.rand(b, 3, size, size, generator=gen, device=dev) * 2 - 1
+
+        def step() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            with autocast(dev, args.precision):
+                recon, z, zt = net(x)
+                loss, _ = ae_steps.stage1_losses(x, recon, z, zt, lpips, w)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            ema.update(ae)
+            return loss.detach()
+
+        return step
+
+    n_train = sum(p.numel() for p in params)
+    return make_step, {"what": f"AE stage 1, preset {preset}, {size} px, random-init encoder",
+                       "trainable_params_m": n_train / 1e6, "lpips": "random VGG16" if lpips else "off",
+                       "tokens": ae.num_tokens, "channels": ae.latent_dim}
+
+
+def dit_step_factory(args, dev: torch.device) -> tuple[Callable[[int], StepFn], dict]:
+    """The RFM step of ``in1k_dit.py`` on random latents; returns ``make_step(batch)`` and a description."""
+    from experiments.dit_cli import build_parser
+    from experiments.dit_io import dit_registry
+    from experiments.ema import EMA
+    from experiments.in1k_dit import flow_loss
+    from experiments.trainer import build_adamw
+    from models.latent import gaussian_norm_radius
+    from spherical import Hypersphere, dimension_shift
+
+    name = "LightningDiT-T/1" if args.tiny else args.model
+    n_tok, ch = (16, 32) if args.tiny else (args.tokens, args.channels)
+    model = dit_registry()[name](in_channels=ch, num_tokens=n_tok, num_classes=1000, class_dropout_prob=0.1)
+    model.to(dev)
+    net = torch.compile(model) if args.compile else model
+    opt = build_adamw(list(model.parameters()), 2e-4, (0.9, 0.95), 0.0)
+    ema = EMA(model, 0.9995)
+    sphere = Hypersphere(gaussian_norm_radius(ch))
+    ctx = {"args": build_parser().parse_args([]), "sphere": sphere, "alpha": dimension_shift(n_tok, ch),
+           "precision": args.precision}
+    gen = torch.Generator(dev).manual_seed(0)
+
+    def make_step(b: int) -> StepFn:
+        x0 = sphere.random_uniform(b, n_tok, ch, generator=gen, device=dev)  # stand-in data latents
+        y = torch.randint(0, 1000, (b,), generator=gen, device=dev)
+
+        def step() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            loss = flow_loss(ctx, net, x0, y, gen).total
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            ema.update(model)
+            return loss.detach()
+
+        return step
+
+    return make_step, {"what": f"{name} RFM, random latents [{n_tok} x {ch}] on S^{ch - 1}_R",
+                       "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+def run(kind: str, args) -> dict:
+    dev = torch.device(args.device)
+    factory = ae_step_factory if kind == "ae" else dit_step_factory
+    make_step, info = factory(args, dev)
+    sizes = args.batch_sizes or ([8, 4] if args.tiny else ([64, 32, 16] if kind == "ae" else [512, 256, 128, 64]))
+    batch, step = largest_fitting_batch(make_step, sizes, dev)
+    res = measure(step, batch, args.steps, args.warmup, dev)
+    res.update(info, kind=kind, precision=args.precision, compile=args.compile, device=str(dev),
+               device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+               torch=torch.__version__)
+    mem = f", peak {res['peak_mem_gib']:.1f} GiB" if res["peak_mem_gib"] is not None else ""
+    print(f"bench_gpu {kind}: {info['what']}: batch {batch}, {res['img_per_s']:.1f} img/s, "
+          f"{res['s_per_step'] * 1e3:.0f} ms/step{mem}; loss {res['loss_first']:.4f} -> {res['loss_last']:.4f}",
+          flush=True)
+    return res
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("kind", choices=("ae", "dit", "all"))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--steps", type=int, default=50, help="steps in all, warm-up included")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    p.add_argument("--batch-sizes", type=int, nargs="+", help="candidates (default: ae 64 32 16; dit 512..64)")
+    p.add_argument("--tiny", action="store_true", help="tiny AE / LightningDiT-T/1 (a CPU check of this script)")
+    p.add_argument("--preset", default="paper", help="AE preset")
+    p.add_argument("--image-size", type=int, help="AE image size (default 256; 64 with --tiny)")
+    p.add_argument("--lpips", choices=("random", "off"), default="random", help="LPIPS term in the AE step")
+    p.add_argument("--grad-checkpointing", action="store_true", help="AE activation checkpointing")
+    p.add_argument("--model", default="LightningDiT-XL/1", help="DiT name")
+    p.add_argument("--tokens", type=int, default=256)
+    p.add_argument("--channels", type=int, default=1024)
+    p.add_argument("--compile", action="store_true", help="torch.compile the trained network")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder of gpu_{ae,dit}.json")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("bench_gpu: no CUDA device here; pass --device cpu (with --tiny for a quick check)", file=sys.stderr)
+        return 2
+    args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for kind in (("ae", "dit") if args.kind == "all" else (args.kind,)):
+        res = run(kind, args)
+        path = args.out / f"gpu_{kind}{'_tiny' if args.tiny else ''}.json"
+        path.write_text(json.dumps(res, indent=1) + "\n")
+        print(f"bench_gpu: wrote {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

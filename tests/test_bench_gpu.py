@@ -1,0 +1,55 @@
+"""benchmarks/bench_gpu.py: the batch search, the timing arithmetic, and a tiny CPU run of both steps."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import bench_gpu  # noqa: E402
+
+
+def test_largest_fitting_batch_falls_back_on_out_of_memory():
+    tried, logs = [], []
+
+    def make_step(b):
+        tried.append(b)
+        if b > 24:
+            raise torch.OutOfMemoryError(f"batch {b}")
+        return lambda: torch.tensor(float(b))
+
+    b, step = bench_gpu.largest_fitting_batch(make_step, [8, 64, 32, 16], torch.device("cpu"), log=logs.append)
+    assert b == 16 and float(step()) == 16.0
+    assert tried == [64, 32, 16] and len(logs) == 2
+    with pytest.raises(RuntimeError, match="not even 32"):
+        bench_gpu.largest_fitting_batch(make_step, [64, 32], torch.device("cpu"), log=logs.append)
+
+
+def test_measure_counts_only_the_timed_steps():
+    calls = []
+
+    def step():
+        calls.append(1)
+        return torch.tensor(float(len(calls)))
+
+    res = bench_gpu.measure(step, batch=4, steps=5, warmup=2, dev=torch.device("cpu"))
+    assert len(calls) == 5 and res["timed_steps"] == 3
+    assert res["img_per_s"] == pytest.approx(4 * 3 / res["seconds"])
+    assert (res["loss_first"], res["loss_last"], res["losses_finite"]) == (1.0, 5.0, True)
+    with pytest.raises(ValueError, match="warmup < steps"):
+        bench_gpu.measure(step, batch=4, steps=2, warmup=2, dev=torch.device("cpu"))
+
+
+def test_tiny_cpu_run_of_both_training_steps(tmp_path):
+    rc = bench_gpu.main(["all", "--tiny", "--device", "cpu", "--steps", "3", "--warmup", "1", "--lpips", "off",
+                         "--batch-sizes", "4", "--out", str(tmp_path)])
+    assert rc == 0
+    for kind in ("ae", "dit"):
+        res = json.loads((tmp_path / f"gpu_{kind}_tiny.json").read_text())
+        assert res["kind"] == kind and res["batch"] == 4 and res["precision"] == "fp32"
+        assert res["losses_finite"] and res["img_per_s"] > 0 and res["peak_mem_gib"] is None
+    dit = json.loads((tmp_path / "gpu_dit_tiny.json").read_text())
+    assert "[16 x 32]" in dit["what"] and dit["params_m"] > 0.1

@@ -7,11 +7,11 @@
 Each step is the one the training scripts run, built from their own pieces:
 
 * ``ae``: ``ae_steps.Stage1Net`` + ``ae_steps.stage1_losses`` (0.5·(1 − cos) + L1 + LPIPS), AdamW on stem +
-  decoder, gradient clipping at 1, EMA. LPIPS runs a VGG16 with random weights (``--lpips random``: the same
+  decoder, gradient clipping and EMA with ``in1k_ae.py``'s paper stage-1 settings. LPIPS runs a VGG16 with random weights (``--lpips random``: the same
   cost as the real one, which cannot be downloaded offline) or is left out (``--lpips off``).
 * ``dit``: ``in1k_dit.flow_loss`` (uniform noise on the sphere, logit-normal t shifted by α = √(N·C/4096),
   ``geodesic_flow``, ``rfm_loss`` with λ_rad = 0.1, label dropout 0.1; bf16 autocast around the DiT only),
-  AdamW(2e-4, β 0.9/0.95), clipping at 1, EMA 0.9995.
+  AdamW, clipping and EMA with ``in1k_dit.py``'s paper settings (lr 2e-4, β 0.9/0.95, EMA 0.9995).
 
 The batch is the largest of ``--batch-sizes`` whose step fits in memory (tried from the largest down).
 img/s counts the ``--steps`` − ``--warmup`` timed steps after warm-up (CUDA synchronised); peak memory is
@@ -33,6 +33,8 @@ if __package__ in (None, ""):  # `python benchmarks/bench_gpu.py` from anywhere
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+
+from experiments.dit_cli import DEFAULTS as DIT_DEFAULTS  # noqa: E402  (light: argparse + presets)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 StepFn = Callable[[], torch.Tensor]  # one optimiser step; returns the (detached) loss
@@ -58,7 +60,7 @@ def largest_fitting_batch(make_step: Callable[[int], StepFn], candidates: Sequen
             _sync(dev)
             return b, step
         except torch.OutOfMemoryError:
-            step = None
+            step = None  # drop the closure (and its batch tensor) before handing the cache back
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
             log(f"bench_gpu: batch {b} does not fit; trying a smaller one")
@@ -102,8 +104,9 @@ def _random_vgg_lpips(dev: torch.device):
 def ae_step_factory(args, dev: torch.device) -> tuple[Callable[[int], StepFn], dict]:
     """The stage-1 step of ``in1k_ae.py`` for the preset; returns ``make_step(batch)`` and a description."""
     from experiments import ae_steps
+    from experiments.ae_cli import DEFAULTS
     from experiments.ema import EMA
-    from experiments.trainer import autocast, build_adamw
+    from experiments.trainer import autocast, build_adamw, grads_finite_norm
     from models import build_autoencoder
     from models.losses import STAGE_LOSS_WEIGHTS
 
@@ -122,8 +125,9 @@ def ae_step_factory(args, dev: torch.device) -> tuple[Callable[[int], StepFn], d
             print(f"bench_gpu: LPIPS left out ({e})", flush=True)
     w = STAGE_LOSS_WEIGHTS[1] if lpips is not None else dataclasses.replace(STAGE_LOSS_WEIGHTS[1], lpips=0.0)
     net = torch.compile(ae_steps.Stage1Net(ae)) if args.compile else ae_steps.Stage1Net(ae)
-    opt = build_adamw(params, 1e-5, (0.9, 0.999), 0.0)
-    ema = EMA(ae, 0.9999)
+    hp = DEFAULTS[("paper", 1)]
+    opt = build_adamw(params, hp["lr"], (hp["beta1"], hp["beta2"]), hp["weight_decay"])
+    ema = EMA(ae, hp["ema_decay"])
     gen = torch.Generator(dev).manual_seed(0)
 
     def make_step(b: int) -> StepFn:
@@ -135,7 +139,7 @@ def ae_step_factory(args, dev: torch.device) -> tuple[Callable[[int], StepFn], d
                 recon, z, zt = net(x)
                 loss, _ = ae_steps.stage1_losses(x, recon, z, zt, lpips, w)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            grads_finite_norm(params, hp["grad_clip"])
             opt.step()
             ema.update(ae)
             return loss.detach()
@@ -154,20 +158,22 @@ def dit_step_factory(args, dev: torch.device) -> tuple[Callable[[int], StepFn], 
     from experiments.dit_io import dit_registry
     from experiments.ema import EMA
     from experiments.in1k_dit import flow_loss
-    from experiments.trainer import build_adamw
+    from experiments.trainer import build_adamw, grads_finite_norm
     from models.latent import gaussian_norm_radius
     from spherical import Hypersphere, dimension_shift
 
     name = "LightningDiT-T/1" if args.tiny else args.model
     n_tok, ch = (16, 32) if args.tiny else (args.tokens, args.channels)
-    model = dit_registry()[name](in_channels=ch, num_tokens=n_tok, num_classes=1000, class_dropout_prob=0.1)
+    flow_args, hp = build_parser().parse_args([]), DIT_DEFAULTS["paper"]  # λ_rad, t law, label dropout; AdamW, EMA
+    model = dit_registry()[name](in_channels=ch, num_tokens=n_tok, num_classes=1000,
+                                 class_dropout_prob=flow_args.cfg_dropout)
     model.to(dev)
     net = torch.compile(model) if args.compile else model
-    opt = build_adamw(list(model.parameters()), 2e-4, (0.9, 0.95), 0.0)
-    ema = EMA(model, 0.9995)
+    params = list(model.parameters())
+    opt = build_adamw(params, hp["lr"], (hp["beta1"], hp["beta2"]), hp["weight_decay"])
+    ema = EMA(model, hp["ema_decay"])
     sphere = Hypersphere(gaussian_norm_radius(ch))
-    ctx = {"args": build_parser().parse_args([]), "sphere": sphere, "alpha": dimension_shift(n_tok, ch),
-           "precision": args.precision}
+    ctx = {"args": flow_args, "sphere": sphere, "alpha": dimension_shift(n_tok, ch), "precision": args.precision}
     gen = torch.Generator(dev).manual_seed(0)
 
     def make_step(b: int) -> StepFn:
@@ -178,7 +184,7 @@ def dit_step_factory(args, dev: torch.device) -> tuple[Callable[[int], StepFn], 
             opt.zero_grad(set_to_none=True)
             loss = flow_loss(ctx, net, x0, y, gen).total
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            grads_finite_norm(params, hp["grad_clip"])
             opt.step()
             ema.update(model)
             return loss.detach()
@@ -186,7 +192,7 @@ def dit_step_factory(args, dev: torch.device) -> tuple[Callable[[int], StepFn], 
         return step
 
     return make_step, {"what": f"{name} RFM, random latents [{n_tok} x {ch}] on S^{ch - 1}_R",
-                       "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+                       "params_m": sum(p.numel() for p in params) / 1e6}
 
 
 def run(kind: str, args) -> dict:
@@ -220,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="AE image size (default 256; 64 with --tiny)")
     p.add_argument("--lpips", choices=("random", "off"), default="random", help="LPIPS term in the AE step")
     p.add_argument("--grad-checkpointing", action="store_true", help="AE activation checkpointing")
-    p.add_argument("--model", default="LightningDiT-XL/1", help="DiT name")
+    p.add_argument("--model", default=DIT_DEFAULTS["paper"]["model"], help="DiT name")
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--channels", type=int, default=1024)
     p.add_argument("--compile", action="store_true", help="torch.compile the trained network")

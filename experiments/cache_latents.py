@@ -52,12 +52,15 @@ def _write_json(obj: dict, path: Path) -> None:
 
 @torch.no_grad()
 def encode_batch(ae, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-    """``[B, 3, H, W]`` in [-1, 1] → float32 latents ``[B, N, C]`` on S^{C−1}_R (re-projected in fp32 after
-    bf16; an fp32 ``encode`` is already on the sphere)."""
-    bf16 = precision == "bf16" and images.device.type == "cuda"
+    """``[B, 3, H, W]`` in [-1, 1] → float32 latents ``[B, N, C]`` on S^{C−1}_R.
+
+    ``encode`` ends with the sphere projection; only tokens it returned in reduced precision (rounded off
+    the sphere) are re-projected in fp32. Under CUDA autocast the final LayerNorm already yields fp32
+    tokens, so the usual path makes no extra pass over ``[B, N, C]``.
+    """
     with autocast(images.device, precision, cuda_only=True):
         z = ae.encode(images)
-    return ae.sphere.projx(z.float()) if bf16 else z.float()
+    return z if z.dtype == torch.float32 else ae.sphere.projx(z.float())
 
 
 def cache_latents(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict, shard_size: int = 1024,

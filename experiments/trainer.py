@@ -140,12 +140,12 @@ def autocast(device: torch.device | str, precision: str, *, cuda_only: bool = Fa
     ``cuda_only=True`` turns bf16 into a no-op off CUDA (the DiT, sampling and latent caching, where CPU
     bf16 is slower than fp32 and only a test path).
     """
+    if precision not in ("fp32", "bf16"):
+        raise UserError(f"unknown precision {precision!r} (expected fp32 or bf16)")
     device_type = torch.device(device).type
-    if precision == "fp32" or (precision == "bf16" and cuda_only and device_type != "cuda"):
+    if precision == "fp32" or (cuda_only and device_type != "cuda"):
         return contextlib.nullcontext()
-    if precision == "bf16":
-        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-    raise UserError(f"unknown precision {precision!r} (expected fp32 or bf16)")
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 
 class NonFiniteGuard:

@@ -51,5 +51,14 @@ def test_tiny_cpu_run_of_both_training_steps(tmp_path):
         res = json.loads((tmp_path / f"gpu_{kind}_tiny.json").read_text())
         assert res["kind"] == kind and res["batch"] == 4 and res["precision"] == "fp32"
         assert res["losses_finite"] and res["img_per_s"] > 0 and res["peak_mem_gib"] is None
-    dit = json.loads((tmp_path / "gpu_dit_tiny.json").read_text())
-    assert "[16 x 32]" in dit["what"] and dit["params_m"] > 0.1
+        assert res["timed_steps"] == 2 and res["img_per_s"] == pytest.approx(4 * 2 / res["seconds"])
+    # the AE step trains exactly stage 1's parameters (stem + decoder); the DiT step the whole T/1 model
+    from experiments.dit_io import dit_registry
+    from models import build_autoencoder
+
+    ae, dit = (json.loads((tmp_path / f"gpu_{k}_tiny.json").read_text()) for k in ("ae", "dit"))
+    tiny = build_autoencoder("tiny", image_size=64)
+    stem_and_decoder = [*tiny.stem.parameters(), *tiny.decoder.parameters()]
+    assert ae["trainable_params_m"] == pytest.approx(sum(p.numel() for p in stem_and_decoder) / 1e6)
+    t1 = dit_registry()["LightningDiT-T/1"](in_channels=32, num_tokens=16, num_classes=1000)
+    assert "[16 x 32]" in dit["what"] and dit["params_m"] == pytest.approx(sum(p.numel() for p in t1.parameters()) / 1e6)

@@ -114,3 +114,27 @@ def test_bad_arguments_are_one_line(tmp_path, capsys):
     assert "train/" in capsys.readouterr().err
     assert in1k_dit.main(["--model", "LightningDiT-Q/7", "--out", str(tmp_path / "o"), "--steps", "1"]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_encode_batch_reprojects_only_reduced_precision_tokens():
+    """fp32 tokens from ``encode`` are returned as they are (no extra pass); bf16 ones, rounded off the
+    sphere, come back as fp32 points on it."""
+    from spherical import Hypersphere
+
+    class FakeAE:
+        sphere = Hypersphere(32.0)
+
+        def __init__(self, dtype):
+            self.dtype = dtype
+
+        def encode(self, images):
+            z = self.sphere.projx(torch.randn(images.shape[0], 16, 1024, generator=torch.Generator().manual_seed(0)))
+            return z.to(self.dtype)
+
+    img = torch.zeros(2, 3, 8, 8)
+    z32 = cache_latents.encode_batch(FakeAE(torch.float32), img)
+    torch.testing.assert_close(z32, FakeAE(torch.float32).encode(img), rtol=0, atol=0)
+    zb = cache_latents.encode_batch(FakeAE(torch.bfloat16), img)
+    off = (FakeAE(torch.bfloat16).encode(img).float().norm(dim=-1) - 32.0).abs().max()
+    assert zb.dtype == torch.float32 and off > 1e-3  # bf16 rounding leaves the sphere ...
+    assert (zb.norm(dim=-1) - 32.0).abs().max() < 1e-4  # ... and encode_batch puts the tokens back on it

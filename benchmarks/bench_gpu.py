@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # `python benchmarks/bench_gpu.py` from anywhere
 
 import torch  # noqa: E402
 
-from experiments.dit_cli import DEFAULTS as DIT_DEFAULTS  # noqa: E402  (light: argparse + presets)
+from experiments.common.dit_cli import DEFAULTS as DIT_DEFAULTS  # noqa: E402  (light: argparse + presets)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 StepFn = Callable[[], torch.Tensor]  # one optimiser step; returns the (detached) loss
@@ -103,10 +103,10 @@ def _random_vgg_lpips(dev: torch.device):
 
 def ae_step_factory(args, dev: torch.device) -> tuple[Callable[[int], StepFn], dict]:
     """The stage-1 step of ``in1k_ae.py`` for the preset; returns ``make_step(batch)`` and a description."""
-    from experiments import ae_steps
-    from experiments.ae_cli import DEFAULTS
-    from experiments.ema import EMA
-    from experiments.trainer import autocast, build_adamw, grads_finite_norm
+    from experiments.common import ae_steps
+    from experiments.common.ae_cli import DEFAULTS
+    from experiments.common.ema import EMA
+    from experiments.common.trainer import autocast, build_adamw, grads_finite_norm
     from models import build_autoencoder
     from models.losses import STAGE_LOSS_WEIGHTS
 
@@ -154,11 +154,11 @@ def ae_step_factory(args, dev: torch.device) -> tuple[Callable[[int], StepFn], d
 
 def dit_step_factory(args, dev: torch.device) -> tuple[Callable[[int], StepFn], dict]:
     """The RFM step of ``in1k_dit.py`` on random latents; returns ``make_step(batch)`` and a description."""
-    from experiments.dit_cli import build_parser
-    from experiments.dit_io import dit_registry
-    from experiments.ema import EMA
+    from experiments.common.dit_cli import build_parser
+    from experiments.common.dit_io import dit_registry
+    from experiments.common.ema import EMA
     from experiments.in1k_dit import flow_loss
-    from experiments.trainer import build_adamw, grads_finite_norm
+    from experiments.common.trainer import build_adamw, grads_finite_norm
     from models.latent import gaussian_norm_radius
     from spherical import Hypersphere, dimension_shift
 

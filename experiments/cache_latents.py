@@ -29,10 +29,10 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
-from experiments import distributed as D  # noqa: E402
-from experiments.data import (DataError, EmbeddedPhotos, ImageFolderDataset, _split_key,  # noqa: E402
+from experiments.common import distributed as D  # noqa: E402
+from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, _split_key,  # noqa: E402
                               collate, mix_seed)
-from experiments.trainer import OneLineParser, UserError, autocast, run_cli  # noqa: E402
+from experiments.common.trainer import OneLineParser, UserError, autocast, run_cli  # noqa: E402
 from spherical import Hypersphere  # noqa: E402
 
 INDEX = "index.json"
@@ -230,7 +230,7 @@ def open_source(data: str | None, image_size: int, num_images: int, seed: int) -
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    from experiments.dit_io import default_autoencoder, load_autoencoder
+    from experiments.common.dit_io import default_autoencoder, load_autoencoder
 
     args = build_parser().parse_args(argv)
     if args.data is not None and args.ae_ckpt is None:

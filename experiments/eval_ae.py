@@ -24,11 +24,11 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from experiments import checkpoint, distributed as D  # noqa: E402
-from experiments.ema import load_ema_weights  # noqa: E402
-from experiments.metrics import (FrechetStats, fd_from_stats, find_inception_weights, make_fid,  # noqa: E402
+from experiments.common import checkpoint, distributed as D  # noqa: E402
+from experiments.common.ema import load_ema_weights  # noqa: E402
+from experiments.common.metrics import (FrechetStats, fd_from_stats, find_inception_weights, make_fid,  # noqa: E402
                                  psnr_per_image, save_grid, ssim_per_image, to_unit)
-from experiments.trainer import OneLineParser, UserError, autocast, cpu_threads, run_cli  # noqa: E402
+from experiments.common.trainer import OneLineParser, UserError, autocast, cpu_threads, run_cli  # noqa: E402
 
 
 @torch.no_grad()
@@ -126,7 +126,7 @@ def load_autoencoder(ckpt: str | Path, *, use_ema: bool = True, device: str | to
 
 def _loader(data: str | None, split: str, image_size: int, n: int, batch_size: int, workers: int,
             info, seed: int = 0):
-    from experiments.data import EmbeddedPhotos, ImageFolderDataset, ShardedEvalSampler, collate
+    from experiments.common.data import EmbeddedPhotos, ImageFolderDataset, ShardedEvalSampler, collate
 
     if data is None:
         ds = EmbeddedPhotos("eval", image_size, length=n or 32, seed=seed)
@@ -153,7 +153,7 @@ def run_eval(ckpt, *, data, out_json, info, batch_size=50, num_images=0, num_wor
 
 def _run_eval(ae, state, a, ckpt, *, data, out_json, info, batch_size, num_images, num_workers,
               inception_weights, lpips_weights, no_lpips, fd, precision, use_ema, split) -> dict:
-    from experiments.ae_steps import build_lpips
+    from experiments.common.ae_steps import build_lpips
 
     data = data if data is not None else a.get("data")
     seed = a.get("seed", 0)
@@ -218,7 +218,7 @@ def _main(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    from experiments.data import DataError
+    from experiments.common.data import DataError
     from models.encoder import EncoderWeightsError
 
     return run_cli(_main, argv, prog="eval_ae.py", one_line=(DataError, EncoderWeightsError,

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from experiments.trainer import OneLineParser, UserError, run_cli  # noqa: E402
+from experiments.common.trainer import OneLineParser, UserError, run_cli  # noqa: E402
 
 _EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -52,7 +52,7 @@ class InceptionFeatures(nn.Module):
 
 def build_inception(weights: str | None) -> InceptionFeatures:
     """The FID Inception from ``weights`` or the torch hub cache; :class:`UserError` naming the flag if absent."""
-    from experiments.metrics import INCEPTION_FILE, find_inception_weights
+    from experiments.common.metrics import INCEPTION_FILE, find_inception_weights
 
     try:
         path = find_inception_weights(weights)
@@ -76,7 +76,7 @@ class _Precomputed(nn.Module):
 
 
 def _load_images(files: Sequence[Path], image_size: int | None) -> np.ndarray:
-    from experiments.data import center_crop, load_rgb
+    from experiments.common.data import center_crop, load_rgb
 
     imgs = [load_rgb(f) for f in files]
     if image_size:
@@ -170,7 +170,7 @@ def build_parser() -> OneLineParser:
 
 def run(args, extractor: nn.Module | None = None) -> dict:
     """Evaluate and write the JSON; ``extractor`` replaces the Inception (tests)."""
-    from experiments.distributed import pick_device
+    from experiments.common.distributed import pick_device
 
     for name in ("samples", "ref"):
         if not Path(getattr(args, name)).exists():

@@ -24,13 +24,13 @@ if __package__ in (None, ""):  # `python experiments/in1k_ae.py` from anywhere
 
 import torch  # noqa: E402
 
-from experiments import checkpoint, distributed as D  # noqa: E402
-from experiments.ae_cli import build_parser, resolve  # noqa: E402
-from experiments.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
+from experiments.common import checkpoint, distributed as D  # noqa: E402
+from experiments.common.ae_cli import build_parser, resolve  # noqa: E402
+from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
                               collate, mix_seed, worker_init)
-from experiments.ema import EMA, load_ema_weights  # noqa: E402
-from experiments.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
-from experiments.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError,  # noqa: E402
+from experiments.common.ema import EMA, load_ema_weights  # noqa: E402
+from experiments.common.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
+from experiments.common.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError,  # noqa: E402
                                  abort_nonfinite, autocast, build_adamw, check_resume_args,
                                  grads_finite_norm, lr_lambda, run_cli, seed_everything, training_session)
 
@@ -103,7 +103,7 @@ def _main(argv=None) -> int:
 
 
 def train(args, info) -> int:
-    from experiments import ae_steps  # imports models (timm): after the cheap argument checks
+    from experiments.common import ae_steps  # imports models (timm): after the cheap argument checks
 
     out = Path(args.out)
     ckpts = checkpoint.CheckpointDir(out / "checkpoints", keep_every=args.keep_every)
@@ -236,7 +236,7 @@ def train(args, info) -> int:
 
 def _train_step(ctx, net, disc_d, disc, opt, d_opt, it, step, epoch, w, params, bad_files, meter):
     """One optimizer step over ``grad_accum`` micro-batches. Returns (loss parts, finite, grad norm)."""
-    from experiments import ae_steps
+    from experiments.common import ae_steps
 
     args, info = ctx["args"], ctx["info"]
     dev, accum = info.device, args.grad_accum
@@ -299,7 +299,7 @@ def _tau(args, epoch: float) -> float:
 
 
 def _eval_loader(val_ds, args, info):
-    from experiments.data import ShardedEvalSampler
+    from experiments.common.data import ShardedEvalSampler
 
     n = min(len(val_ds), args.eval_images)
     sampler = ShardedEvalSampler(n, 32, rank=info.rank, world=info.world_size)

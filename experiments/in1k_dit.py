@@ -10,7 +10,7 @@ t = ``sample_time(B, alpha=α)`` with α = ``dimension_shift(N, C)`` unless ``--
 (x_t, u_t) = ``geodesic_flow(x₀, x₁, t)``, labels dropped to the null class with prob. ``--cfg-dropout``,
 loss = ``rfm_loss(DiT(x_t, t, y), x_t, u_t, lambda_rad=λ_rad)``; AdamW + EMA.
 Noise, times and label dropout of step s on rank r come from a generator seeded by (seed, s, r), and the
-data order from :class:`experiments.data.ResumableBatchSampler`, so a resumed run repeats an uninterrupted
+data order from :class:`experiments.common.data.ResumableBatchSampler`, so a resumed run repeats an uninterrupted
 one exactly. Outputs in ``--out``: ``metrics.jsonl``, ``checkpoints/last.pt`` (model, EMA, optimiser,
 scheduler, RNG, data position, ``dit_config`` and ``latent`` metadata for ``sample.py``) and
 ``train-samples.png`` (EMA samples, one column per class). Re-running the same command resumes.
@@ -32,13 +32,13 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from experiments import checkpoint, distributed as D  # noqa: E402
-from experiments.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
+from experiments.common import checkpoint, distributed as D  # noqa: E402
+from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
                               collate, mix_seed)
-from experiments.dit_cli import build_parser, resolve  # noqa: E402
-from experiments.ema import EMA  # noqa: E402
-from experiments.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
-from experiments.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError,  # noqa: E402
+from experiments.common.dit_cli import build_parser, resolve  # noqa: E402
+from experiments.common.ema import EMA  # noqa: E402
+from experiments.common.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
+from experiments.common.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError,  # noqa: E402
                                  abort_nonfinite, autocast, build_adamw, check_resume_args, grads_finite_norm,
                                  lr_lambda, run_cli, seed_everything, training_session)
 from spherical import Hypersphere, dimension_shift, geodesic_flow, rfm_loss, sample_time  # noqa: E402
@@ -86,7 +86,7 @@ def open_data(args, info, ae_path: Path, ae):
 
 def build_dit(args, latent: dict) -> torch.nn.Module:
     """The ``--model`` DiT for ``[B, N, C]`` tokens and ``num_classes`` (+1 null) labels."""
-    from experiments.dit_io import dit_registry
+    from experiments.common.dit_io import dit_registry
 
     reg = dit_registry()
     if args.model not in reg:
@@ -104,7 +104,7 @@ def train(args, info) -> int:
 
     Returns the exit code (0 done or stopped by ``--stop-after``, 3 non-finite stop, 128+sig on a signal).
     """
-    from experiments.dit_io import default_autoencoder, load_autoencoder
+    from experiments.common.dit_io import default_autoencoder, load_autoencoder
 
     out, dev, world = Path(args.out), info.device, info.world_size
     ckpts = checkpoint.CheckpointDir(out / "checkpoints", keep_every=args.keep_every)
@@ -264,7 +264,7 @@ def train_step(ctx, net, model, opt, batch, step: int, meter):
 @torch.no_grad()
 def sample_grid(ctx, model, ema, latent: dict, path: Path, per_class: int = 4) -> Path:
     """EMA samples (Euler, ``--sample-steps``), ``per_class`` rows × one column per class (≤ 8), as PNG."""
-    from experiments.metrics import save_grid
+    from experiments.common.metrics import save_grid
     from experiments.sample import generate, sample_noise
 
     args, info = ctx["args"], ctx["info"]

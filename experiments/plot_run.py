@@ -15,7 +15,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.logging_utils import read_jsonl  # noqa: E402
+from experiments.common.logging_utils import read_jsonl  # noqa: E402
 
 DEFAULT_KEYS = ("loss", "l1", "cos", "lpips", "g_gan", "d_loss", "tangent", "radial")
 

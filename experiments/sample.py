@@ -27,10 +27,10 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from experiments import distributed as D  # noqa: E402
-from experiments.data import mix_seed  # noqa: E402
-from experiments.dit_io import DEFAULT_DIT_RUN, load_autoencoder, load_dit, resolve_ckpt  # noqa: E402
-from experiments.trainer import OneLineParser, UserError, autocast, run_cli  # noqa: E402
+from experiments.common import distributed as D  # noqa: E402
+from experiments.common.data import mix_seed  # noqa: E402
+from experiments.common.dit_io import DEFAULT_DIT_RUN, load_autoencoder, load_dit, resolve_ckpt  # noqa: E402
+from experiments.common.trainer import OneLineParser, UserError, autocast, run_cli  # noqa: E402
 from spherical import METHODS, Hypersphere, dimension_shift, integrate, odeint, time_shift  # noqa: E402
 
 Tensor = torch.Tensor
@@ -181,7 +181,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args, info) -> int:
-    from experiments.metrics import save_grid
+    from experiments.common.metrics import save_grid
 
     dev = info.device
     ckpt = resolve_ckpt(args.ckpt, "DiT", "--ckpt")

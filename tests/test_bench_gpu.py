@@ -53,7 +53,7 @@ def test_tiny_cpu_run_of_both_training_steps(tmp_path):
         assert res["losses_finite"] and res["img_per_s"] > 0 and res["peak_mem_gib"] is None
         assert res["timed_steps"] == 2 and res["img_per_s"] == pytest.approx(4 * 2 / res["seconds"])
     # the AE step trains exactly stage 1's parameters (stem + decoder); the DiT step the whole T/1 model
-    from experiments.dit_io import dit_registry
+    from experiments.common.dit_io import dit_registry
     from models import build_autoencoder
 
     ae, dit = (json.loads((tmp_path / f"gpu_{k}_tiny.json").read_text()) for k in ("ae", "dit"))

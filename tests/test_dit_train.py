@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from experiments import cache_latents, in1k_dit
-from experiments.dit_io import load_dit, save_autoencoder
+from experiments.common.dit_io import load_dit, save_autoencoder
 
 
 def _losses(out: Path) -> dict[int, float]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from experiments import in1k_ae
-from experiments.ae_cli import build_parser
+from experiments.common.ae_cli import build_parser
 from test_exp_support import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_script_subprocess_one_line_and_exit_code():
 @pytest.mark.parametrize("stage", [1, 2])
 def test_paper_cli_defaults_match_the_paper_loss_weights(stage):
     """The CLI's paper-preset weights (kept import-light in ae_cli) equal models.losses.STAGE_LOSS_WEIGHTS."""
-    from experiments.ae_cli import DEFAULTS
+    from experiments.common.ae_cli import DEFAULTS
     from models.losses import STAGE_LOSS_WEIGHTS
 
     d, w = DEFAULTS[("paper", stage)], STAGE_LOSS_WEIGHTS[stage]

@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from experiments import distributed as D
+from experiments.common import distributed as D
 from test_exp_support import final_state, records, tiny_argv, train_losses
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from experiments.data import EmbeddedPhotos, ShardedEvalSampler, collate
-from experiments.metrics import FrechetStats, frechet_distance, psnr_per_image
+from experiments.common.data import EmbeddedPhotos, ShardedEvalSampler, collate
+from experiments.common.metrics import FrechetStats, frechet_distance, psnr_per_image
 
 
 def _sqrtm_fd(mu1, c1, mu2, c2):

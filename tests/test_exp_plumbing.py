@@ -10,11 +10,11 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from experiments.checkpoint import CheckpointDir, StopSignals, capture_rng, restore_rng, save_atomic
-from experiments.data import ResumableBatchSampler
-from experiments.ema import EMA
-from experiments.logging_utils import MetricsLogger, read_jsonl, truncate_after
-from experiments.trainer import NonFiniteError, NonFiniteGuard, lr_lambda
+from experiments.common.checkpoint import CheckpointDir, StopSignals, capture_rng, restore_rng, save_atomic
+from experiments.common.data import ResumableBatchSampler
+from experiments.common.ema import EMA
+from experiments.common.logging_utils import MetricsLogger, read_jsonl, truncate_after
+from experiments.common.trainer import NonFiniteError, NonFiniteGuard, lr_lambda
 
 
 def _take(sampler, k):
@@ -139,7 +139,7 @@ def test_metrics_logger_and_truncate(tmp_path):
 
 
 def test_ae_stage_losses_are_the_weighted_sums_of_their_parts():
-    from experiments import ae_steps
+    from experiments.common import ae_steps
 
     g = torch.Generator().manual_seed(0)
     x, recon = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1, torch.rand(2, 3, 8, 8, generator=g) * 2 - 1

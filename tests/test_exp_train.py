@@ -7,7 +7,7 @@ import signal
 import torch
 
 from experiments import in1k_ae
-from experiments.data import ImageFolderDataset
+from experiments.common.data import ImageFolderDataset
 from test_exp_support import final_state, make_image_folder, records, tiny_argv, train_losses
 
 

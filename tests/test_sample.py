@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import checkpoint, sample
-from experiments.distributed import DistInfo
-from experiments.dit_io import load_dit, save_autoencoder
+from experiments import sample
+from experiments.common import checkpoint
+from experiments.common.distributed import DistInfo
+from experiments.common.dit_io import load_dit, save_autoencoder
 from spherical import Hypersphere, integrate, time_shift
 
 N, C, K = 4, 32, 3  # tokens (2x2 grid, 32 px tiny AE), channels, classes
@@ -85,7 +86,7 @@ def test_samples_stay_on_the_sphere(method):
 
 def test_generate_rescales_to_decode_norm_and_decodes(run_dir):
     model, latent, _ = load_dit(run_dir)
-    from experiments.dit_io import load_autoencoder
+    from experiments.common.dit_io import load_autoencoder
 
     ae = load_autoencoder(latent["ae_ckpt"])
     noise = sample.sample_noise(range(3), N, C, latent["radius"], seed=0)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from experiments.distributed import unwrap
-from experiments.trainer import UserError
+from experiments.common.distributed import unwrap
+from experiments.common.trainer import UserError
 from models.latent import smooth_latent
 from models.losses import LossWeights, autoencoder_losses, hinge_d_loss, hinge_g_loss
 

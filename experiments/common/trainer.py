@@ -68,7 +68,7 @@ def cpu_threads(n: int | None):
 def training_session(args: argparse.Namespace):
     """``distributed.setup(args.device)``, then CPU threads ``--threads`` (default: 1 for the tiny preset on
     CPU, whose small kernels only lose to OpenMP sync); yields the ``DistInfo``. Undone on exit."""
-    from experiments import distributed as D
+    from experiments.common import distributed as D
 
     info = D.setup(args.device)
     tiny_cpu = args.preset == "tiny" and info.device.type == "cpu"

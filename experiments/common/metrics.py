@@ -34,7 +34,7 @@ class FrechetStats:
         self.outer += f.T @ f
 
     def all_reduce(self) -> "FrechetStats":
-        from experiments.distributed import all_reduce_sum
+        from experiments.common.distributed import all_reduce_sum
 
         for t in (self.n, self.sum, self.outer):
             all_reduce_sum(t)

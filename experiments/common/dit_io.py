@@ -2,7 +2,7 @@
 
 * :func:`load_autoencoder` reads a checkpoint written by ``experiments/in1k_ae.py`` (a run folder, whose
   ``checkpoints/last.pt`` is used, or a ``.pt`` file) and applies its EMA weights.
-* :data:`DIT_MODELS` is :data:`models.dit.LightningDiT_models` plus ``LightningDiT-T/1``, a tiny CPU
+* :func:`dit_registry` (defined in :mod:`experiments.common.dit_cli`, re-exported here) is :data:`models.dit.LightningDiT_models` plus ``LightningDiT-T/1``, a tiny CPU
   configuration (depth 4, width 96, 4 heads, 0.73 M parameters) for the embedded default run and the tests.
 * :func:`load_dit` rebuilds the DiT of an ``experiments/in1k_dit.py`` checkpoint (its ``dit_config``) and
   loads the EMA (default) or raw weights; it also returns the checkpoint's ``latent`` metadata
@@ -11,17 +11,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 
-from experiments import checkpoint
-from experiments.ae_cli import default_out as ae_default_out
-from experiments.dit_cli import default_out as dit_default_out
-from experiments.ema import load_ema_weights
-from experiments.trainer import UserError
+from experiments.common import checkpoint
+from experiments.common.ae_cli import default_out as ae_default_out
+from experiments.common.dit_cli import default_out as dit_default_out, dit_registry  # noqa: F401 (re-export)
+from experiments.common.ema import load_ema_weights
+from experiments.common.trainer import UserError
 
 DEFAULT_AE_RUN = ae_default_out("tiny", embedded=True, stage=1)  # in1k_ae.py's --out without --data
 DEFAULT_DIT_RUN = dit_default_out("tiny", embedded=True)         # in1k_dit.py's --out without --data
@@ -61,20 +59,6 @@ def save_autoencoder(ae, path: str | os.PathLike, preset: str) -> Path:
     """Write ``ae`` in the ``in1k_ae.py`` checkpoint layout (``model`` + ``args``) so it loads back."""
     return checkpoint.save_atomic({"model": ae.state_dict(), "step": 0,
                                    "args": {"preset": preset, "image_size": ae.image_size}}, path)
-
-
-def _tiny_dit(**overrides: Any):
-    from models.dit import DiTConfig, LightningDiT
-
-    cfg = replace(DiTConfig(), depth=4, hidden_size=96, num_heads=4, mlp_ratio=4.0)
-    return LightningDiT(replace(cfg, **overrides))
-
-
-def dit_registry() -> dict[str, Callable[..., torch.nn.Module]]:
-    """Model name → factory(**DiTConfig overrides)."""
-    from models.dit import LightningDiT_models
-
-    return {"LightningDiT-T/1": _tiny_dit, **LightningDiT_models}
 
 
 def load_dit(path: str | os.PathLike, device: torch.device | str = "cpu", *, ema: bool = True
@@ -120,7 +104,7 @@ def default_autoencoder(ae_ckpt: str | None, out: str | os.PathLike, seed: int, 
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             save_autoencoder(build_autoencoder("tiny"), path, "tiny")
-    from experiments import distributed as D
+    from experiments.common import distributed as D
 
     D.barrier()
     return path.resolve(), note

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments.cli_common import PresetHelpFormatter, add_checkpoint_args, add_optimisation_args, add_run_control_args
-from experiments.trainer import OneLineParser, UserError
+from experiments.common.cli_common import PresetHelpFormatter, add_checkpoint_args, add_optimisation_args, add_run_control_args
+from experiments.common.trainer import OneLineParser, UserError
 
 _PAPER_1 = dict(lr=1e-5, beta1=0.9, beta2=0.999, weight_decay=0.0, ema_decay=0.9999, ema_warmup=0,
                 batch_size=512, epochs=20, warmup_steps=0, lr_schedule="constant", grad_clip=1.0,

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 from pathlib import Path
+from typing import Any, Callable
 
-from experiments.ae_cli import default_out as ae_default_out
-from experiments.cli_common import PresetHelpFormatter, add_checkpoint_args, add_optimisation_args, add_run_control_args
-from experiments.trainer import OneLineParser, UserError
+from experiments.common.ae_cli import default_out as ae_default_out
+from experiments.common.cli_common import PresetHelpFormatter, add_checkpoint_args, add_optimisation_args, add_run_control_args
+from experiments.common.trainer import OneLineParser, UserError
 
 # PAPER.md "Riemannian flow matching": LightningDiT-XL/1, AdamW lr 2e-4, β (0.9, 0.95), batch 1024,
 # EMA 0.9995, 80 epochs, λ_rad 0.1, label dropout 0.1.
@@ -24,6 +26,20 @@ _TINY = dict(_PAPER, model="LightningDiT-T/1", lr=1e-3, batch_size=32, epochs=No
              ema_decay=0.999, ema_warmup=50, warmup_steps=50, lr_schedule="cosine", log_every=25,
              ckpt_every=250)
 DEFAULTS = {"paper": _PAPER, "tiny": _TINY}
+
+
+def _tiny_dit(**overrides: Any):
+    from models.dit import DiTConfig, LightningDiT
+
+    cfg = replace(DiTConfig(), depth=4, hidden_size=96, num_heads=4, mlp_ratio=4.0)
+    return LightningDiT(replace(cfg, **overrides))
+
+
+def dit_registry() -> dict[str, Callable[..., Any]]:
+    """Model name → factory(**DiTConfig overrides)."""
+    from models.dit import LightningDiT_models
+
+    return {"LightningDiT-T/1": _tiny_dit, **LightningDiT_models}
 
 
 def default_out(preset: str, embedded: bool) -> str:
@@ -102,8 +118,6 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     for k, v in DEFAULTS[args.preset].items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
-    from experiments.dit_io import dit_registry
-
     if args.model not in dit_registry():
         raise UserError(f"unknown --model {args.model!r}; choose from {', '.join(dit_registry())}")
     if args.steps is None and args.epochs is None:

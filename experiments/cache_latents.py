@@ -31,8 +31,8 @@ from torch.utils.data import Dataset  # noqa: E402
 
 from experiments.common import distributed as D  # noqa: E402
 from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, _split_key,  # noqa: E402
-                              collate, mix_seed)
-from experiments.common.trainer import OneLineParser, UserError, autocast, run_cli  # noqa: E402
+                              collate, mix_seed, worker_init)
+from experiments.common.trainer import OneLineParser, UserError, autocast, run_cli, script_exit  # noqa: E402
 from spherical import Hypersphere  # noqa: E402
 
 INDEX = "index.json"
@@ -50,6 +50,9 @@ def _write_json(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+_TMP_GLOBS = (".shard-*.safetensors.tmp", ".index.json.tmp")  # left by a kill mid-write
+
+
 @torch.no_grad()
 def encode_batch(ae, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """``[B, 3, H, W]`` in [-1, 1] → float32 latents ``[B, N, C]`` on S^{C−1}_R.
@@ -63,9 +66,18 @@ def encode_batch(ae, images: torch.Tensor, precision: str = "fp32") -> torch.Ten
     return z if z.dtype == torch.float32 else ae.sphere.projx(z.float())
 
 
-def cache_latents(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict, shard_size: int = 1024,
-                  batch_size: int = 64, flip: bool = False, dtype: str = "bfloat16", precision: str = "fp32",
-                  num_workers: int = 0, info: D.DistInfo = D.DistInfo(), log=print) -> dict:
+def cache_latents(ae, dataset: Dataset, out: str | os.PathLike, *, info: D.DistInfo = D.DistInfo(), **kw) -> dict:
+    """:func:`encode_to_shards` while holding ``out``'s run-folder lock (one writer per cache folder; the
+    temporary files of a killed write are removed first). Same arguments and result."""
+    from experiments.common.rundir import run_folder
+
+    with run_folder(out, info, prog="cache_latents", fresh_rule=False, tmp_globs=_TMP_GLOBS):
+        return encode_to_shards(ae, dataset, out, info=info, **kw)
+
+
+def encode_to_shards(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict, shard_size: int = 1024,
+                     batch_size: int = 64, flip: bool = False, dtype: str = "bfloat16", precision: str = "fp32",
+                     num_workers: int = 0, info: D.DistInfo = D.DistInfo(), log=print) -> dict:
     """Encode ``dataset`` (items ``{"image", "label"}``, indexed by int) into shards under ``out``.
 
     Args:
@@ -104,7 +116,8 @@ def cache_latents(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict, s
         ids = list(range(k * shard_size, min(n, (k + 1) * shard_size)))
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=[ids[i:i + batch_size] for i in
                                              range(0, len(ids), batch_size)], num_workers=num_workers,
-                                             collate_fn=collate)
+                                             collate_fn=collate,
+                                             worker_init_fn=worker_init if num_workers else None)
         zs, zf, labels = [], [], []
         for batch in loader:
             x = batch["image"].to(info.device)
@@ -261,4 +274,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    script_exit(main())

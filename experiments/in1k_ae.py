@@ -27,16 +27,20 @@ import torch  # noqa: E402
 from experiments.common import checkpoint, distributed as D  # noqa: E402
 from experiments.common.ae_cli import build_parser, resolve  # noqa: E402
 from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
-                              collate, mix_seed, worker_init)
+                              close_loader, collate, mix_seed, worker_init)
 from experiments.common.ema import EMA, load_ema_weights  # noqa: E402
 from experiments.common.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
+from experiments.common.rundir import run_folder  # noqa: E402
 from experiments.common.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError,  # noqa: E402
                                  abort_nonfinite, autocast, build_adamw, check_resume_args,
-                                 grads_finite_norm, lr_lambda, run_cli, seed_everything, training_session)
+                                 grads_finite_norm, lr_lambda, run_cli, script_exit, seed_everything,
+                                 training_session)
 
 EMBEDDED_TRAIN_LEN = 4096
 # Keys that must match between a checkpoint and the command resuming it.
 _RESUME_KEYS = ("preset", "stage", "batch_size", "grad_accum", "image_size", "seed", "data")
+# A run's own files besides checkpoints/ and metrics.jsonl (moved aside on a fresh start, see rundir).
+_ARTEFACTS = ("recon.png", "tb", "eval.json")
 
 
 def banner(args, info, n_train: int) -> None:
@@ -99,7 +103,8 @@ def _main(argv=None) -> int:
 
             evaluate_run(args, info)
             return 0
-        return train(args, info)
+        with run_folder(args.out, info, prog="in1k_ae.py", no_resume=args.no_resume, artefacts=_ARTEFACTS):
+            return train(args, info)
 
 
 def train(args, info) -> int:
@@ -215,6 +220,8 @@ def train(args, info) -> int:
                     _evaluate(ctx, step)
                 stopping = D.any_true(stop.requested or step == args.stop_after, dev)
                 periodic = step % args.ckpt_every == 0 or step == args.max_steps
+                if stopping:
+                    close_loader(it)  # workers done before the last checkpoint (they may have a SIGTERM too)
                 if (periodic and guard.consecutive == 0) or stopping:  # keep the last *good* one
                     save(step)
                 if stopping:
@@ -227,6 +234,8 @@ def train(args, info) -> int:
                     break
         except NonFiniteError as e:
             return abort_nonfinite("in1k_ae", e, step, logger, progress, ckpts)
+        finally:
+            close_loader(it)  # an error never waits for (or orphans) the loader workers
     progress.close()
     if info.is_main and code == 0:
         print(f"in1k_ae: done at step {step} in {time.time() - t_start:.1f}s -> {out}", flush=True)
@@ -304,7 +313,7 @@ def _eval_loader(val_ds, args, info):
     n = min(len(val_ds), args.eval_images)
     sampler = ShardedEvalSampler(n, 32, rank=info.rank, world=info.world_size)
     return torch.utils.data.DataLoader(val_ds, batch_sampler=sampler, num_workers=args.num_workers,
-                                       collate_fn=collate)
+                                       collate_fn=collate, worker_init_fn=worker_init if args.num_workers else None)
 
 
 def _evaluate(ctx, step: int) -> dict:
@@ -336,4 +345,4 @@ if __name__ == "__main__":
     import warnings as _w
 
     _w.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)  # geoopt import
-    sys.exit(main())
+    script_exit(main())

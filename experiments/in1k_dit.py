@@ -34,24 +34,29 @@ import torch  # noqa: E402
 
 from experiments.common import checkpoint, distributed as D  # noqa: E402
 from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
-                              collate, mix_seed)
+                              close_loader, collate, mix_seed, worker_init)
 from experiments.common.dit_cli import build_parser, resolve  # noqa: E402
 from experiments.common.ema import EMA  # noqa: E402
 from experiments.common.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
+from experiments.common.rundir import run_folder  # noqa: E402
 from experiments.common.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError,  # noqa: E402
                                  abort_nonfinite, autocast, build_adamw, check_resume_args, grads_finite_norm,
-                                 lr_lambda, run_cli, seed_everything, training_session)
+                                 lr_lambda, run_cli, script_exit, seed_everything, training_session)
 from spherical import Hypersphere, dimension_shift, geodesic_flow, rfm_loss, sample_time  # noqa: E402
 
 EMBEDDED_TRAIN_LEN = 4096
 _RESUME_KEYS = ("preset", "model", "batch_size", "seed", "data", "latents", "lambda_rad", "cfg_dropout")
+# A run's own files besides checkpoints/ and metrics.jsonl (moved aside on a fresh start, see rundir);
+# OUT/latents (a reusable cache) and OUT/ae-random-init.pt stay.
+_ARTEFACTS = ("train-samples*.png", "tb")
 
 
 def _main(argv=None) -> int:
     """Parse, set up (DDP, threads), train."""
     args = resolve(build_parser().parse_args(argv))
     with training_session(args) as info:
-        return train(args, info)
+        with run_folder(args.out, info, prog="in1k_dit.py", no_resume=args.no_resume, artefacts=_ARTEFACTS):
+            return train(args, info)
 
 
 def open_data(args, info, ae_path: Path, ae):
@@ -160,7 +165,8 @@ def train(args, info) -> int:
     sampler = ResumableBatchSampler(len(train_ds), args.batch_size, rank=info.rank, world=world, seed=args.seed,
                                     start_chunk=step)
     loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=args.num_workers,
-                                         collate_fn=collate_fn, pin_memory=dev.type == "cuda")
+                                         collate_fn=collate_fn, pin_memory=dev.type == "cuda",
+                                         worker_init_fn=worker_init if args.num_workers > 0 else None)
     ctx = dict(args=args, info=info, ae=ae, sphere=Hypersphere(float(ae.radius)), alpha=alpha,
                precision=precision, bad_files=set())
 
@@ -192,6 +198,8 @@ def train(args, info) -> int:
                     sample_grid(ctx, model, ema, latent, out / f"train-samples-{step:07d}.png")
                 stopping = D.any_true(stop.requested or step == args.stop_after, dev)
                 periodic = step % args.ckpt_every == 0 or step == args.steps
+                if stopping:
+                    close_loader(it)  # workers done before the last checkpoint
                 if (periodic and guard.consecutive == 0) or stopping:
                     save(step)
                 if stopping:
@@ -204,6 +212,8 @@ def train(args, info) -> int:
                     break
         except NonFiniteError as e:
             return abort_nonfinite("in1k_dit", e, step, logger, progress, ckpts)
+        finally:
+            close_loader(it)  # an error never waits for (or orphans) the loader workers
     progress.close()
     if code == 0 and step >= args.steps:
         path = sample_grid(ctx, model, ema, latent, out / "train-samples.png")
@@ -290,4 +300,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    script_exit(main())

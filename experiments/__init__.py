@@ -23,7 +23,9 @@ Plumbing in :mod:`experiments.common` (every script reuses it):
   * :mod:`experiments.common.trainer` - ``UserError``/``OneLineParser``/``run_cli`` (one-line failures),
     ``NonFiniteGuard``, ``StepBookkeeper``, ``training_session``, ``check_resume_args``, ``lr_lambda``,
     ``build_adamw``, ``autocast``.
-  * :mod:`experiments.common.cli_common` - the ``optimisation`` / ``run`` option groups of the training CLIs.
+  * :mod:`experiments.common.cli_common` - the ``optimisation`` / ``run`` option groups of the training CLIs,
+    ``validate_args`` (the one argument validator of every CLI), ``require_finite``.
+  * :mod:`experiments.common.rundir` - one run per folder: ``RunLock``, ``clean_tmp``, ``set_aside``, ``run_folder``.
   * :mod:`experiments.common.metrics` - float64 ``FrechetStats`` / ``frechet_distance``, PSNR/SSIM, grids.
   * :func:`experiments.eval_ae.load_autoencoder` - rebuild a trained autoencoder from a checkpoint.
 """

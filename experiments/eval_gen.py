@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -100,10 +101,14 @@ def iter_images(path: str | os.PathLike, batch_size: int, image_size: int | None
         return
     if not p.is_file():
         raise UserError(f"not found: {p} (expected an ADM .npz with arr_0 or an image folder)")
-    with np.load(p) as f:
-        if "arr_0" not in f.files:
-            raise UserError(f"{p} has no arr_0 (ADM format: uint8 [N, H, W, 3] under arr_0)")
-        arr = f["arr_0"]
+    try:
+        with np.load(p) as f:
+            if "arr_0" not in f.files:
+                raise UserError(f"{p} has no arr_0 (ADM format: uint8 [N, H, W, 3] under arr_0)")
+            arr = f["arr_0"]
+    except (OSError, ValueError, EOFError, TypeError, AttributeError, zipfile.BadZipFile) as e:  # not an .npz
+        raise UserError(f"{p} is not a readable .npz ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                        f"expected an ADM .npz with uint8 [N, H, W, 3] under arr_0") from None
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
         raise UserError(f"{p}: arr_0 must be uint8 [N, H, W, 3], got {arr.dtype} {arr.shape}")
     for i in range(0, arr.shape[0], batch_size):

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from experiments.common import distributed as D  # noqa: E402
+from experiments.common.cli_common import require_finite, validate_sample_args  # noqa: E402
 from experiments.common.data import mix_seed  # noqa: E402
 from experiments.common.dit_io import DEFAULT_DIT_RUN, load_autoencoder, load_dit, resolve_ckpt  # noqa: E402
 from experiments.common.trainer import OneLineParser, UserError, autocast, run_cli  # noqa: E402
@@ -171,6 +172,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         raise UserError("--num-samples and --batch-size must be >= 1")
     if not (args.method in METHODS or args.method.startswith("odeint")):
         raise UserError(f"--method {args.method!r}: expected one of {', '.join(METHODS)} or odeint[:SOLVER]")
+    validate_sample_args(args)  # ranges, --cfg-interval order, odeint solver, --device
     info = D.setup(args.device)
     threads = torch.get_num_threads()
     try:
@@ -206,8 +208,9 @@ def run(args, info) -> int:
     for s in range(lo, hi, args.batch_size):
         idx = list(range(s, min(hi, s + args.batch_size)))
         noise = sample_noise(idx, latent["num_tokens"], latent["channels"], latent["radius"], args.seed, dev)
-        _, img = generate(model, ae, labels[idx].to(dev), latent, decode_norm=args.decode_norm, noise=noise,
+        z, img = generate(model, ae, labels[idx].to(dev), latent, decode_norm=args.decode_norm, noise=noise,
                           **kw)
+        require_finite(f"samples {idx[0]}..{idx[-1]}", latents=z, images=img)  # never write garbage
         parts.append(to_uint8(img))
         if sum(g.shape[0] for g in grid) < args.grid:
             grid.append(img.cpu())

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments.common.cli_common import PresetHelpFormatter, add_checkpoint_args, add_optimisation_args, add_run_control_args
+from experiments.common.cli_common import (PresetHelpFormatter, add_checkpoint_args, add_optimisation_args,
+                                          add_run_control_args, validate_args)
 from experiments.common.trainer import OneLineParser, UserError
 
 _PAPER_1 = dict(lr=1e-5, beta1=0.9, beta2=0.999, weight_decay=0.0, ema_decay=0.9999, ema_warmup=0,
@@ -117,6 +118,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.max_steps is None and args.epochs is None:  # neither given: the preset's length
         args.max_steps, args.epochs = defaults.get("max_steps"), defaults.get("epochs")
     # --max-steps wins over --epochs; max_steps None = computed from --epochs and the dataset length
+    validate_args(args)  # ranges of every numeric option, --device
     if args.no_lpips:
         args.lpips_weight = 0.0
     if args.num_workers is None:

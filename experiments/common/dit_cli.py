@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from experiments.common.ae_cli import default_out as ae_default_out
-from experiments.common.cli_common import PresetHelpFormatter, add_checkpoint_args, add_optimisation_args, add_run_control_args
+from experiments.common.cli_common import (PresetHelpFormatter, add_checkpoint_args, add_optimisation_args,
+                                          add_run_control_args, validate_args)
 from experiments.common.trainer import OneLineParser, UserError
 
 # PAPER.md "Riemannian flow matching": LightningDiT-XL/1, AdamW lr 2e-4, β (0.9, 0.95), batch 1024,
@@ -118,6 +119,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     for k, v in DEFAULTS[args.preset].items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
+    validate_args(args)  # ranges of every numeric option, --device
     if args.model not in dit_registry():
         raise UserError(f"unknown --model {args.model!r}; choose from {', '.join(dit_registry())}")
     if args.steps is None and args.epochs is None:

@@ -46,13 +46,32 @@ def load_autoencoder(path: str | os.PathLike, device: torch.device | str = "cpu"
 
     p = resolve_ckpt(path, "autoencoder", "--ae-ckpt")
     state = checkpoint.load(p)
+    if "dit_config" in state or "model" not in state:
+        raise UserError(f"{p} is " + ("an in1k_dit.py (DiT) checkpoint" if "dit_config" in state else
+                                      "not an in1k_ae.py checkpoint (no 'model')")
+                        + ", not an autoencoder: pass an in1k_ae.py run folder or checkpoint as --ae-ckpt")
     args = state.get("args", {})
     ae = build_autoencoder(args.get("preset", "tiny"), random_init=True, image_size=args.get("image_size"))
-    ae.load_state_dict(state["model"])
+    load_weights(ae, state["model"], p, "autoencoder")
     if ema:
         load_ema_weights(ae, state)
     ae.requires_grad_(False)
     return ae.to(device).eval()
+
+
+def load_weights(model: torch.nn.Module, weights: dict, path: Path, what: str) -> None:
+    """``model.load_state_dict(weights)``; a mismatch is one :class:`UserError` line naming ``path`` and how
+    many tensors are missing / unexpected / of another shape (not torch's page of keys)."""
+    own = model.state_dict()
+    if not isinstance(weights, dict):
+        raise UserError(f"{path} holds no {what} weights (its 'model' is a {type(weights).__name__})")
+    missing, extra = own.keys() - weights.keys(), weights.keys() - own.keys()
+    shape = [k for k in own.keys() & weights.keys() if getattr(weights[k], "shape", None) != own[k].shape]
+    if missing or extra or shape:
+        raise UserError(f"{path} does not hold this {what}'s weights ({len(missing)} missing, {len(extra)} "
+                        f"unexpected, {len(shape)} mis-shaped of {len(own)} tensors, e.g. "
+                        f"{sorted(missing or extra or shape)[0]!r})")
+    model.load_state_dict(weights)
 
 
 def save_autoencoder(ae, path: str | os.PathLike, preset: str) -> Path:
@@ -75,7 +94,7 @@ def load_dit(path: str | os.PathLike, device: torch.device | str = "cpu", *, ema
     if "dit_config" not in state:
         raise UserError(f"{p} is not an in1k_dit.py checkpoint (no 'dit_config')")
     model = LightningDiT(DiTConfig(**state["dit_config"]))
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], p, "DiT")
     if ema:
         load_ema_weights(model, state)
     model.requires_grad_(False)

@@ -246,6 +246,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     from experiments.common.dit_io import default_autoencoder, load_autoencoder
 
     args = build_parser().parse_args(argv)
+    from experiments.common.cli_common import validate_args
+
+    validate_args(args)  # ranges, --device
     if args.data is not None and args.ae_ckpt is None:
         raise UserError("--data needs --ae-ckpt (an in1k_ae.py run folder or checkpoint)")
     info = D.setup(args.device)

@@ -201,6 +201,9 @@ def _main(argv=None) -> int:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast precision")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = p.parse_args(argv)
+    from experiments.common.cli_common import at_least, validate_args
+
+    validate_args(args, {"num_images": at_least(0)})  # ranges, --device (--num-images 0 = all)
     info = D.setup(args.device)
     try:
         ck = Path(args.ckpt)

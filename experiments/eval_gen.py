@@ -194,7 +194,11 @@ def run(args, extractor: nn.Module | None = None) -> dict:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    from experiments.common.cli_common import validate_args
+
+    validate_args(args)  # ranges, --device
+    run(args)
     return 0
 
 

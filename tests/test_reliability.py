@@ -247,6 +247,18 @@ def test_bad_training_flags_are_one_line_exit_2(script, argv, flag, tmp_path, ca
     assert not (tmp_path / "o").exists()
 
 
+def test_the_other_clis_share_the_validator(tmp_path, capsys):
+    from experiments import cache_latents, eval_ae
+
+    assert cache_latents.main(["--out", str(tmp_path / "lat"), "--shard-size", "0"]) == 2
+    assert _one_line(capsys.readouterr().err).endswith("--shard-size must be an integer >= 1, got 0")
+    assert eval_gen.main(["--samples", "a.npz", "--ref", "b.npz", "--splits", "0"]) == 2
+    assert _one_line(capsys.readouterr().err).endswith("--splits must be an integer >= 1, got 0")
+    assert eval_ae.main(["--ckpt", str(tmp_path), "--batch-size", "-2"]) == 2
+    assert _one_line(capsys.readouterr().err).endswith("--batch-size must be an integer >= 1, got -2")
+    assert not (tmp_path / "lat").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_device_cuda_without_gpu_is_one_line(tmp_path, capsys):
     for script in (in1k_ae, in1k_dit, sample):

@@ -133,7 +133,7 @@ RULES: dict[str, tuple[Check, str]] = {
     "tau_end": non_negative(), "tau_ramp_epochs": non_negative(), "lambda_rad": non_negative(),
     "alpha": positive(), "time_loc": finite(), "time_scale": positive(), "cfg_dropout": interval(0.0, 1.0, hi_open=True),
     "sample_every": at_least(0), "sample_steps": at_least(1), "num_classes": at_least(1),
-    "num_samples": at_least(1), "shard_size": at_least(1), "num_images": at_least(1),
+    "num_samples": at_least(1), "shard_size": at_least(1), "num_images": at_least(1), "splits": at_least(1),
 }
 
 

@@ -66,7 +66,7 @@ def test_log_iv_at_zero_is_the_series_limit():
     for nu in (0.0, 0.5, 3.0, 29.0, 2047.0):
         got = float(log_iv_scaled(nu, torch.zeros(1, dtype=torch.float64)))
         assert got == pytest.approx(-nu * math.log(2) - math.lgamma(nu + 1), rel=1e-13, abs=1e-13)
-    assert float(log_iv(0.0, torch.zeros(1))) == 0.0 and float(log_iv(2.0, torch.zeros(1))) == -math.inf
+    assert abs(float(log_iv(0.0, torch.zeros(1)))) < 1e-13 and float(log_iv(2.0, torch.zeros(1))) == -math.inf
 
 
 @settings(max_examples=25)

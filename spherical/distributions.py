@@ -295,11 +295,15 @@ class PowerSpherical(_Directional):
 
 
 def _kl_to_uniform(p: _Directional, q: Uniform) -> Tensor:
-    """``KL(p ‖ Uniform) = log |S^{C−1}_R| − H(p)`` (same C and R; ``inf`` where the radii differ)."""
+    """``KL(p ‖ Uniform) = log |S^{C−1}_R| − H(p)`` (same C and R; ``inf`` where the radii differ).
+
+    Radii count as equal to float32 round-off (relative 1e-6), so a float64 law and a float32
+    ``Uniform`` built from the same Python float agree."""
     if p.channels != q.channels:
         raise ValueError(f"KL between laws on different spheres: C = {p.channels} vs {q.channels}")
     kl = p.kl_to_uniform()
-    same = p.radius == q.radius.to(p.radius)
+    same = torch.isclose(p.radius.double(), q.radius.to(device=p.radius.device, dtype=torch.float64),
+                         rtol=1e-6, atol=0.0)
     return torch.where(same, kl, torch.full_like(kl, math.inf))
 
 

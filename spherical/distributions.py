@@ -4,7 +4,8 @@ Every distribution here is a :class:`torch.distributions.Distribution` with ``ev
 densities are with respect to the surface measure of ``S^{C−1}_R`` (area ``R^{C−1}·|S^{C−1}|`` with
 ``|S^{C−1}| = 2π^{C/2}/Γ(C/2)``), so every ``log_prob`` carries the ``−(C−1)·log R`` term.
 
->>> from spherical.distributions import Uniform
+>>> import torch
+>>> from spherical.distributions import Uniform, VonMisesFisher
 >>> u = Uniform(1024, radius=32.0)
 >>> x = u.sample((8,))            # [8, 1024], ‖x‖ = 32
 >>> u.log_prob(x).shape
@@ -35,6 +36,7 @@ from ._series import safe_sqrt
 
 __all__ = ["Uniform", "VonMisesFisher", "PowerSpherical", "log_sphere_area"]
 
+
 def log_sphere_area(channels: int, radius: RadiusLike = 1.0) -> Tensor:
     """``log |S^{C−1}_R| = log 2 + (C/2)·log π − lgamma(C/2) + (C−1)·log R``, computed in float64."""
     c = check_channels(channels)
@@ -51,7 +53,8 @@ class Uniform(Distribution):
     Args:
         channels: ambient dimension ``C ≥ 2``.
         radius: ``R > 0``: a float (batch shape ``()``) or a tensor (its shape is the batch shape, its
-            dtype and device are those of samples and log-densities).
+            dtype and device are those of samples). As in ``torch.distributions``, the batch shape has no
+            channel axis: a :class:`spherical.Hypersphere`-style ``[..., 1]`` radius is passed as ``R[..., 0]``.
         validate_args: as in :class:`torch.distributions.Distribution`.
     """
 
@@ -218,8 +221,8 @@ class VonMisesFisher(_Directional):
     def log_prob(self, value: Tensor) -> Tensor:
         """``value: [..., C]`` on the sphere → log-density ``broadcast(value[..., 0], batch_shape)``."""
         value = self._checked(value)
-        xh = value / self.radius.unsqueeze(-1)
-        half_sq = 0.5 * (xh - self.loc).pow(2).sum(-1)                   # 1 − ⟨μ, x̂⟩
+        r = self.radius
+        half_sq = 0.5 * (torch.linalg.vector_norm(value - r.unsqueeze(-1) * self.loc, dim=-1) / r).square()  # 1 − ⟨μ, x̂⟩
         const = self._log_normaliser64().to(value.dtype)
         return const - self.concentration * half_sq - self._log_radius_term()
 
@@ -227,7 +230,7 @@ class VonMisesFisher(_Directional):
         """``sample_shape + batch_shape + (C,)`` points with ``‖x‖ = R`` (Wood's sampler, no gradient)."""
         with torch.no_grad():
             w, r = wood_component(self.concentration, self.channels, torch.Size(sample_shape))
-            return self.radius.unsqueeze(-1) * place_on_sphere(w, r, self.loc)
+            return place_on_sphere(w, r, self.loc, self.radius)
 
     @property
     def mean(self) -> Tensor:
@@ -270,8 +273,8 @@ class PowerSpherical(_Directional):
     def log_prob(self, value: Tensor) -> Tensor:
         """``value: [..., C]`` on the sphere → log-density; ``1 + ⟨μ, x̂⟩`` is taken as ``‖x̂ + μ‖²/2``."""
         value = self._checked(value)
-        xh = value / self.radius.unsqueeze(-1)
-        one_plus = 0.5 * (xh + self.loc).pow(2).sum(-1)                  # exact near x̂ = −μ
+        r = self.radius
+        one_plus = 0.5 * (torch.linalg.vector_norm(value + r.unsqueeze(-1) * self.loc, dim=-1) / r).square()  # exact near x̂ = −μ
         const = self._log_normaliser64().to(value.dtype)
         return torch.xlogy(self.concentration, one_plus) - const - self._log_radius_term()
 
@@ -279,7 +282,7 @@ class PowerSpherical(_Directional):
         """Reparameterised ``sample_shape + batch_shape + (C,)`` points with ``‖x‖ = R``."""
         a, b = self._ab64()
         z = Beta(a, torch.full_like(a, b)).rsample(torch.Size(sample_shape))
-        return self.radius.unsqueeze(-1) * place_on_sphere(2.0 * z - 1.0, 2.0 * safe_sqrt(z * (1.0 - z)), self.loc)
+        return place_on_sphere(2.0 * z - 1.0, 2.0 * safe_sqrt(z * (1.0 - z)), self.loc, self.radius)
 
     @property
     def mean(self) -> Tensor:

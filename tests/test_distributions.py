@@ -26,6 +26,7 @@ def test_uniform_log_prob_closed_forms():
             assert float(u.entropy()) == pytest.approx(-expected, rel=1e-6)
 
 
+@settings(max_examples=30)
 @given(channels(2, 4096), radii(), dtypes(), batch_shapes(max_dims=2), st.integers(0, 2**31 - 1))
 def test_uniform_samples_on_sphere_and_shapes(c, r, dtype, batch, seed):
     radius = torch.full(batch, r, dtype=dtype) if batch else r
@@ -94,7 +95,8 @@ def test_vmf_log_prob_matches_scipy(c):
     x = _unit_rows(6, c, seed=c + 1)
     x = torch.cat([x, (mu + 1e-3 * x[:2]) / (mu + 1e-3 * x[:2]).norm(dim=-1, keepdim=True), -mu[None]])
     for kappa in (1e-8, 0.3, 1.0, 10.0, 300.0, 1e4):
-        ref = stats.vonmises_fisher(mu.numpy(), kappa).logpdf(x.numpy())
+        with np.errstate(divide="ignore", over="ignore"):   # scipy's log(ive) underflows for large C, tiny κ
+            ref = stats.vonmises_fisher(mu.numpy(), kappa).logpdf(x.numpy())
         for r in (1.0, 3.5):
             got = VonMisesFisher(mu * 7.0, kappa, radius=r).log_prob(r * x).numpy()   # loc is normalised
             ok = np.isfinite(ref)
@@ -169,12 +171,12 @@ def test_log_prob_normalises_by_monte_carlo(c, kappa):
 
 @pytest.mark.parametrize("law_cls", ["vmf", "ps"])
 def test_entropy_and_kl_by_monte_carlo(law_cls):
-    """H = −E[log p] and KL(p‖Uniform) = E[log p − log u] (closed forms vs 20000 own samples, 5 s.e.)."""
+    """H = −E[log p] and KL(p‖Uniform) = E[log p − log u] (closed forms vs 10000 own samples, 5 s.e.)."""
     torch.manual_seed(1)
     cls = VonMisesFisher if law_cls == "vmf" else PowerSpherical
-    for c, kappa, r in ((3, 4.0, 1.0), (16, 30.0, 2.5), (256, 500.0, 0.5)):
+    for c, kappa, r in ((3, 4.0, 1.0), (16, 30.0, 2.5), (64, 500.0, 0.5)):
         law = cls(_unit_rows(1, c, seed=c)[0], kappa, radius=r)
-        x = law.sample((20_000,))
+        x = law.sample((10_000,))
         lp = law.log_prob(x)
         se = float(lp.std()) / math.sqrt(lp.numel())
         assert abs(float(law.entropy()) + float(lp.mean())) < 5 * se + 1e-9, (c, kappa)

@@ -116,7 +116,8 @@ class _LogIvScaled(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (x,) = ctx.saved_tensors
-        return grad * (bessel_ratio(ctx.nu, x) - 1.0), None
+        # A − 1 in float64 (A → 1 as x → ∞: float32 would keep ~2 digits of 1 − A at x = 1e5)
+        return grad * (bessel_ratio(ctx.nu, x.to(torch.float64)) - 1.0).to(grad.dtype), None
 
 
 class _BesselRatio(torch.autograd.Function):

@@ -126,7 +126,7 @@ class _Directional(Distribution):
 
     ``loc: [..., C]`` (normalised to ``μ``), ``concentration`` and ``radius`` broadcastable to
     ``loc[..., 0]``; ``batch_shape`` is the broadcast of the three, ``event_shape = (C,)``. Computations
-    run in ``loc``'s dtype (constants in float64, then cast).
+    run in ``loc``'s dtype (float32 for half types; constants in float64, then cast).
     """
 
     arg_constraints = {"loc": constraints.real_vector, "concentration": constraints.nonnegative,
@@ -135,6 +135,8 @@ class _Directional(Distribution):
     def __init__(self, loc: Tensor, concentration, radius: RadiusLike = 1.0,
                  validate_args: Optional[bool] = None):
         loc = as_float_tensor(loc)
+        if loc.dtype in (torch.float16, torch.bfloat16):                 # half types: computed in float32
+            loc = loc.float()
         check = validate_args is not False
         mu = normalise_loc(loc, validate=check)
         kappa = check_concentration(as_float_tensor(concentration, like=mu), validate=check)

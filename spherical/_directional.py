@@ -79,9 +79,10 @@ def place_on_sphere(w: Tensor, r: Tensor, loc: Tensor, radius: Tensor) -> Tensor
         loc: ``batch + (C,)`` unit mean directions.
         radius: ``batch`` radii ``R``.
 
-    ``t = H·(0, v)`` with ``v`` uniform on ``S^{C−2}`` and ``H = I − 2uuᵀ/‖u‖²``, ``u = sign(μ_1)·e_1 + μ``
-    (so ``‖u‖² ≥ 2``, no cancellation): ``H`` is an orthogonal map sending ``e_1`` to ``∓μ`` and ``e_1^⊥`` onto
-    ``μ^⊥``, so ``t`` is uniform on the unit sphere of ``μ^⊥``. Since ``H·(0, v) = (0, v) − (2⟨u, v⟩/‖u‖²)·u``,
+    ``t = H·(0, v)`` with ``v`` uniform on ``S^{C−2}`` and ``H = I − 2uuᵀ/‖u‖²``,
+    ``u = sign(μ_1)·e_1 + μ`` (so ``‖u‖² ≥ 2``, no cancellation): ``H`` is an orthogonal map sending
+    ``e_1`` to ``∓μ`` and ``e_1^⊥`` onto ``μ^⊥``, so ``t`` is uniform on the unit sphere of ``μ^⊥``.
+    Since ``H·(0, v) = (0, v) − (2⟨u, v⟩/‖u‖²)·u``,
     the result is ``(rR/‖v‖)·v + (wR)·μ − (rR·2⟨u, v⟩/(‖u‖²‖v‖))·u``: six passes over the
     ``sample_shape + batch + (C,)`` output (draw, norm, dot, three fused multiply-adds), R folded into
     the per-point scalars.

@@ -22,7 +22,7 @@ and the Bessel functions of :mod:`spherical._bessel`.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -86,7 +86,7 @@ class Uniform(Distribution):
         return self.radius.unsqueeze(-1) * eps / eps.norm(dim=-1, keepdim=True)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """Constant ``−log |S^{C−1}_R|`` of shape ``broadcast(value[..., 0], batch_shape)``, in ``value``'s dtype."""
+        """Constant ``−log |S^{C−1}_R|``, shape ``broadcast(value[..., 0], batch_shape)``, ``value``'s dtype."""
         if self._validate_args:
             self._validate_sample(value)
         dtype = value.dtype if value.dtype.is_floating_point else self.radius.dtype
@@ -224,7 +224,8 @@ class VonMisesFisher(_Directional):
         """``value: [..., C]`` on the sphere → log-density ``broadcast(value[..., 0], batch_shape)``."""
         value = self._checked(value)
         r = self.radius
-        half_sq = 0.5 * (torch.linalg.vector_norm(value - r.unsqueeze(-1) * self.loc, dim=-1) / r).square()  # 1 − ⟨μ, x̂⟩
+        gap = torch.linalg.vector_norm(value - r.unsqueeze(-1) * self.loc, dim=-1) / r   # ‖x̂ − μ‖
+        half_sq = 0.5 * gap.square()                                    # 1 − ⟨μ, x̂⟩
         const = self._log_normaliser64().to(value.dtype)
         return const - self.concentration * half_sq - self._log_radius_term()
 
@@ -263,7 +264,7 @@ class PowerSpherical(_Directional):
 
     has_rsample = True
 
-    def _ab64(self) -> tuple:
+    def _ab64(self) -> Tuple[Tensor, float]:
         beta = 0.5 * (self.channels - 1)
         return self.concentration.to(torch.float64) + beta, beta
 
@@ -273,10 +274,11 @@ class PowerSpherical(_Directional):
         return (a + b) * math.log(2.0) + b * math.log(math.pi) + torch.lgamma(a) - torch.lgamma(a + b)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """``value: [..., C]`` on the sphere → log-density; ``1 + ⟨μ, x̂⟩`` is taken as ``‖x̂ + μ‖²/2``."""
+        """``value: [..., C]`` on the sphere → log-density ``broadcast(value[..., 0], batch_shape)``."""
         value = self._checked(value)
         r = self.radius
-        one_plus = 0.5 * (torch.linalg.vector_norm(value + r.unsqueeze(-1) * self.loc, dim=-1) / r).square()  # exact near x̂ = −μ
+        gap = torch.linalg.vector_norm(value + r.unsqueeze(-1) * self.loc, dim=-1) / r   # ‖x̂ + μ‖
+        one_plus = 0.5 * gap.square()                                   # 1 + ⟨μ, x̂⟩, exact near x̂ = −μ
         const = self._log_normaliser64().to(value.dtype)
         return torch.xlogy(self.concentration, one_plus) - const - self._log_radius_term()
 

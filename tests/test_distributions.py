@@ -192,11 +192,12 @@ def test_kl_edge_cases():
         kls = torch.distributions.kl_divergence(cls(mu, torch.tensor([0.0, 1e-8, 1.0, 10.0, 1e5])),
                                                 Uniform(3, torch.tensor(1.0, dtype=torch.float64)))
         assert float(kls[0]) == pytest.approx(0.0, abs=1e-12) and float(kls[1]) == pytest.approx(0.0, abs=1e-12)
-        assert (kls[1:].diff() > 0).all() and torch.isfinite(kls).all()   # KL(κ = 1e-8) ~ κ² is below round-off
+        assert (kls[1:].diff() > 0).all() and torch.isfinite(kls).all()   # KL(κ = 1e-8) ~ κ²: round-off
         assert torch.distributions.kl_divergence(cls(mu, 1.0, radius=2.0), Uniform(3, 1.0)).isinf().all()
         with pytest.raises(ValueError, match="different spheres"):
             torch.distributions.kl_divergence(cls(mu, 1.0), Uniform(4))
-    # vMF on S²: p = κ e^{κw}/(4π sinh κ), A = coth κ − 1/κ, so H = log(2π(1 − e^{−2κ})/κ) + κ + 1 − κ coth κ
+    # vMF on S²: p = κ e^{κw}/(4π sinh κ), A = coth κ − 1/κ,
+    # so H = log(2π(1 − e^{−2κ})/κ) + κ + 1 − κ coth κ
     kappa = 2.0
     h = math.log(2 * math.pi / kappa * (1 - math.exp(-2 * kappa))) + 1 - kappa / math.tanh(kappa) + kappa
     assert float(VonMisesFisher(mu, kappa).entropy()) == pytest.approx(h, rel=1e-12)
@@ -234,9 +235,9 @@ def test_extremes_are_finite_and_on_the_sphere(c, kappa, dtype, r, law_cls, seed
 
 
 def test_concentration_limits_of_the_samplers():
-    """κ = 1e5: the sampled gap 1 − ⟨μ, x̂⟩ (formed as ‖x̂ − μ‖²/2, no cancellation) has mean 1 − A_C(κ)
-    for vMF and (C−1)/(κ+C−1) for power spherical, within 5 s.e., on S² and S^4095 (float32 samples for
-    C = 4096); κ = 0: E[⟨μ, x̂⟩] = 0 and E[⟨μ, x̂⟩²] = 1/C."""
+    """κ = 1e5: the sampled gap 1 − ⟨μ, x̂⟩ (formed as ‖x̂ − μ‖²/2, no cancellation) has mean
+    1 − A_C(κ) for vMF and (C−1)/(κ+C−1) for power spherical, within 5 s.e., on S² and S^4095
+    (float32 samples for C = 4096); κ = 0: E[⟨μ, x̂⟩] = 0 and E[⟨μ, x̂⟩²] = 1/C."""
     torch.manual_seed(2)
     for c, n, dtype in ((3, 20_000, torch.float64), (4096, 500, torch.float32)):
         mu = _unit_rows(1, c, seed=c)[0].to(dtype)

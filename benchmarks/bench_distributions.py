@@ -7,7 +7,7 @@ Usage: ``python benchmarks/bench_distributions.py``
   ``max(1, |log I|)``;
 * ``VonMisesFisher.log_prob`` (float64) against ``scipy.stats.vonmises_fisher.logpdf`` on the same C and
   κ ∈ logspace(−4, 5, 19), 64 random points each: max relative error where scipy is finite;
-* float32 against float64 log_prob, C = 4096, κ up to 1e5: max relative error;
+* float32 against float64 log_prob (vMF and power spherical), C = 4096, κ up to 1e5: max relative error;
 * wall time of ``sample`` and ``log_prob`` for 4096 points on S^1023 (κ = 100), best of 3, CPU.
 Writes benchmarks/results/distributions.json.
 """
@@ -64,16 +64,19 @@ def vmf_error() -> dict:
 
 
 def float32_error() -> dict:
+    """Same points (sampled in float64, then rounded) scored in float32 and float64: relative to max(1, |lp|)."""
     torch.manual_seed(0)
-    worst = 0.0
-    for kappa in (0.0, 1e-8, 1.0, 1e3, 1e5):
-        mu = torch.randn(4096, dtype=torch.float64)
-        law64 = VonMisesFisher(mu, kappa)
-        x = law64.sample((256,))
-        lp64 = law64.log_prob(x)
-        lp32 = VonMisesFisher(mu.float(), kappa).log_prob(x.float()).double()
-        worst = max(worst, float(((lp32 - lp64).abs() / lp64.abs().clamp_min(1.0)).max()))
-    return {"max_rel_error_f32_vs_f64_C4096": worst}
+    out = {}
+    for name, cls in (("vmf", VonMisesFisher), ("power_spherical", PowerSpherical)):
+        worst = 0.0
+        for kappa in (0.0, 1e-8, 1.0, 1e3, 1e5):
+            mu = torch.randn(4096, dtype=torch.float64)
+            x = cls(mu, kappa).sample((256,)).float()
+            lp64 = cls(mu, kappa).log_prob(x.double())
+            lp32 = cls(mu.float(), kappa).log_prob(x).double()
+            worst = max(worst, float(((lp32 - lp64).abs() / lp64.abs().clamp_min(1.0)).max()))
+        out[name] = worst
+    return {"max_rel_error_f32_vs_f64_C4096": out}
 
 
 def timing() -> dict:

@@ -50,7 +50,7 @@ def test_uniform_is_rotation_invariant_in_mean():
     """E[x] = 0 and E[x xᵀ] = R²/C·I: the second moment of the uniform law, by Monte Carlo (n = 20000)."""
     u = Uniform(5, radius=2.0)
     x = u.sample((20000,), generator=torch.Generator().manual_seed(0)).double()
-    assert x.mean(0).abs().max() < 5 * 2.0 / math.sqrt(20000)          # std of each coordinate is R/√C < R
+    assert x.mean(0).abs().max() < 5 * 2.0 / math.sqrt(5 * 20000)      # 5 s.e.: each coordinate has std R/√C
     torch.testing.assert_close(x.T @ x / 20000, 4.0 / 5 * torch.eye(5, dtype=torch.float64), atol=0.05, rtol=0)
 
 

@@ -104,7 +104,7 @@ def train(args, info) -> int:
 
     Returns the exit code (0 done or stopped by ``--stop-after``, 3 non-finite stop, 128+sig on a signal).
     """
-    from experiments.common.dit_io import default_autoencoder, load_autoencoder
+    from experiments.common.dit_io import decode_norm, default_autoencoder, load_autoencoder
 
     out, dev, world = Path(args.out), info.device, info.world_size
     ckpts = checkpoint.CheckpointDir(out / "checkpoints", keep_every=args.keep_every)
@@ -119,6 +119,7 @@ def train(args, info) -> int:
         args.ae_ckpt = json.loads((Path(args.latents) / "index.json").read_text())["ae_ckpt"]
     ae_path, note = default_autoencoder(args.ae_ckpt, out, args.seed, is_main=info.is_main)
     ae = load_autoencoder(ae_path, dev)
+    s_vae, s_src = decode_norm(ae, args.decode_norm)
     train_ds, collate_fn, data_meta = open_data(args, info, ae_path, ae)
     n_tok, chans = ae.num_tokens, ae.latent_dim
     alpha = args.alpha if args.alpha is not None else dimension_shift(n_tok, chans)
@@ -143,7 +144,8 @@ def train(args, info) -> int:
         n_par = sum(p.numel() for p in model.parameters())
         print(f"in1k_dit: {args.model} ({n_par / 1e6:.2f} M params) on {data_meta['source']}: {n_tok} tokens x {chans} ch on "
               f"the sphere R={ae.radius:.3f}, alpha={alpha:.3f}, {latent['num_classes']} classes, "
-              f"{args.steps} steps of batch {args.batch_size}, {precision} -> {out}", flush=True)
+              f"{args.steps} steps of batch {args.batch_size}, {precision} -> {out}; sample grids decoded at "
+              f"token norm {s_vae:.6g} from {s_src}", flush=True)
         if note:
             print(f"in1k_dit: {note}", flush=True)
     if resume is not None:
@@ -162,7 +164,7 @@ def train(args, info) -> int:
     loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=args.num_workers,
                                          collate_fn=collate_fn, pin_memory=dev.type == "cuda")
     ctx = dict(args=args, info=info, ae=ae, sphere=Hypersphere(float(ae.radius)), alpha=alpha,
-               precision=precision, bad_files=set())
+               precision=precision, bad_files=set(), decode_norm=s_vae)
 
     def save(step_: int) -> None:
         rng = D.all_gather_object(checkpoint.capture_rng())
@@ -277,7 +279,7 @@ def sample_grid(ctx, model, ema, latent: dict, path: Path, per_class: int = 4) -
         model.eval()
         with ema.applied(model):
             _, img = generate(model, ctx["ae"], labels, latent, noise=noise, steps=args.sample_steps,
-                              precision=ctx["precision"])
+                              precision=ctx["precision"], decode_norm=ctx["decode_norm"])
         model.train(was)
         save_grid(list(img.cpu().split(k)), path, nrow=k)
     D.barrier()

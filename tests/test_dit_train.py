@@ -28,7 +28,7 @@ def ae_ckpt(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ae") / "ae.pt"
-    save_autoencoder(build_autoencoder("tiny", image_size=32), path, "tiny")
+    save_autoencoder(build_autoencoder("tiny", image_size=32), path, "tiny", latent_norm=7.0)
     return path
 
 
@@ -37,11 +37,12 @@ def _argv(out: Path, ae: Path, *extra: str, steps: int = 6) -> list[str]:
             "--log-every", "1", "--ckpt-every", "100", "--sample-steps", "2", "--no-progress", *extra]
 
 
-def test_loss_falls_on_a_tiny_problem(tmp_path, ae_ckpt):
+def test_loss_falls_on_a_tiny_problem(tmp_path, ae_ckpt, capsys):
     out = tmp_path / "run"
     # alpha 4 (times near the noise end) makes the drop fast; the auto alpha of 4 tokens x 32 ch is 0.18.
     assert in1k_dit.main(_argv(out, ae_ckpt, "--steps", "80", "--batch-size", "16", "--lr", "3e-3",
                                "--warmup-steps", "5", "--alpha", "4")) == 0
+    assert f"sample grids decoded at token norm 7 from latent_norm stored in {ae_ckpt}" in capsys.readouterr().out
     losses = list(_losses(out).values())
     first, last = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
     assert last < 0.75 * first, (first, last)

@@ -56,6 +56,8 @@ _EPILOG = "per-preset defaults of the options marked [preset]:\n" + "\n".join(
     "  --data DIR       ImageNet-style DIR/train/<class>/<img>, encoded on the fly by --ae-ckpt\n"
     "  --data DIR --cache-latents   encode once to OUT/latents (safetensors shards, resumable), train on them\n"
     "  --latents DIR    shards written by experiments/cache_latents.py\n"
+    "Decode norm: generated tokens are rescaled to the autoencoder checkpoint's latent_norm before decoding\n"
+    "  (--decode-norm overrides). The paper's s_vae for DINOv3-L is 14 (App. C sweep over 8..20).\n"
     "Real run: torchrun --nproc_per_node=8 experiments/in1k_dit.py --preset paper --data /imagenet \\\n"
     "          --ae-ckpt runs/ae-paper-s2 --cache-latents --out runs/dit-xl")
 
@@ -100,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample-every", type=int, help="steps between EMA sample grids, 0 = only at the "
                    "end [preset]")
     g.add_argument("--sample-steps", type=int, default=50, help="Euler steps of those sample grids")
+    g.add_argument("--decode-norm", type=float, help="token norm before decoding those grids (default: "
+                   "the autoencoder checkpoint's latent_norm; the paper's s_vae for DINOv3-L is 14)")
     add_run_control_args(g, folder="OUT", tensorboard_help="also log to OUT/tb",
                          inject_nan_help="(testing) comma list of steps with NaN loss", inject_nan_default="")
     return p

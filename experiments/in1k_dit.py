@@ -4,7 +4,9 @@
     torchrun --nproc_per_node=8 experiments/in1k_dit.py --preset paper --data /imagenet \
         --ae-ckpt runs/ae-paper-s2 --cache-latents --out runs/dit-xl
 
-One step (fp32 sphere arithmetic; bf16 autocast only around the DiT on CUDA):
+One step, FP32 by default as in the paper (``--tf32`` allows TF32 matmuls on CUDA; ``--precision bf16``
+puts bf16 autocast around the DiT only, on CUDA; the sphere arithmetic is fp32 always); no gradient
+clipping in the paper preset (``--grad-clip G`` turns it on):
 x₀ = latents of the AE (data, t = 0), x₁ = ``Hypersphere(R).random_uniform`` (noise, t = 1),
 t = ``sample_time(B, alpha=α)`` with α = ``dimension_shift(N, C)`` unless ``--alpha``,
 (x_t, u_t) = ``geodesic_flow(x₀, x₁, t)``, labels dropped to the null class with prob. ``--cfg-dropout``,
@@ -17,6 +19,7 @@ scheduler, RNG, data position, ``dit_config`` and ``latent`` metadata for ``samp
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -50,7 +53,7 @@ _RESUME_KEYS = ("preset", "model", "batch_size", "seed", "data", "latents", "lam
 def _main(argv=None) -> int:
     """Parse, set up (DDP, threads), train."""
     args = resolve(build_parser().parse_args(argv))
-    with training_session(args) as info:
+    with training_session(args) as info, tf32_allowed(args.tf32):
         return train(args, info)
 
 
@@ -96,7 +99,19 @@ def build_dit(args, latent: dict) -> torch.nn.Module:
         raise UserError(f"the DiT needs a square token grid; the autoencoder gives N={latent['num_tokens']}")
     return reg[args.model](in_channels=latent["channels"], num_tokens=latent["num_tokens"],
                            num_classes=latent["num_classes"], class_dropout_prob=args.cfg_dropout,
-                           ddt_head=args.ddt_head)
+                           ddt_head=args.ddt_head, qk_norm=args.qk_norm)
+
+
+@contextlib.contextmanager
+def tf32_allowed(enabled: bool):
+    """Sets ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32`` to
+    ``enabled`` (so plain fp32 is really fp32: cuDNN allows TF32 by default) and restores what it found."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def train(args, info) -> int:
@@ -111,6 +126,9 @@ def train(args, info) -> int:
     resume = None if args.no_resume else ckpts.load_latest()
     if resume is not None:
         check_resume_args(resume["args"], args, _RESUME_KEYS, ckpts.last)
+        if resume["dit_config"].get("qk_norm", True) != args.qk_norm:  # QK-norm was on before the flag
+            raise UserError(f"{ckpts.last} was trained with{'' if resume['dit_config'].get('qk_norm', True) else 'out'}"
+                            f" QK-norm: {'add' if not args.qk_norm else 'drop'} --qk-norm to resume it")
         if args.ae_ckpt is None:
             args.ae_ckpt = resume["latent"]["ae_ckpt"]
     if args.batch_size % world:
@@ -135,16 +153,20 @@ def train(args, info) -> int:
     opt = build_adamw(model.parameters(), args.lr, (args.beta1, args.beta2), args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.lr_schedule, args.warmup_steps, args.steps))
     guard = NonFiniteGuard(args.max_nonfinite)
-    precision = "bf16" if args.precision in ("auto", "bf16") and dev.type == "cuda" else "fp32"
+    precision = "bf16" if args.precision == "bf16" and dev.type == "cuda" else "fp32"
     if args.precision == "bf16" and precision == "fp32" and info.is_main:
         print("in1k_dit: --precision bf16 applies on CUDA only; training in fp32 on CPU", flush=True)
+    if args.tf32 and dev.type != "cuda" and info.is_main:
+        print("in1k_dit: --tf32 applies on CUDA only", flush=True)
+    mode = precision + ("+tf32" if args.tf32 and dev.type == "cuda" and precision == "fp32" else "")
     logger = MetricsLogger(out, enabled=info.is_main, tensorboard=args.tensorboard)
     step = 0
     if info.is_main:
         n_par = sum(p.numel() for p in model.parameters())
         print(f"in1k_dit: {args.model} ({n_par / 1e6:.2f} M params) on {data_meta['source']}: {n_tok} tokens x {chans} ch on "
               f"the sphere R={ae.radius:.3f}, alpha={alpha:.3f}, {latent['num_classes']} classes, "
-              f"{args.steps} steps of batch {args.batch_size}, {precision} -> {out}; sample grids decoded at "
+              f"{args.steps} steps of batch {args.batch_size}, {mode}, grad clip "
+              f"{args.grad_clip if args.grad_clip > 0 else 'off'} -> {out}; sample grids decoded at "
               f"token norm {s_vae:.6g} from {s_src}", flush=True)
         if note:
             print(f"in1k_dit: {note}", flush=True)
@@ -155,7 +177,7 @@ def train(args, info) -> int:
             truncate_after(logger.path, step)
             print(f"in1k_dit: resuming from {ckpts.last} at step {step}", flush=True)
     else:
-        logger.log("start", 0, **vars(args), latent=latent, world_size=world, precision_used=precision)
+        logger.log("start", 0, **vars(args), latent=latent, world_size=world, precision_used=mode)
     net = D.wrap_ddp(model, info)
     if args.compile:
         net = torch.compile(net)

@@ -146,3 +146,20 @@ def test_encode_batch_gives_fp32_sphere_latents_of_the_raw_tokens():
     zb = cache_latents.encode_batch(Bf16AE(), img)
     assert zb.dtype == torch.float32
     assert (zb.norm(dim=-1) - 32.0).abs().max() < 1e-4  # on the sphere of radius R in float32
+
+
+def test_tf32_allowed_sets_both_flags_and_restores_what_it_found():
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, True
+        with in1k_dit.tf32_allowed(False):  # plain fp32: cuDNN's TF32 (on by default in torch) is off too
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        with pytest.raises(RuntimeError):
+            with in1k_dit.tf32_allowed(True):
+                assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+                raise RuntimeError("restored on errors too")
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old

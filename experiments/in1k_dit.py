@@ -65,7 +65,7 @@ def open_data(args, info, ae_path: Path, ae):
         src = Path(args.out) / "latents"
         ds, meta = open_source(args.data, args.image_size or ae.image_size, 0, args.seed)
         cache_latents(ae, ds, src, meta=dict(meta, ae_ckpt=str(ae_path), image_size=args.image_size or
-                                             ae.image_size), flip=args.flip, info=info,
+                                             ae.image_size), flip=args.flip, dtype=args.cache_dtype, info=info,
                       log=print if info.is_main else (lambda *_: None))
     else:
         src = args.latents
@@ -81,7 +81,9 @@ def open_data(args, info, ae_path: Path, ae):
     if args.embedded:
         ds = EmbeddedPhotos("train", size, length=EMBEDDED_TRAIN_LEN, seed=args.seed)
     else:
-        ds = ImageFolderDataset(Path(args.data) / "train", size, train=True, seed=args.seed)
+        # the latent cache's crop policy: centre crops, flipped with probability 1/2 only with --flip
+        ds = ImageFolderDataset(Path(args.data) / "train", size, train=True, seed=args.seed,
+                                augment="flip" if args.flip else "none")
     return ds, collate, {"num_classes": len(ds.classes), "classes": list(ds.classes),
                          "source": "embedded photos encoded on the fly" if args.embedded else
                          f"{args.data} encoded on the fly"}

@@ -163,3 +163,35 @@ def test_tf32_allowed_sets_both_flags_and_restores_what_it_found():
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def test_cache_size_is_printed_and_a_full_disk_refused(tmp_path, ae_ckpt, capsys, monkeypatch):
+    """20 images x 4 tokens x 32 ch: float16 = 20·(4·32·2 + 8) bytes, x2 payload with --flip."""
+    assert cache_latents.cache_bytes(20, 4, 32, "float16", False) == 20 * (4 * 32 * 2 + 8)
+    assert cache_latents.cache_bytes(20, 4, 32, "float32", True) == 20 * (4 * 32 * 4 * 2 + 8)
+    assert cache_latents.cache_bytes(1_281_167, 256, 1024, "bfloat16", False) / 1e9 == pytest.approx(671.7, abs=0.1)
+    argv = ["--out", str(tmp_path / "lat"), "--ae-ckpt", str(ae_ckpt), "--num-images", "20", "--device", "cpu"]
+    monkeypatch.setattr(cache_latents, "_free_bytes", lambda p: 1000)
+    assert cache_latents.main(argv) == 2
+    err = capsys.readouterr()
+    assert "20 images x 4 x 32 float16 = 5.28e-06 GB" in err.out  # the size comes first ...
+    assert err.err.count("\n") == 1 and "not enough disk" in err.err  # ... then one line, nothing written
+    assert not (tmp_path / "lat").exists()
+
+
+def test_on_the_fly_and_cache_paths_use_the_same_centre_crops(tmp_path):
+    from experiments.common.data import ImageFolderDataset
+    from test_exp_support import make_image_folder
+
+    make_image_folder(tmp_path, n_good=4, corrupt=False)
+    cache = ImageFolderDataset(tmp_path / "train", 32, train=False)  # what cache_latents encodes
+    fly = ImageFolderDataset(tmp_path / "train", 32, train=True, seed=3, augment="none")  # in1k_dit --data
+    flip = ImageFolderDataset(tmp_path / "train", 32, train=True, seed=3, augment="flip")  # ... --flip
+    for i in range(4):
+        c = cache[i]["image"]
+        assert torch.equal(fly[(5, i)]["image"], c)
+        seen = {bool(torch.equal(flip[(e, i)]["image"], c.flip(-1))) for e in range(12)}
+        assert all(torch.equal(flip[(e, i)]["image"], c) or torch.equal(flip[(e, i)]["image"], c.flip(-1))
+                   for e in range(12)) and seen == {True, False}
+    with pytest.raises(ValueError, match="augment"):
+        ImageFolderDataset(tmp_path / "train", 32, train=True, augment="zoom")

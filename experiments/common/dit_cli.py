@@ -74,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--latents", help="folder of cached latent shards (experiments/cache_latents.py)")
     g.add_argument("--cache-latents", action="store_true",
                    help="with --data: encode the training set once to OUT/latents, then train on it")
-    g.add_argument("--flip", action="store_true", help="with --cache-latents: also cache flipped images")
+    g.add_argument("--flip", action="store_true", help="horizontal flips with probability 1/2: on the fly, or "
+                   "with --cache-latents a cached flipped copy (2x the size); both paths use centre crops")
+    g.add_argument("--cache-dtype", choices=("float16", "bfloat16", "float32"), default="float16",
+                   help="storage dtype of --cache-latents (rounding per token: float16 ~2e-4 rad, bfloat16 "
+                        "~1.7e-3 rad; read back in float32 and re-projected)")
     g.add_argument("--ae-ckpt", help="in1k_ae.py run folder or checkpoint (EMA weights are used)")
     g.add_argument("--preset", choices=tuple(DEFAULTS), default=None,
                    help="hyper-parameter preset (default: tiny without --data/--latents, else paper)")
@@ -137,6 +141,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("--data and --latents are exclusive (cached latents already hold the data)")
     if args.cache_latents and args.data is None:
         raise UserError("--cache-latents needs --data DIR")
+    if args.flip and args.embedded:
+        raise UserError("--flip is for --data (the embedded photos are random crops, flipped already)")
     if args.data is not None:
         if not (Path(args.data) / "train").is_dir():
             raise UserError(f"{args.data} has no train/ sub-folder (expected {args.data}/train/<class>/<image>)")

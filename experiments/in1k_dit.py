@@ -128,9 +128,10 @@ def train(args, info) -> int:
     resume = None if args.no_resume else ckpts.load_latest()
     if resume is not None:
         check_resume_args(resume["args"], args, _RESUME_KEYS, ckpts.last)
-        if resume["dit_config"].get("qk_norm", True) != args.qk_norm:  # QK-norm was on before the flag
-            raise UserError(f"{ckpts.last} was trained with{'' if resume['dit_config'].get('qk_norm', True) else 'out'}"
-                            f" QK-norm: {'add' if not args.qk_norm else 'drop'} --qk-norm to resume it")
+        old_qk = resume["dit_config"].get("qk_norm", True)  # QK-norm was always on before the flag existed
+        if old_qk != args.qk_norm:
+            raise UserError(f"{ckpts.last} was trained {'with' if old_qk else 'without'} QK-norm: "
+                            f"{'add' if old_qk else 'drop'} --qk-norm to resume it")
         if args.ae_ckpt is None:
             args.ae_ckpt = resume["latent"]["ae_ckpt"]
     if args.batch_size % world:

@@ -18,6 +18,8 @@ from experiments.common.trainer import OneLineParser, UserError
 # PAPER.md "Riemannian flow matching": LightningDiT-XL/1, AdamW lr 2e-4, β (0.9, 0.95), batch 1024,
 # EMA 0.9995, 80 epochs, λ_rad 0.1, FP32. Not stated by the paper, taken from LightningDiT's configs: no
 # gradient clipping (grad_clip 0 = off), no QK-norm, weight decay 0, constant lr; label dropout 0.1 (ours/DiT).
+# Decoding generated latents: the paper's s_vae = 14 for DINOv3-L (App. C), i.e. its raw-token norm; the
+# scripts read it from the AE checkpoint's latent_norm (--decode-norm 14 forces the paper's number).
 _PAPER = dict(model="LightningDiT-XL/1", lr=2e-4, beta1=0.9, beta2=0.95, weight_decay=0.0, batch_size=1024,
               epochs=80.0, steps=None, ema_decay=0.9995, ema_warmup=0, warmup_steps=0, lr_schedule="constant",
               grad_clip=0.0, log_every=100, ckpt_every=5000, sample_every=0)

@@ -298,7 +298,7 @@ def dit_run(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("dit_run")
     torch.manual_seed(0)
     ae = build_autoencoder("tiny", image_size=32)
-    save_autoencoder(ae, d / "ae.pt", "tiny")
+    save_autoencoder(ae, d / "ae.pt", "tiny", latent_norm=6.0)
     m = LightningDiT(replace(DiTConfig(), in_channels=C, num_tokens=N, num_classes=K, depth=1, hidden_size=32,
                              num_heads=2))
     with torch.no_grad():

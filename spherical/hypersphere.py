@@ -17,7 +17,13 @@ Everything that needs the angle θ between ``x`` and ``y`` goes through one help
 Factors such as θ/sin θ and sin(tθ)/sin θ are evaluated through the series helpers of
 :mod:`spherical._series` near 0 and through ``n`` directly near π, so values and gradients are finite at
 ``y = x``, ``u = 0`` and ``y = −x``. No method reads a tensor value into Python, so all of them run
-under ``torch.compile(fullgraph=True)``.
+under ``torch.compile(fullgraph=True)`` (inductor included) and under ``torch.func`` transforms (vmap,
+grad, jacrev, jacfwd, jvp) with batching rules only: in plain eager mode the kernels update their fresh
+outputs in place, under a transform or compile they are purely functional (:func:`_kernels.eager_mode`).
+In eager mode on CPU, ``dist`` of large same-shape batches runs the same formula over cache-sized row
+blocks (:func:`_kernels.blocked_theta`), so no batch-sized temporary is written.
+
+Non-finite input coordinates give NaN results (never a plausible 0 or π).
 
 Antipodes
 ---------

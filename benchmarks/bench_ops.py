@@ -12,7 +12,7 @@ and writing the result is 3 tensors for expmap, logmap and geodesic, 2 for dist;
 Accuracy: float32 relative error of dist and logmap against float64 on the same float32 inputs, as a
 function of θ (from 1e-7 up to π − 1e-7). geoopt's ``Sphere`` and the formulas built on it (geodesic as
 ``expmap(x, t·logmap(x, y))``) are the baseline; Meta's flow_matching joins if installed (it is not a dependency).
-Writes benchmarks/results/ops.json, ops_speed.png and ops_error.png.
+Writes benchmarks/results/ops.json, ops_speed.png and ops_error.png (``--prefix`` renames them).
 """
 from __future__ import annotations
 
@@ -197,6 +197,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--no-compile", action="store_true", help="skip the inductor rows")
+    p.add_argument("--prefix", default="ops", help="output names: PREFIX.json, PREFIX_speed.png, PREFIX_error.png")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -205,7 +206,7 @@ def main(argv=None):
     speed = bench_speed(tuple(args.shape), args.repeats, compile_ops=not args.no_compile)
     speed.update(shape=args.shape, threads=args.threads, load_avg_1min=[load_before, os.getloadavg()[0]])
     error = bench_error()
-    plot(speed, error, args.out / "ops_speed.png", args.out / "ops_error.png")
+    plot(speed, error, args.out / f"{args.prefix}_speed.png", args.out / f"{args.prefix}_error.png")
     summary = {
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "geoopt": geoopt.__version__, "speed": speed,
@@ -213,7 +214,7 @@ def main(argv=None):
                                 for n, r in error["libs"].items()},
         "error_curves": error, "wall_s": time.perf_counter() - t0,
     }
-    (args.out / "ops.json").write_text(json.dumps(summary, indent=1))
+    (args.out / f"{args.prefix}.json").write_text(json.dumps(summary, indent=1))
     print("| op | lib | ms | speed-up vs geoopt (eager) | fraction of clone bandwidth | compile s |")
     print("|---|---|---|---|---|---|")
     for op, rows in speed["ops"].items():

@@ -19,16 +19,6 @@ Radius = Union[float, Tensor]
 # ----------------------------------------------------------------------------------------------------
 # Small building blocks (all reductions keep the last axis: [..., C] -> [..., 1]).
 # ----------------------------------------------------------------------------------------------------
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """⟨a, b⟩ over the last axis, ``[..., C] × [..., C] -> [..., 1]`` (a batched matmul: no temporaries)."""
-    return (a.unsqueeze(-2) @ b.unsqueeze(-1)).squeeze(-1)
-
-
-def _norm(a: Tensor) -> Tensor:
-    """‖a‖ over the last axis, ``[..., C] -> [..., 1]``; its gradient at ``a = 0`` is 0."""
-    return torch.linalg.vector_norm(a, dim=-1, keepdim=True)
-
-
 def eager_mode() -> bool:
     """True in plain eager execution: not traced by ``torch.compile`` and not inside a ``torch.func``
     transform (vmap, grad, jacrev, jacfwd, jvp, ...).
@@ -40,6 +30,22 @@ def eager_mode() -> bool:
     if torch.compiler.is_compiling():
         return False
     return torch._C._functorch.peek_interpreter_stack() is None
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """⟨a, b⟩ over the last axis, ``[..., C] × [..., C] -> [..., 1]``.
+
+    Eager: a batched matmul (no ``[..., C]`` temporary). Compiled or under torch.func: ``(a·b).sum``,
+    which inductor fuses with the neighbouring elementwise work (a matmul would stay an extern call).
+    """
+    if eager_mode():
+        return (a.unsqueeze(-2) @ b.unsqueeze(-1)).squeeze(-1)
+    return (a * b).sum(-1, keepdim=True)
+
+
+def _norm(a: Tensor) -> Tensor:
+    """‖a‖ over the last axis, ``[..., C] -> [..., 1]``; its gradient at ``a = 0`` is 0."""
+    return torch.linalg.vector_norm(a, dim=-1, keepdim=True)
 
 
 def _addcmul_fresh(out: Tensor, x: Tensor, k: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ docstring of :mod:`spherical.hypersphere`.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -139,7 +139,7 @@ def _frame(x: Tensor, y: Tensor, r: Radius) -> _Frame:
 BLOCK_ELEMS = 1 << 19  # 2 MiB of float32 per work buffer: stays in cache, amortises per-op overhead
 
 
-def blocked_theta(x: Tensor, y: Tensor, r: Radius, block_elems: int = BLOCK_ELEMS) -> Tensor:
+def blocked_theta(x: Tensor, y: Tensor, r: Radius, block_elems: Optional[int] = None) -> Tensor:
     """θ of :func:`_angle` for same-shape ``x, y: [..., C]``, computed over blocks of rows: ``[..., 1]``.
 
     The same formula as :func:`_angle` (the three reductions ⟨x, y⟩, ⟨w, x⟩, ‖w‖ of the exact
@@ -148,7 +148,14 @@ def blocked_theta(x: Tensor, y: Tensor, r: Radius, block_elems: int = BLOCK_ELEM
     fresh 64 MiB temporary costs more (page faults) than reading the inputs; this makes ``dist`` read
     ``x`` and ``y`` from memory about once each. Eager only (a Python loop over blocks): callers take
     it when :func:`eager_mode` holds and no gradient is needed.
+
+    Block size (``block_elems=None``): :data:`BLOCK_ELEMS` elements with one intra-op thread; four
+    times that with more, because every op on a block is a parallel region whose barrier stalls when
+    the cores are oversubscribed (measured: 32 blocks took up to 3 s on a 2-core box at load 12,
+    8 blocks up to 0.9 s, geoopt's unblocked two-pass dist 0.1–0.3 s).
     """
+    if block_elems is None:
+        block_elems = BLOCK_ELEMS if torch.get_num_threads() == 1 else 4 * BLOCK_ELEMS
     C = x.shape[-1]
     xf, yf = x.reshape(-1, C), y.reshape(-1, C)
     M = xf.shape[0]

@@ -1,6 +1,6 @@
 """DC-AE-style convolutional decoder: token grid ``[B, N, C]`` → image ``[B, 3, p·√N, p·√N]``.
 
-Configs are dataclasses held in the registry :data:`DECODER_CONFIGS` (``paper``, ``hae-code``, ``tiny``).
+Configs are dataclasses held in the registry :data:`DECODER_CONFIGS` (``paper``, ``hae-code``, ``cpu``, ``tiny``).
 """
 from __future__ import annotations
 
@@ -59,6 +59,10 @@ DECODER_CONFIGS: dict[str, DecoderConfig] = {
     # pixel-shuffle upsampling, ReLU after the output norm.
     "hae-code": DecoderConfig(widths=(512, 512, 256, 128), depths=(2, 2, 2, 2),
                               block_types=("res",) * 4, upsample="pixel_shuffle", out_act="relu"),
+    # CPU demo (AE preset "cpu", patch 8): 8×8 tokens → 64 px in three ×2 steps, sized for 2 cores.
+    "cpu": DecoderConfig(widths=(192, 96, 48, 24), depths=(2, 2, 1, 0),
+                         block_types=("evit_glu", "res", "res", "res"), upsample="pixel_shuffle",
+                         attn_head_dim=32, glu_expand=2.0),
     # CPU tests: every block kind, a few thousand parameters.
     "tiny": DecoderConfig(widths=(32, 16, 8), depths=(1, 1, 1), block_types=("evit_glu", "res", "res"),
                           attn_head_dim=8, glu_expand=2.0),

@@ -47,7 +47,8 @@ def load_autoencoder(path: str | os.PathLike, device: torch.device | str = "cpu"
     p = resolve_ckpt(path, "autoencoder", "--ae-ckpt")
     state = checkpoint.load(p)
     args = state.get("args", {})
-    ae = build_autoencoder(args.get("preset", "tiny"), random_init=True, image_size=args.get("image_size"))
+    ae = build_autoencoder(args.get("preset", "tiny"), random_init=True, image_size=args.get("image_size"),
+                           stem=args.get("stem", "conv"))
     ae.load_state_dict(state["model"])
     if ema:
         load_ema_weights(ae, state)

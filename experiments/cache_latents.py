@@ -52,15 +52,14 @@ def _write_json(obj: dict, path: Path) -> None:
 
 @torch.no_grad()
 def encode_batch(ae, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-    """``[B, 3, H, W]`` in [-1, 1] → float32 latents ``[B, N, C]`` on S^{C−1}_R.
+    """``[B, 3, H, W]`` in [-1, 1] → the DiT's latents ``[B, N, C]``, float32 on S^{C−1}_R.
 
-    ``encode`` ends with the sphere projection; only tokens it returned in reduced precision (rounded off
-    the sphere) are re-projected in fp32. Under CUDA autocast the final LayerNorm already yields fp32
-    tokens, so the usual path makes no extra pass over ``[B, N, C]``.
+    The raw student tokens (computed under ``precision`` autocast on CUDA) are projected R·z/‖z‖ in
+    float32 by ``ae.to_sphere``, whatever the decoder reads.
     """
     with autocast(images.device, precision, cuda_only=True):
-        z = ae.encode(images)
-    return z if z.dtype == torch.float32 else ae.sphere.projx(z.float())
+        tokens = ae.student_tokens(images)
+    return ae.to_sphere(tokens)
 
 
 def cache_latents(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict, shard_size: int = 1024,

@@ -66,7 +66,7 @@ def evaluate(ae, loader, device: torch.device, *, precision: str = "fp32", lpips
     for i, batch in enumerate(loader):
         x = batch["image"].to(device)
         with autocast(device, precision):
-            z = ae.encode(x)
+            z = ae.encode(x)  # what the decoder reads (raw tokens, or R·z/‖z‖ for decoder_input="sphere")
             recon = ae.decode(z.float())
         recon = recon.float().clamp(-1, 1)
         part = [psnr_per_image(recon, x).double().sum(), ssim_per_image(recon, x).double().sum(),
@@ -117,7 +117,10 @@ def load_autoencoder(ckpt: str | Path, *, use_ema: bool = True, device: str | to
         raise UserError(f"checkpoint not found: {p}")
     state = checkpoint.load(p)
     a = state["args"]
-    ae = build_autoencoder(a["preset"], random_init=True, image_size=a["image_size"], stem=a.get("stem", "conv"))
+    from experiments.common.dit_io import ckpt_decoder_input
+
+    ae = build_autoencoder(a["preset"], random_init=True, image_size=a["image_size"],
+                           decoder_input=ckpt_decoder_input(a), stem=a.get("stem", "conv"))
     ae.load_state_dict(state["model"])
     if use_ema:
         load_ema_weights(ae, state)

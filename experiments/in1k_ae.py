@@ -36,7 +36,8 @@ from experiments.common.trainer import (NonFiniteError, NonFiniteGuard, StepBook
 
 EMBEDDED_TRAIN_LEN = 4096
 # Keys that must match between a checkpoint and the command resuming it.
-_RESUME_KEYS = ("preset", "stem", "stage", "batch_size", "grad_accum", "image_size", "seed", "data")
+_RESUME_KEYS = ("preset", "stem", "stage", "batch_size", "grad_accum", "image_size", "seed", "data",
+                "decoder_input")
 
 
 def banner(args, info, n_train: int) -> None:
@@ -68,7 +69,7 @@ def build_model(args, resume_state):
     try:
         ae = build_autoencoder(args.preset, weights=args.encoder_weights, pretrained=args.pretrained,
                                random_init=args.random_encoder or (has_ckpt and not args.encoder_weights),
-                               image_size=args.image_size, stem=args.stem)
+                               image_size=args.image_size, decoder_input=args.decoder_input, stem=args.stem)
     except (EncoderWeightsError, ValueError) as e:  # missing / mismatched weights, bad image size
         raise UserError(str(e).splitlines()[0]) from e
     args.image_size = ae.image_size
@@ -87,7 +88,12 @@ def make_datasets(args):
 
 def load_init(ae, path: str) -> None:
     """Stage 2 init: the stage-1 checkpoint's full model, then its EMA weights on top."""
+    from experiments.common.dit_io import ckpt_decoder_input
+
     state = checkpoint.load(checkpoint.in_run(path))
+    if ckpt_decoder_input(state.get("args", {})) != ae.config.decoder_input:
+        raise UserError(f"--init-from {path} was trained with --decoder-input "
+                        f"{ckpt_decoder_input(state.get('args', {}))}; pass the same --decoder-input")
     ae.load_state_dict(state["model"])
     load_ema_weights(ae, state)
 

@@ -116,25 +116,32 @@ def test_bad_arguments_are_one_line(tmp_path, capsys):
     assert "--model" in capsys.readouterr().err
 
 
-def test_encode_batch_reprojects_only_reduced_precision_tokens():
-    """fp32 tokens from ``encode`` are returned as they are (no extra pass); bf16 ones, rounded off the
-    sphere, come back as fp32 points on it."""
-    from spherical import Hypersphere
+def test_encode_batch_gives_fp32_sphere_latents_of_the_raw_tokens():
+    """The DiT's latents are R·z/‖z‖ of the raw student tokens, in float32, whatever their dtype and norm,
+    and whatever the decoder reads (a tiny AE with raw-token decoder input)."""
+    from models import build_autoencoder
 
-    class FakeAE:
-        sphere = Hypersphere(32.0)
+    torch.manual_seed(0)
+    ae = build_autoencoder("tiny").eval()
+    img = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    raw = ae.encode(img)
+    assert (raw.norm(dim=-1) - ae.radius).abs().max() > 1e-2  # the decoder's input is off the sphere ...
+    z = cache_latents.encode_batch(ae, img)
+    assert z.dtype == torch.float32
+    torch.testing.assert_close(z, raw / raw.norm(dim=-1, keepdim=True) * ae.radius, rtol=1e-5, atol=1e-5)
 
-        def __init__(self, dtype):
-            self.dtype = dtype
+    class Bf16AE:  # tokens returned in bf16 (reduced-precision encoder): projected in fp32 all the same
+        radius = 32.0
+        to_sphere = ae.to_sphere.__func__
 
-        def encode(self, images):
-            z = self.sphere.projx(torch.randn(images.shape[0], 16, 1024, generator=torch.Generator().manual_seed(0)))
-            return z.to(self.dtype)
+        def __init__(self):
+            from spherical import Hypersphere
+            self.sphere = Hypersphere(32.0)
 
-    img = torch.zeros(2, 3, 8, 8)
-    z32 = cache_latents.encode_batch(FakeAE(torch.float32), img)
-    torch.testing.assert_close(z32, FakeAE(torch.float32).encode(img), rtol=0, atol=0)
-    zb = cache_latents.encode_batch(FakeAE(torch.bfloat16), img)
-    off = (FakeAE(torch.bfloat16).encode(img).float().norm(dim=-1) - 32.0).abs().max()
-    assert zb.dtype == torch.float32 and off > 1e-3  # bf16 rounding leaves the sphere ...
-    assert (zb.norm(dim=-1) - 32.0).abs().max() < 1e-4  # ... and encode_batch puts the tokens back on it
+        def student_tokens(self, images):
+            return (torch.randn(images.shape[0], 16, 1024, generator=torch.Generator().manual_seed(0))
+                    * 7).to(torch.bfloat16)
+
+    zb = cache_latents.encode_batch(Bf16AE(), img)
+    assert zb.dtype == torch.float32
+    assert (zb.norm(dim=-1) - 32.0).abs().max() < 1e-4  # on the sphere of radius R in float32

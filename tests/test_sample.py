@@ -114,7 +114,10 @@ def test_cli_png_and_adm_npz(run_dir, tmp_path):
     rc = sample.main(["--ckpt", str(run_dir), "--num-samples", "10", "--steps", "3", "--batch-size", "10",
                       "--npz", str(tmp_path / "t.npz"), "--out", str(png), "--device", "cpu"])
     with np.load(tmp_path / "t.npz") as f:
-        assert np.array_equal(f["arr_0"], arr)
+        diff = np.abs(f["arr_0"].astype(int) - arr.astype(int))
+    # same noise and latents; the decoder's convolutions sum in a batch-size-dependent order, so a value
+    # sitting on a rounding boundary may move by one uint8 level, never more, and only rarely
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
 def test_sharded_ranks_gather_to_the_single_process_result(run_dir, tmp_path):

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(initialised from the teacher's; paper Table 5)")
     g.add_argument("--stage", type=int, choices=(1, 2), default=1, help="training stage")
     g.add_argument("--image-size", type=int, help="input side in pixels (default: the preset's)")
+    g.add_argument("--decoder-input", choices=("raw", "sphere"), default="raw",
+                   help="what the decoder reads: the raw student tokens (paper) or R*z/|z| (ablation)")
     g.add_argument("--encoder-weights", help="local DINO checkpoint (.pth / .safetensors)")
     g.add_argument("--random-encoder", action="store_true", help="explicitly use a random-init DINO encoder")
     g.add_argument("--pretrained", action="store_true", help="download the DINO weights via timm (online)")

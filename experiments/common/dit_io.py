@@ -48,7 +48,7 @@ def load_autoencoder(path: str | os.PathLike, device: torch.device | str = "cpu"
     state = checkpoint.load(p)
     args = state.get("args", {})
     ae = build_autoencoder(args.get("preset", "tiny"), random_init=True, image_size=args.get("image_size"),
-                           stem=args.get("stem", "conv"))
+                           stem=args.get("stem", "conv"), decoder_input=ckpt_decoder_input(args))
     ae.load_state_dict(state["model"])
     if ema:
         load_ema_weights(ae, state)
@@ -56,10 +56,17 @@ def load_autoencoder(path: str | os.PathLike, device: torch.device | str = "cpu"
     return ae.to(device).eval()
 
 
+def ckpt_decoder_input(args: dict) -> str:
+    """The ``decoder_input`` an ``in1k_ae.py`` checkpoint was trained with; checkpoints written before the
+    option existed trained the decoder on sphere tokens, so a missing key means ``"sphere"``."""
+    return args.get("decoder_input", "sphere")
+
+
 def save_autoencoder(ae, path: str | os.PathLike, preset: str) -> Path:
     """Write ``ae`` in the ``in1k_ae.py`` checkpoint layout (``model`` + ``args``) so it loads back."""
     return checkpoint.save_atomic({"model": ae.state_dict(), "step": 0,
-                                   "args": {"preset": preset, "image_size": ae.image_size}}, path)
+                                   "args": {"preset": preset, "image_size": ae.image_size,
+                                            "decoder_input": ae.config.decoder_input}}, path)
 
 
 def load_dit(path: str | os.PathLike, device: torch.device | str = "cpu", *, ema: bool = True

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -128,6 +129,23 @@ def generate_latents(run: Path, labels: Tensor, seed: int, steps: int) -> tuple[
     return torch.cat(out), latent
 
 
+def _job(flow: str, seed: int, a: argparse.Namespace, lat: Path, labels: Tensor, ref: Tensor, radius: float,
+         sigmas: tuple[float, ...]) -> tuple[dict, Tensor]:
+    """Train one DiT with ``in1k_dit.py`` (resumes a finished run: nothing to redo), sample, score.
+    Returns the metric row and the first 32 raw samples (for the decoded grid)."""
+    from experiments import in1k_dit
+
+    torch.set_num_threads(1)
+    run = Path(a.work) / f"{flow}-s{seed}"
+    argv = ["--latents", str(lat), "--preset", "tiny", "--flow", flow, "--seed", str(seed),
+            "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--out", str(run),
+            "--no-progress", "--sample-steps", str(a.sample_steps)]
+    if in1k_dit.main(argv) != 0:
+        raise SystemExit(f"latent_ablation: in1k_dit.py {' '.join(argv)} failed")
+    z, _ = generate_latents(run, labels, seed=1000 + seed, steps=a.sample_steps)
+    return dict(seed=seed, **latent_metrics(z, ref, radius, sigmas)), z[:32]
+
+
 def summary(values: list[float]) -> dict[str, float]:
     arr = np.asarray(values, np.float64)
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
@@ -158,11 +176,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-images", type=int, default=2048, help="cached training crops")
     p.add_argument("--n-eval", type=int, default=256, help="generated and held-out latents per comparison")
     p.add_argument("--sample-steps", type=int, default=50)
+    p.add_argument("--jobs", type=int, default=2, help="DiT runs in parallel (one thread each)")
     p.add_argument("--quick", action="store_true", help="tiny budget (pipeline check, meaningless figures)")
     a = p.parse_args(argv)
     if a.quick:
         a.steps, a.num_images, a.n_eval, a.sample_steps, a.seeds = 3, 64, 16, 2, [0, 1]
-    from experiments import cache_latents, in1k_dit
+    from experiments import cache_latents
     from experiments.common.dit_io import load_autoencoder
     from experiments.common.metrics import save_grid
 
@@ -181,24 +200,22 @@ def main(argv: list[str] | None = None) -> dict:
     med = float(d_ref[~torch.eye(a.n_eval, dtype=torch.bool)].median())
     sigmas = (0.5 * med, med, 2 * med)
     decode_norm = float(ref_raw.norm(dim=-1).mean())
+    jobs = [(flow, seed) for flow in FLOWS for seed in a.seeds]
+    args = [(flow, seed, a, lat, labels, ref_a, radius, sigmas) for flow, seed in jobs]
+    if a.jobs > 1:
+        with ProcessPoolExecutor(a.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(_job, *zip(*args)))
+    else:
+        done = [_job(*x) for x in args]
     runs: dict[str, list[dict]] = {f: [] for f in FLOWS}
-    for flow in FLOWS:
-        for seed in a.seeds:
-            run = work / f"{flow}-s{seed}"
-            argv = ["--latents", str(lat), "--preset", "tiny", "--flow", flow, "--seed", str(seed),
-                    "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--out", str(run),
-                    "--no-progress", "--sample-steps", str(a.sample_steps)]
-            if in1k_dit.main(argv) != 0:
-                raise SystemExit(f"latent_ablation: in1k_dit.py {' '.join(argv)} failed")
-            z, latent = generate_latents(run, labels, seed=1000 + seed, steps=a.sample_steps)
-            row = dict(seed=seed, **latent_metrics(z, ref_a, radius, sigmas))
-            runs[flow].append(row)
-            print(f"latent_ablation: {flow} seed {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()
-                                                                      if k != "seed"), flush=True)
-            if seed == a.seeds[0]:
-                with torch.no_grad():
-                    img = ae.decode(z[:32], norm=decode_norm).clamp(-1, 1)
-                save_grid(list(img.split(8)), out / f"latent_ablation_{flow}.png", nrow=8)
+    for (flow, seed), (row, z) in zip(jobs, done):
+        runs[flow].append(row)
+        print(f"latent_ablation: {flow} seed {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()
+                                                                  if k != "seed"), flush=True)
+        if seed == a.seeds[0]:
+            with torch.no_grad():
+                img = ae.decode(z, norm=decode_norm).clamp(-1, 1)
+            save_grid(list(img.split(8)), out / f"latent_ablation_{flow}.png", nrow=8)
     floor = latent_metrics(ref_b, ref_a, radius, sigmas)
     result = dict(config=vars(a), radius=radius, sigmas=sigmas, decode_norm=decode_norm,
                   tokens=int(ref.shape[1]), channels=int(ref.shape[2]), wall_s=round(time.time() - t0, 1),

@@ -236,7 +236,10 @@ def train(args, info) -> int:
             return abort_nonfinite("in1k_ae", e, step, logger, progress, ckpts)
     progress.close()
     if info.is_main and code == 0:
-        print(f"in1k_ae: done at step {step} in {time.time() - t_start:.1f}s -> {out}", flush=True)
+        last = ctx.get("last_eval") or {}
+        held = (f"; held-out PSNR {last['psnr']:.2f} dB, SSIM {last['ssim']:.3f} ({last['n_images']} crops, "
+                f"EMA weights, step {last['step']})" if "psnr" in last else "")
+        print(f"in1k_ae: done at step {step} in {time.time() - t_start:.1f}s{held} -> {out}", flush=True)
     logger.close()
     return code
 
@@ -322,6 +325,7 @@ def _evaluate(ctx, step: int) -> dict:
         res = evaluate(ae, ctx["val_loader"], ctx["info"].device, precision=args.precision,
                        lpips=ctx["lpips"], fd="off", grid_path=ctx["out"] / "recon.png")
     ae.train()
+    ctx["last_eval"] = dict(res, step=step)
     return ctx["logger"].log("eval", step, **res)
 
 

@@ -59,8 +59,10 @@ DECODER_CONFIGS: dict[str, DecoderConfig] = {
     # pixel-shuffle upsampling, ReLU after the output norm.
     "hae-code": DecoderConfig(widths=(512, 512, 256, 128), depths=(2, 2, 2, 2),
                               block_types=("res",) * 4, upsample="pixel_shuffle", out_act="relu"),
-    # CPU demo (AE preset "cpu", patch 8): 8×8 tokens → 64 px in three ×2 steps, sized for 2 cores.
-    "cpu": DecoderConfig(widths=(192, 96, 48, 24), depths=(2, 2, 1, 0),
+    # CPU demo (AE preset "cpu", patch 8): 8×8 tokens → 64 px in three pixel-shuffle ×2 steps, sized for
+    # 2 cores: the blocks run at the token resolution, where they are cheap; the ×2 steps keep the numbers
+    # per position ≥ the pixel values they cover (192 per 8×8×3, 96 per 4×4×3, 48 per 2×2×3).
+    "cpu": DecoderConfig(widths=(192, 96, 48, 24), depths=(2, 0, 0, 0),
                          block_types=("evit_glu", "res", "res", "res"), upsample="pixel_shuffle",
                          attn_head_dim=32, glu_expand=2.0),
     # CPU tests: every block kind, a few thousand parameters.

@@ -24,8 +24,8 @@ _TINY_1 = dict(_PAPER_1, lr=4e-3, beta2=0.99, ema_decay=0.98, ema_warmup=10, bat
                log_every=10, eval_every=100, ckpt_every=200, eval_images=32)
 _TINY_2 = dict(_TINY_1, lr=1e-3, beta1=0.5, beta2=0.9, cos_weight=0.0, gan_weight=0.5,
                disc_warmup_epochs=0.1)
-# CPU demo (the embedded default): 8×8 tokens × 192 channels, a 2.3 M-parameter decoder, 1 thread.
-_CPU_1 = dict(_TINY_1, lr=2e-3, batch_size=16, max_steps=300, warmup_steps=20, eval_every=50, ckpt_every=100,
+# CPU demo (the embedded default): 8×8 tokens × 192 channels, a 2 M-parameter decoder, 1 thread.
+_CPU_1 = dict(_TINY_1, lr=3e-3, batch_size=16, max_steps=300, warmup_steps=20, eval_every=75, ckpt_every=100,
               log_every=10)
 _CPU_2 = dict(_CPU_1, lr=1e-3, beta1=0.5, beta2=0.9, cos_weight=0.0, gan_weight=0.5, disc_warmup_epochs=0.1)
 DEFAULTS = {("paper", 1): _PAPER_1, ("paper", 2): _PAPER_2, ("hae-code", 1): _PAPER_1,

@@ -6,7 +6,7 @@ Scripts (run from the repository root, with or without ``torchrun``):
   * ``cache_latents.py`` - encode a dataset once into a latent cache for ``in1k_dit.py --latents``.
   * ``sample.py``        - class-conditional samples (PNG grid / ADM ``.npz``) from a DiT checkpoint.
   * ``eval_ae.py``       - PSNR / SSIM / LPIPS / rFID (or FD_dino) of an autoencoder checkpoint.
-  * ``eval_gen.py``      - FID / IS of a sample ``.npz`` against a reference batch.
+  * ``eval_gen.py``      - FID, sFID, IS, precision, recall of a sample ``.npz`` against a reference batch.
   * ``plot_run.py``      - loss and PSNR curves of a run folder.
   * ``toy_rfm_vs_fm.py`` - Riemannian vs Euclidean flow matching on a toy product of spheres.
 

@@ -8,6 +8,9 @@
 Outputs in ``--out DIR``: ``metrics.jsonl`` (one JSON object per event), ``recon.png`` (originals over
 reconstructions at each evaluation), ``checkpoints/last.pt`` (everything needed to resume exactly),
 ``eval.json`` (``--eval-only``). Re-running the same command resumes from ``checkpoints/last.pt``.
+Every checkpoint stores ``latent_norm``: the mean norm of the tokens the decoder reads (EMA weights) on the
+held-out images, measured at each evaluation (or at the save when no evaluation ran at that step);
+``sample.py`` decodes generated latents at that norm.
 See ``--help`` for every option and its default.
 """
 from __future__ import annotations
@@ -182,8 +185,10 @@ def train(args, info) -> int:
 
     def save(step_: int) -> None:
         rng = D.all_gather_object(checkpoint.capture_rng())
+        latent_norm = _latent_norm(ctx, step_)
         if info.is_main:
             ckpts.save({"step": step_, "data_chunk": step_ * args.grad_accum, "model": ae.state_dict(),
+                        "latent_norm": latent_norm,
                         "ema": ema.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "disc": disc.state_dict() if disc is not None else None,
                         "disc_optimizer": d_opt.state_dict() if d_opt is not None else None,
@@ -236,10 +241,9 @@ def train(args, info) -> int:
             return abort_nonfinite("in1k_ae", e, step, logger, progress, ckpts)
     progress.close()
     if info.is_main and code == 0:
-        last = ctx.get("last_eval") or {}
-        held = (f"; held-out PSNR {last['psnr']:.2f} dB, SSIM {last['ssim']:.3f} ({last['n_images']} crops, "
-                f"EMA weights, step {last['step']})" if "psnr" in last else "")
-        print(f"in1k_ae: done at step {step} in {time.time() - t_start:.1f}s{held} -> {out}", flush=True)
+        print(f"in1k_ae: done at step {step} in {time.time() - t_start:.1f}s -> {out}", flush=True)
+        if ctx.get("evals"):
+            print(f"in1k_ae: {eval_summary(ctx['evals'])}", flush=True)
     logger.close()
     return code
 
@@ -325,8 +329,35 @@ def _evaluate(ctx, step: int) -> dict:
         res = evaluate(ae, ctx["val_loader"], ctx["info"].device, precision=args.precision,
                        lpips=ctx["lpips"], fd="off", grid_path=ctx["out"] / "recon.png")
     ae.train()
-    ctx["last_eval"] = dict(res, step=step)
+    ctx["latent_norm"] = (step, res["latent_norm"])
+    ctx.setdefault("evals", []).append(dict(res, step=step))
     return ctx["logger"].log("eval", step, **res)
+
+
+def _latent_norm(ctx, step: int) -> float:
+    """``latent_norm`` for the checkpoint of ``step``: the evaluation's at this step, else measured now
+    (EMA weights, held-out images; every process takes part)."""
+    if ctx.get("latent_norm", (None,))[0] == step:
+        return ctx["latent_norm"][1]
+    from experiments.eval_ae import mean_latent_norm
+
+    ae, ema, args = ctx["ae"], ctx["ema"], ctx["args"]
+    with ema.applied(ae):
+        value = mean_latent_norm(ae, ctx["val_loader"], ctx["info"].device, precision=args.precision)
+    ae.train()
+    ctx["latent_norm"] = (step, value)
+    return value
+
+
+def eval_summary(evals: list[dict]) -> str:
+    """One console line from the run's evaluations (first → last), e.g.
+    ``held-out PSNR 10.70 → 19.40 dB, SSIM 0.120 → 0.480 (steps 0 → 600, 32 images), latent_norm 7.46``."""
+    a, b = evals[0], evals[-1]
+    line = (f"held-out PSNR {a['psnr']:.2f} → {b['psnr']:.2f} dB, SSIM {a['ssim']:.3f} → {b['ssim']:.3f}")
+    if "lpips" in a and "lpips" in b:
+        line += f", LPIPS {a['lpips']:.3f} → {b['lpips']:.3f}"
+    return line + (f" (steps {a['step']} → {b['step']}, {b['n_images']} images), "
+                   f"latent_norm {b['latent_norm']:.4g}")
 
 
 def _restore(state, ae, ema, opt, sched, disc, d_opt, guard, bad_files, info) -> int:

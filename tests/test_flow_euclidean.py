@@ -78,7 +78,7 @@ def ae_ckpt(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ae") / "ae.pt"
-    save_autoencoder(build_autoencoder("tiny", image_size=32), path, "tiny")
+    save_autoencoder(build_autoencoder("tiny", image_size=32), path, "tiny", latent_norm=7.0)
     return path
 
 

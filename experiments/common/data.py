@@ -111,13 +111,19 @@ class ImageFolderDataset(Dataset):
     Args:
         root: folder with one sub-folder per class.
         image_size: output side S.
-        train: random crop + flip (seeded by ``(seed, epoch, index)``) if True, else centre crop.
+        train: augment (seeded by ``(seed, epoch, index)``) as ``augment`` says if True, else centre crop.
         seed: base seed of the augmentation.
         max_retries: how many following files to try when a file cannot be decoded.
+        augment: with ``train``: ``"crop_flip"`` random crop + random flip (the autoencoder's),
+            ``"flip"`` centre crop + random flip, ``"none"`` centre crop (the DiT's on-the-fly path, the
+            crop policy of its latent cache).
     """
 
     def __init__(self, root: str | os.PathLike, image_size: int, *, train: bool, seed: int = 0,
-                 max_retries: int = 16):
+                 max_retries: int = 16, augment: str = "crop_flip"):
+        if augment not in ("crop_flip", "flip", "none"):
+            raise ValueError(f"augment must be crop_flip, flip or none, got {augment!r}")
+        self.augment = augment
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"dataset folder not found: {self.root}")
@@ -147,10 +153,13 @@ class ImageFolderDataset(Dataset):
                 bad.append(path)
         else:
             raise RuntimeError(f"{self.max_retries + 1} unreadable files in a row near {path}")
-        if self.train:
-            img = random_crop_flip(img, self.image_size, random.Random(mix_seed(self.seed, epoch, idx)))
+        rng = random.Random(mix_seed(self.seed, epoch, idx))
+        if self.train and self.augment == "crop_flip":
+            img = random_crop_flip(img, self.image_size, rng)
         else:
             img = center_crop(img, self.image_size)
+            if self.train and self.augment == "flip" and rng.random() < 0.5:
+                img = img[:, ::-1]
         return {"image": to_model_range(img), "label": label, "bad": bad}
 
 

@@ -1,7 +1,8 @@
 """Loading what the generation scripts need: a trained autoencoder, a DiT (registry + checkpoints).
 
 * :func:`load_autoencoder` reads a checkpoint written by ``experiments/in1k_ae.py`` (a run folder, whose
-  ``checkpoints/last.pt`` is used, or a ``.pt`` file) and applies its EMA weights.
+  ``checkpoints/last.pt`` is used, or a ``.pt`` file) and applies its EMA weights; :func:`decode_norm`
+  says at which token norm generated latents are decoded (the checkpoint's ``latent_norm`` by default).
 * :func:`dit_registry` (defined in :mod:`experiments.common.dit_cli`, re-exported here) is :data:`models.dit.LightningDiT_models` plus ``LightningDiT-T/1``, a tiny CPU
   configuration (depth 4, width 96, 4 heads, 0.73 M parameters) for the embedded default run and the tests.
 * :func:`load_dit` rebuilds the DiT of an ``experiments/in1k_dit.py`` checkpoint (its ``dit_config``) and
@@ -39,9 +40,14 @@ def load_autoencoder(path: str | os.PathLike, device: torch.device | str = "cpu"
 
     Args:
         path: run folder or checkpoint file; the file holds ``{"model": state_dict, "args": {"preset",
-            "image_size", ...}, "ema": {"shadow": {...}}?}``.
+            "image_size", "decoder_input", ...}, "ema": {"shadow": {...}}?, "latent_norm": float?}``.
         device: where to put the model.
         ema: copy the EMA shadow (trained parameters) over the raw weights when present.
+
+    Returns:
+        The model, with two plain attributes added: ``latent_norm`` (the checkpoint's mean held-out norm
+        of the tokens its decoder reads, or None in checkpoints written before it was stored) and
+        ``ckpt_path`` (the resolved file).
     """
     from models import build_autoencoder
 
@@ -54,7 +60,31 @@ def load_autoencoder(path: str | os.PathLike, device: torch.device | str = "cpu"
     if ema:
         load_ema_weights(ae, state)
     ae.requires_grad_(False)
+    ae.latent_norm = float(state["latent_norm"]) if state.get("latent_norm") is not None else None
+    ae.ckpt_path = p
     return ae.to(device).eval()
+
+
+def decode_norm(ae, override: float | None = None) -> tuple[float, str]:
+    """The token norm s at which generated latents are decoded (PAPER.md Alg. 2 line 14: z ← s·z/R), and
+    where it comes from, for the startup line.
+
+    Order: ``override`` (``--decode-norm``); the checkpoint's ``latent_norm`` (what the decoder read in
+    training, measured on held-out images); R for a checkpoint without it whose decoder read sphere
+    tokens. A raw-token checkpoint without ``latent_norm`` raises :class:`UserError` (pass the norm).
+    The paper's value for DINOv3-L is 14 (App. C sweep); a toy model's is its own token norm.
+    """
+    if override is not None:
+        if not override > 0:
+            raise UserError(f"--decode-norm must be > 0, got {override}")
+        return float(override), "--decode-norm"
+    where = getattr(ae, "ckpt_path", "the autoencoder checkpoint")
+    if getattr(ae, "latent_norm", None) is not None:
+        return float(ae.latent_norm), f"latent_norm stored in {where}"
+    if ae.config.decoder_input == "sphere":
+        return float(ae.radius), f"the sphere radius R ({where} has no latent_norm; its decoder read sphere tokens)"
+    raise UserError(f"{where} has no latent_norm (written before it was stored): pass --decode-norm S, "
+                    f"the typical norm of the tokens its decoder read")
 
 
 def ckpt_decoder_input(args: dict) -> str:
@@ -63,11 +93,14 @@ def ckpt_decoder_input(args: dict) -> str:
     return args.get("decoder_input", "sphere")
 
 
-def save_autoencoder(ae, path: str | os.PathLike, preset: str) -> Path:
-    """Write ``ae`` in the ``in1k_ae.py`` checkpoint layout (``model`` + ``args``) so it loads back."""
-    return checkpoint.save_atomic({"model": ae.state_dict(), "step": 0,
-                                   "args": {"preset": preset, "image_size": ae.image_size,
-                                            "decoder_input": ae.config.decoder_input}}, path)
+def save_autoencoder(ae, path: str | os.PathLike, preset: str, latent_norm: float | None = None) -> Path:
+    """Write ``ae`` in the ``in1k_ae.py`` checkpoint layout (``model`` + ``args`` [+ ``latent_norm``]) so
+    it loads back."""
+    state = {"model": ae.state_dict(), "step": 0,
+             "args": {"preset": preset, "image_size": ae.image_size, "decoder_input": ae.config.decoder_input}}
+    if latent_norm is not None:
+        state["latent_norm"] = float(latent_norm)
+    return checkpoint.save_atomic(state, path)
 
 
 def load_dit(path: str | os.PathLike, device: torch.device | str = "cpu", *, ema: bool = True
@@ -110,9 +143,16 @@ def default_autoencoder(ae_ckpt: str | None, out: str | os.PathLike, seed: int, 
     if is_main and not path.is_file():
         from models import build_autoencoder
 
+        from experiments.common.data import EmbeddedPhotos
+
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            save_autoencoder(build_autoencoder(DEFAULT_AE_PRESET), path, DEFAULT_AE_PRESET)
+            ae = build_autoencoder(DEFAULT_AE_PRESET).eval()
+        held_out = torch.stack([EmbeddedPhotos("eval", ae.image_size, length=32, seed=seed)[i]["image"]
+                                for i in range(32)])
+        with torch.no_grad():  # as in1k_ae.py measures it: mean norm of what the decoder reads
+            norm = ae.encode(held_out).norm(dim=-1).mean().item()
+        save_autoencoder(ae, path, DEFAULT_AE_PRESET, latent_norm=norm)
     from experiments.common import distributed as D
 
     D.barrier()

@@ -250,7 +250,7 @@ def build_parser() -> OneLineParser:
     a("--out", required=True, help="output folder of the shards and index.json")
     a("--data", help="ImageNet-style folder: DIR/train/<class>/<image> (centre crops); omitted: embedded photos")
     a("--ae-ckpt", help="in1k_ae.py run folder or checkpoint (default for the embedded photos: "
-      "runs/ae-tiny-embedded-s1, else a random-init tiny AE)")
+      "runs/ae-cpu-embedded-s1, else a random-init cpu AE)")
     a("--num-images", type=int, default=2048, help="embedded photos: number of fixed random crops")
     a("--image-size", type=int, help="image side (default: the autoencoder's)")
     a("--shard-size", type=int, default=1024, help="images per shard")

@@ -202,7 +202,7 @@ def load_autoencoder(ckpt: str | Path, *, use_ema: bool = True, device: str | to
     from experiments.common.dit_io import ckpt_decoder_input
 
     ae = build_autoencoder(a["preset"], random_init=True, image_size=a["image_size"],
-                           decoder_input=ckpt_decoder_input(a))
+                           decoder_input=ckpt_decoder_input(a), stem=a.get("stem", "conv"))
     ae.load_state_dict(state["model"])
     if use_ema:
         load_ema_weights(ae, state)
@@ -229,7 +229,7 @@ def run_eval(ckpt, *, data, out_json, info, batch_size=50, num_images=0, num_wor
     ae, state = load_autoencoder(ckpt, use_ema=use_ema, device=info.device)
     a = state["args"]
     # tiny convolutions on CPU: OpenMP sync costs more than it gains
-    with cpu_threads(1 if a["preset"] == "tiny" and info.device.type == "cpu" else None):
+    with cpu_threads(1 if a["preset"] in ("tiny", "cpu") and info.device.type == "cpu" else None):
         return _run_eval(ae, state, a, ckpt, data=data, out_json=out_json, info=info, batch_size=batch_size,
                          num_images=num_images, num_workers=num_workers, inception_weights=inception_weights,
                          lpips_weights=lpips_weights, no_lpips=no_lpips, fd=fd, precision=precision,

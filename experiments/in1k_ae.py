@@ -1,6 +1,6 @@
 """Train the DINO Spherical Autoencoder (PAPER.md "Autoencoder training (v2)").
 
-    python experiments/in1k_ae.py                      # embedded photos, tiny preset, ~3 min on 2 CPUs
+    python experiments/in1k_ae.py                      # embedded photos, cpu preset, a few min on 2 CPUs
     torchrun --nproc_per_node=8 experiments/in1k_ae.py --data /imagenet --preset paper \
         --encoder-weights dinov3_vitl16.pth --precision bf16 --out runs/ae-paper-s1
     python experiments/in1k_ae.py --data /imagenet --preset paper --stage 2 --init-from runs/ae-paper-s1 ...
@@ -41,7 +41,8 @@ from experiments.common.trainer import (NonFiniteError, NonFiniteGuard, StepBook
 
 EMBEDDED_TRAIN_LEN = 4096
 # Keys that must match between a checkpoint and the command resuming it.
-_RESUME_KEYS = ("preset", "stage", "batch_size", "grad_accum", "image_size", "seed", "data", "decoder_input")
+_RESUME_KEYS = ("preset", "stem", "stage", "batch_size", "grad_accum", "image_size", "seed", "data",
+                "decoder_input")
 # A run's own files besides checkpoints/ and metrics.jsonl (moved aside on a fresh start, see rundir).
 _ARTEFACTS = ("recon.png", "tb", "eval.json")
 
@@ -54,7 +55,8 @@ def banner(args, info, n_train: int) -> None:
               f"{args.max_steps} steps of {args.batch_size} images on {info.world_size} process(es) "
               f"({info.device.type}, {args.precision}) -> {args.out}", flush=True)
     else:
-        print(f"in1k_ae: no --data, so training the TINY preset (random-init encoder) on random "
+        print(f"in1k_ae: no --data, so training the {args.preset.upper()} preset ({args.stem} stem, "
+              f"random-init encoder) on random "
               f"{args.image_size}px crops of 8 scikit-image/scikit-learn photos, evaluating on held-out "
               f"chelsea+flower crops, {args.max_steps} steps, LPIPS "
               f"{'on' if args.lpips_weight > 0 else 'off'} -> {args.out}. Real run: torchrun "
@@ -74,7 +76,7 @@ def build_model(args, resume_state):
     try:
         ae = build_autoencoder(args.preset, weights=args.encoder_weights, pretrained=args.pretrained,
                                random_init=args.random_encoder or (has_ckpt and not args.encoder_weights),
-                               image_size=args.image_size, decoder_input=args.decoder_input)
+                               image_size=args.image_size, decoder_input=args.decoder_input, stem=args.stem)
     except (EncoderWeightsError, ValueError) as e:  # missing / mismatched weights, bad image size
         raise UserError(str(e).splitlines()[0]) from e
     args.image_size = ae.image_size

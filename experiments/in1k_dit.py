@@ -48,7 +48,7 @@ from experiments.common.trainer import (NonFiniteError, NonFiniteGuard, StepBook
 from spherical import Hypersphere, dimension_shift, geodesic_flow, rfm_loss, sample_time  # noqa: E402
 
 EMBEDDED_TRAIN_LEN = 4096
-_RESUME_KEYS = ("preset", "model", "batch_size", "seed", "data", "latents", "lambda_rad", "cfg_dropout")
+_RESUME_KEYS = ("preset", "model", "batch_size", "seed", "data", "latents", "lambda_rad", "cfg_dropout", "flow")
 # A run's own files besides checkpoints/ and metrics.jsonl (moved aside on a fresh start, see rundir);
 # OUT/latents (a reusable cache) and OUT/ae-random-init.pt stay.
 _ARTEFACTS = ("train-samples*.png", "tb")
@@ -151,7 +151,7 @@ def train(args, info) -> int:
     alpha = args.alpha if args.alpha is not None else dimension_shift(n_tok, chans)
     latent = dict(num_tokens=n_tok, channels=chans, radius=float(ae.radius), alpha=float(alpha),
                   num_classes=args.num_classes or data_meta["num_classes"], ae_ckpt=str(ae_path),
-                  classes=data_meta["classes"], image_size=args.image_size or ae.image_size)
+                  classes=data_meta["classes"], image_size=args.image_size or ae.image_size, flow=args.flow)
     sampler_probe = ResumableBatchSampler(len(train_ds), args.batch_size, world=world)
     if args.steps is None:
         args.steps = max(1, round(args.epochs * sampler_probe.steps_per_epoch))
@@ -261,15 +261,23 @@ def latents_of(ctx, batch: dict) -> torch.Tensor:
 
 
 def flow_loss(ctx, net, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
-    """Riemannian flow-matching loss of one batch; returns :class:`spherical.RFMLoss` (fp32)."""
+    """Flow-matching loss of one batch (``--flow``: Riemannian, or flat on the same latents); returns
+    :class:`spherical.RFMLoss` (fp32)."""
+    from experiments.common.flows import euclidean_fm_loss, euclidean_path, flow_noise
+
     args, sphere, b = ctx["args"], ctx["sphere"], x0.shape[0]
-    x1 = sphere.random_uniform(*x0.shape, generator=gen, device=x0.device)
+    x1 = flow_noise(args.flow, tuple(x0.shape), float(sphere.radius), generator=gen, device=x0.device)
     t = sample_time(b, alpha=ctx["alpha"], loc=args.time_loc, scale=args.time_scale, generator=gen,
                     device=x0.device)
     drop = torch.rand(b, generator=gen, device=x0.device) < args.cfg_dropout
-    xt, ut = geodesic_flow(x0, x1, t.view(b, 1, 1), sphere=sphere)
+    if args.flow == "euclidean":
+        xt, ut = euclidean_path(x0, x1, t.view(b, 1, 1))
+    else:
+        xt, ut = geodesic_flow(x0, x1, t.view(b, 1, 1), sphere=sphere)
     with autocast(x0.device, ctx["precision"], cuda_only=True):
         v = net(xt, t, y, force_drop=drop)
+    if args.flow == "euclidean":
+        return euclidean_fm_loss(v.float(), xt, ut)
     return rfm_loss(v.float(), xt, ut, lambda_rad=args.lambda_rad)
 
 
@@ -309,7 +317,7 @@ def sample_grid(ctx, model, ema, latent: dict, path: Path, per_class: int = 4) -
         k = min(8, latent["num_classes"])
         labels = (torch.arange(k * per_class) % k).to(info.device)
         noise = sample_noise(range(labels.numel()), latent["num_tokens"], latent["channels"], latent["radius"],
-                             args.seed, info.device)
+                             args.seed, info.device, flow=args.flow)
         was = model.training
         model.eval()
         with ema.applied(model):

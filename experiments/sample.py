@@ -12,6 +12,9 @@ rescaled to norm s by ``Hypersphere(s).projx`` (PAPER.md Alg. 2 line 14) → aut
 autoencoder checkpoint's ``latent_norm`` (the mean norm of the tokens its decoder read, measured on
 held-out images by ``in1k_ae.py``) unless ``--decode-norm S`` is given; the startup line says which. The
 paper's s_vae = 14 is that value for DINOv3-L (App. C); a toy autoencoder's is its own.
+A checkpoint trained with ``in1k_dit.py --flow euclidean`` (stored as ``latent["flow"]``) is sampled with
+its own flow instead: Gaussian noise and ambient Euler (:mod:`experiments.common.flows`), then the same
+rescale-and-decode.
 Outputs: a PNG grid and, with ``--npz``, an ADM-evaluator ``.npz`` (uint8 NHWC under ``arr_0``; labels are
 ``arange(N) % num_classes``, i.e. 50 per class for N = 50000). Sample ``i``'s noise depends only on
 ``(--seed, i)``: results do not depend on the number of processes or the batch size.
@@ -68,13 +71,15 @@ def guided_velocity(model: torch.nn.Module, labels: Tensor, cfg_scale: float = 1
 
 
 def sample_noise(indices: Sequence[int], num_tokens: int, channels: int, radius: float, seed: int,
-                 device: torch.device | str = "cpu") -> Tensor:
-    """Uniform noise on S^{C−1}_R for the given global sample indices: ``[len(indices), N, C]``.
+                 device: torch.device | str = "cpu", flow: str = "riemannian") -> Tensor:
+    """The flow's t = 1 noise for the given global sample indices: ``[len(indices), N, C]`` (uniform on
+    S^{C−1}_R, or (R/χ_C)·N(0, I) for ``flow="euclidean"``).
 
     Sample ``i`` uses its own generator seeded by ``(seed, i)``, so it is the same on any rank/batch.
     """
-    sphere = Hypersphere(radius)
-    out = [sphere.random_uniform(1, num_tokens, channels, generator=torch.Generator().manual_seed(
+    from experiments.common.flows import flow_noise
+
+    out = [flow_noise(flow, (1, num_tokens, channels), radius, generator=torch.Generator().manual_seed(
         mix_seed(seed, int(i)))) for i in indices]
     return torch.cat(out).to(device)
 
@@ -84,8 +89,10 @@ def sample_latents(model: torch.nn.Module, labels: Tensor, *, num_tokens: int, c
                    steps: int = 50, method: str = "euler", cfg_scale: float = 1.0,
                    cfg_interval: tuple[float, float] | None = None, alpha: float | None = None,
                    generator: torch.Generator | None = None, noise: Tensor | None = None,
-                   precision: str = "fp32", rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
-    """Integrate the learned field from uniform noise (t = 1) to data (t = 0) on the sphere.
+                   precision: str = "fp32", rtol: float = 1e-5, atol: float = 1e-5,
+                   flow: str = "riemannian") -> Tensor:
+    """Integrate the learned field from uniform noise (t = 1) to data (t = 0) on the sphere, or, for
+    ``flow="euclidean"``, from Gaussian noise with ambient Euler (no projection; ``method`` must be euler).
 
     Args:
         model: a :class:`models.dit.LightningDiT` (``(x, t, y) -> v``, with ``forward_with_cfg``).
@@ -98,19 +105,26 @@ def sample_latents(model: torch.nn.Module, labels: Tensor, *, num_tokens: int, c
         cfg_interval: ``(lo, hi)``: guidance only for lo ≤ t ≤ hi.
         alpha: time-grid shift; ``None`` = ``dimension_shift(num_tokens, channels)`` as in training.
         generator: RNG for the noise (ignored when ``noise`` is given).
-        noise: optional ``[B, N, C]`` start points on the sphere.
+        noise: optional ``[B, N, C]`` start points (on the sphere for the Riemannian flow).
+        flow: ``"riemannian"`` or ``"euclidean"`` (the checkpoint's ``latent["flow"]``).
 
     Returns:
-        ``[B, N, C]`` float32 latents on S^{C−1}_R.
+        ``[B, N, C]`` float32 latents on S^{C−1}_R (Riemannian), or off it in general (Euclidean).
     """
+    from experiments.common.flows import check_flow, euclidean_euler, flow_noise
+
     dev = labels.device
     alpha = dimension_shift(num_tokens, channels) if alpha is None else float(alpha)
     sphere = Hypersphere(radius)
+    if check_flow(flow) == "euclidean" and method != "euler":
+        raise ValueError(f"the euclidean flow samples with ambient Euler only, got method {method!r}")
     if noise is None:
-        noise = sphere.random_uniform(labels.shape[0], num_tokens, channels, generator=generator,
-                                      device=generator.device if generator is not None else dev)
+        noise = flow_noise(flow, (labels.shape[0], num_tokens, channels), radius, generator=generator,
+                           device=generator.device if generator is not None else dev)
     x = noise.to(dev, torch.float32)
     v = guided_velocity(model, labels, cfg_scale, cfg_interval, precision)
+    if flow == "euclidean":
+        return euclidean_euler(v, x, time_grid(steps, alpha))
     if method.startswith("odeint"):
         solver = method.partition(":")[2] or "dopri5"
         return odeint(v, x, torch.tensor([1.0, 0.0]), sphere=sphere, method=solver, rtol=rtol, atol=atol)
@@ -135,7 +149,7 @@ def generate(model: torch.nn.Module, ae: torch.nn.Module, labels: Tensor, latent
     """
     z = sample_latents(model, labels, num_tokens=latent["num_tokens"], channels=latent["channels"],
                        radius=latent["radius"], alpha=kw.pop("alpha", None) or latent.get("alpha"),
-                       noise=noise, **kw)
+                       noise=noise, flow=latent.get("flow", "riemannian"), **kw)
     z = Hypersphere(decode_norm).projx(z)
     return z, ae.decode(z).float().clamp(-1, 1)
 
@@ -207,13 +221,17 @@ def run(args, info) -> int:
     kw = dict(steps=args.steps, method=args.method, cfg_scale=args.cfg, precision=args.precision,
               cfg_interval=tuple(args.cfg_interval) if args.cfg_interval else None, alpha=args.alpha,
               rtol=args.rtol, atol=args.atol)
+    flow = latent.get("flow", "riemannian")
+    if flow == "euclidean" and args.method != "euler":
+        raise UserError(f"{ckpt} was trained with --flow euclidean: it samples with --method euler only")
     if info.is_main:
-        print(f"sample.py: {n} samples from {ckpt} ({args.method}, {args.steps} steps, cfg {args.cfg}, "
+        print(f"sample.py: {n} samples from {ckpt} ({flow} flow, {args.method}, {args.steps} steps, cfg {args.cfg}, "
               f"decode norm {s_vae:.6g} from {s_src}) on {info.world_size} process(es)", flush=True)
     parts, grid = [], []
     for s in range(lo, hi, args.batch_size):
         idx = list(range(s, min(hi, s + args.batch_size)))
-        noise = sample_noise(idx, latent["num_tokens"], latent["channels"], latent["radius"], args.seed, dev)
+        noise = sample_noise(idx, latent["num_tokens"], latent["channels"], latent["radius"], args.seed, dev,
+                             flow=latent.get("flow", "riemannian"))
         z, img = generate(model, ae, labels[idx].to(dev), latent, decode_norm=s_vae, noise=noise,
                           **kw)
         require_finite(f"samples {idx[0]}..{idx[-1]}", latents=z, images=img)  # never write garbage

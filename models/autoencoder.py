@@ -1,6 +1,6 @@
 """The DINO Spherical Autoencoder: frozen DINO trunk, trainable conv stem, spherical latent, conv decoder.
 
-Named configurations live in :data:`AE_CONFIGS` (``paper``, ``hae-code``, ``dinov2-b``, ``tiny``,
+Named configurations live in :data:`AE_CONFIGS` (``paper``, ``hae-code``, ``dinov2-b``, ``cpu``, ``tiny``,
 ``tiny-dinov2``); :func:`build_autoencoder` is the one entry point.
 """
 from __future__ import annotations
@@ -16,13 +16,16 @@ from models.decoder import DECODER_CONFIGS, ConvDecoder, DecoderConfig, decoder_
 from models.encoder import (EncoderWeightsError, DinoBackbone, create_dino_vit_for_build,
                             load_dino_weights, _HELP)
 from models.latent import gaussian_norm_radius, smooth_latent
-from models.stem import HierarchicalConvPatchEmbed
+from models.stem import STEM_TYPES, HierarchicalConvPatchEmbed, LinearPatchEmbed
 from spherical import Hypersphere
 
 __all__ = ["AutoencoderConfig", "AE_CONFIGS", "AutoencoderOutput", "DECODER_INPUTS",
            "DinoSphericalAutoencoder", "build_autoencoder"]
 
 _TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2)
+# The CPU demo's DINOv3-architecture ViT: patch 8, C = 192 (ViT-Ti width), 2 blocks (the blocks of a random
+# DINOv3 ViT start near the identity, layer scale 1e-5; each costs as much as the decoder's 8×8 stage).
+_CPU_VIT = dict(patch_size=8, embed_dim=192, depth=2, num_heads=3)
 DECODER_INPUTS = ("raw", "sphere")
 
 
@@ -36,7 +39,10 @@ class AutoencoderConfig:
         encoder: timm model name of the DINO ViT (teacher = frozen student trunk).
         encoder_kwargs: timm architecture overrides (used by the tiny test presets).
         image_size: nominal square input size (a multiple of the patch size; N = (image_size/p)²).
-        stem_widths: hidden widths of the hierarchical conv stem (64, 128, 256 in the paper).
+        stem: the student's trainable stem, ``"conv"`` (hierarchical conv stem, the paper's) or
+            ``"patchify"`` (the standard linear patchify, initialised from the teacher's; paper Table 5).
+        stem_widths: hidden widths of the hierarchical conv stem (64, 128, 256 in the paper; ⌈log2 p⌉ − 1
+            of them).
         decoder: a :class:`DecoderConfig` (or a name in ``DECODER_CONFIGS``, or its ``asdict`` dict).
         random_encoder: the preset is random by design (tiny tests); no weights are expected.
         decoder_input: what the decoder reads. ``"raw"`` (the paper, v2 §3.2–3.3 and the released code):
@@ -48,7 +54,8 @@ class AutoencoderConfig:
     encoder: str = "vit_large_patch16_dinov3.lvd1689m"
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     image_size: int = 256
-    stem_widths: tuple[int, int, int] = (64, 128, 256)
+    stem_widths: tuple[int, ...] = (64, 128, 256)
+    stem: str = "conv"
     decoder: DecoderConfig | str = DECODER_CONFIGS["paper"]
     random_encoder: bool = False
     decoder_input: str = "raw"
@@ -63,6 +70,8 @@ class AutoencoderConfig:
             dec = {k: tuple(v) if isinstance(v, list) else v for k, v in self.decoder.items()}
             object.__setattr__(self, "decoder", DecoderConfig(**dec))
         object.__setattr__(self, "stem_widths", tuple(self.stem_widths))
+        if self.stem not in STEM_TYPES:
+            raise ValueError(f"unknown stem {self.stem!r}; choose from {sorted(STEM_TYPES)}")
         object.__setattr__(self, "encoder_kwargs", dict(self.encoder_kwargs))
 
 
@@ -73,6 +82,11 @@ AE_CONFIGS: dict[str, AutoencoderConfig] = {
     "hae-code": AutoencoderConfig(decoder="hae-code"),
     # DINOv2 ViT-B/14 with registers, 224 px → 16×16 tokens × 768 (patch-14 rule of the stem/decoder).
     "dinov2-b": AutoencoderConfig(encoder="vit_base_patch14_reg4_dinov2.lvd142m", image_size=224),
+    # CPU demo (the embedded default), random by design: DINOv3-architecture ViT (RoPE, 4 registers) with
+    # patch 8 and C = 192, 64 px → 8×8 tokens × 192 = 12288 latent numbers for 64·64·3 = 12288 pixel
+    # values (the paper's ratio: 256 × 1024 for 256·256·3, 1.33); 3-layer conv stem, the "cpu" decoder.
+    "cpu": AutoencoderConfig(encoder="vit_small_patch16_dinov3", encoder_kwargs=_CPU_VIT, image_size=64,
+                             stem_widths=(32, 64), decoder="cpu", random_encoder=True),
     # CPU tests, random by design: DINOv3-architecture ViT (RoPE, 4 registers), C = 32, 64 px → 4×4 tokens.
     "tiny": AutoencoderConfig(encoder="vit_small_patch16_dinov3", encoder_kwargs=_TINY_VIT, image_size=64,
                               stem_widths=(8, 16, 16), decoder="tiny", random_encoder=True),
@@ -122,7 +136,12 @@ class DinoSphericalAutoencoder(nn.Module):
         c, p = self.backbone.embed_dim, self.backbone.patch_size
         if config.image_size % p:
             raise ValueError(f"image_size {config.image_size} is not a multiple of the patch size {p}")
-        self.stem = HierarchicalConvPatchEmbed(c, p, config.stem_widths)
+        if config.stem == "conv":
+            self.stem: nn.Module = HierarchicalConvPatchEmbed(c, p, config.stem_widths)
+        else:
+            self.stem = LinearPatchEmbed(c, p)
+            with torch.no_grad():  # start from the teacher's own patchify (student == teacher at step 0)
+                self.stem.proj.load_state_dict(self.backbone.vit.patch_embed.proj.state_dict())
         self.decoder = ConvDecoder(c, p, config.decoder)
         self.radius: float = gaussian_norm_radius(c)
         self.register_buffer("encoder_ready", torch.tensor(bool(encoder_ready)))
@@ -149,6 +168,11 @@ class DinoSphericalAutoencoder(nn.Module):
     def num_tokens(self) -> int:
         """N = (image_size / patch)²."""
         return (self.config.image_size // self.patch_size) ** 2
+
+    @property
+    def latent_ratio(self) -> float:
+        """Latent numbers per pixel value: N·C / (3·H·W) (paper: 256·1024 / (3·256²) = 1.33)."""
+        return self.num_tokens * self.latent_dim / (3 * self.config.image_size ** 2)
 
     @property
     def sphere(self) -> Hypersphere:

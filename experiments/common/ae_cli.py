@@ -27,23 +27,32 @@ _TINY_1 = dict(_PAPER_1, lr=4e-3, beta2=0.99, ema_decay=0.98, ema_warmup=10, bat
                log_every=10, eval_every=100, ckpt_every=200, eval_images=32)
 _TINY_2 = dict(_TINY_1, lr=1e-3, beta1=0.5, beta2=0.9, cos_weight=0.0, gan_weight=0.5,
                disc_warmup_epochs=0.1)
+# CPU demo (the embedded default): 8×8 tokens × 192 channels, a 2 M-parameter decoder, 1 thread.
+_CPU_1 = dict(_TINY_1, lr=3e-3, batch_size=16, max_steps=300, warmup_steps=20, eval_every=75, ckpt_every=100,
+              log_every=10)
+_CPU_2 = dict(_CPU_1, lr=1e-3, beta1=0.5, beta2=0.9, cos_weight=0.0, gan_weight=0.5, disc_warmup_epochs=0.1)
 DEFAULTS = {("paper", 1): _PAPER_1, ("paper", 2): _PAPER_2, ("hae-code", 1): _PAPER_1,
-            ("hae-code", 2): _PAPER_2, ("tiny", 1): _TINY_1, ("tiny", 2): _TINY_2}
-PRESETS = ("tiny", "hae-code", "paper")
+            ("hae-code", 2): _PAPER_2, ("tiny", 1): _TINY_1, ("tiny", 2): _TINY_2,
+            ("cpu", 1): _CPU_1, ("cpu", 2): _CPU_2}
+PRESETS = ("cpu", "tiny", "hae-code", "paper")
+#: Presets whose random-init encoder is by design, so they can train on the embedded photos.
+EMBEDDED_PRESETS = ("cpu", "tiny")
 
 
-def default_out(preset: str, embedded: bool, stage: int) -> str:
-    """The default ``--out``, ``runs/ae-<preset>[-embedded]-s<stage>`` (also ``dit_io.DEFAULT_AE_RUN``)."""
-    return f"runs/ae-{preset}{'-embedded' if embedded else ''}-s{stage}"
+def default_out(preset: str, embedded: bool, stage: int, stem: str = "conv") -> str:
+    """The default ``--out``, ``runs/ae-<preset>[-embedded][-patchify]-s<stage>`` (also
+    ``dit_io.DEFAULT_AE_RUN``)."""
+    return f"runs/ae-{preset}{'-embedded' if embedded else ''}{'' if stem == 'conv' else '-' + stem}-s{stage}"
 
 
 _EPILOG = "per-preset defaults (stage 1 / stage 2) of the options marked [preset]:\n" + "\n".join(
     f"  {p:8s} " + "; ".join(
         f"{k}={DEFAULTS[(p, 1)][k]}/{DEFAULTS[(p, 2)][k]}" if DEFAULTS[(p, 1)][k] != DEFAULTS[(p, 2)][k]
         else f"{k}={DEFAULTS[(p, 1)][k]}" for k in sorted(DEFAULTS[(p, 1)]))
-    for p in ("tiny", "paper")) + "\n  hae-code: as paper.\n" + (
-    "\nWithout --data: trains the tiny preset on random crops of the photos bundled in scikit-image and\n"
-    "scikit-learn (chelsea and flower held out for evaluation), random-init encoder, ~2 min on 2 cores.\n"
+    for p in ("cpu", "tiny", "paper")) + "\n  hae-code: as paper.\n" + (
+    "\nWithout --data: trains the cpu preset (8x8 tokens x 192 channels at 64 px) on random crops of the\n"
+    "photos bundled in scikit-image and scikit-learn (chelsea and flower held out for evaluation),\n"
+    "random-init encoder, a few minutes on 2 cores.\n"
     "Real run: torchrun --nproc_per_node=8 experiments/in1k_ae.py --data /imagenet --preset paper \\\n"
     "           --encoder-weights dinov3_vitl16.pth --precision bf16 --out runs/ae-paper-s1")
 
@@ -55,8 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG, formatter_class=PresetHelpFormatter)
     g = p.add_argument_group("data and model")
     g.add_argument("--data", help="ImageNet-style folder with train/ and val/ class sub-folders; "
-                   "omitted: embedded scikit-image/scikit-learn photos (tiny preset)")
-    g.add_argument("--preset", choices=PRESETS, default="tiny", help="autoencoder preset")
+                   "omitted: embedded scikit-image/scikit-learn photos (cpu or tiny preset)")
+    g.add_argument("--preset", choices=PRESETS, default="cpu", help="autoencoder preset")
+    g.add_argument("--stem", choices=("conv", "patchify"), default="conv",
+                   help="student stem: the hierarchical conv stem (paper) or the ViT's linear patchify "
+                   "(initialised from the teacher's; paper Table 5)")
     g.add_argument("--stage", type=int, choices=(1, 2), default=1, help="training stage")
     g.add_argument("--image-size", type=int, help="input side in pixels (default: the preset's)")
     g.add_argument("--decoder-input", choices=("raw", "sphere"), default="raw",
@@ -73,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                           ema_decay_help="EMA decay of the trained weights [preset]")
     g = p.add_argument_group("run")
     g.add_argument("--out", help="run folder; re-running with the same folder resumes "
-                   "(default: runs/ae-<preset>[-embedded]-s<stage>)")
+                   "(default: runs/ae-<preset>[-embedded][-patchify]-s<stage>)")
     g.add_argument("--seed", type=int, default=0, help="global seed (model init, data order, crops)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda")
     g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
@@ -113,8 +125,9 @@ def _loss_args(g) -> None:
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Fill preset defaults, derive paths, validate; raises :class:`UserError` on bad input."""
     args.embedded = args.data is None
-    if args.embedded and args.preset != "tiny":
-        raise UserError(f"--preset {args.preset} needs --data PATH (the embedded photos are for 'tiny')")
+    if args.embedded and args.preset not in EMBEDDED_PRESETS:
+        raise UserError(f"--preset {args.preset} needs --data PATH (the embedded photos are for "
+                        f"{' and '.join(EMBEDDED_PRESETS)})")
     defaults = DEFAULTS[(args.preset, args.stage)]
     for k, v in defaults.items():
         if k not in ("epochs", "max_steps") and getattr(args, k, None) is None:
@@ -130,7 +143,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
         args.num_workers = 0 if args.embedded else min(8, os.cpu_count() or 1)
     if args.out is None:
-        args.out = default_out(args.preset, args.embedded, args.stage)
+        args.out = default_out(args.preset, args.embedded, args.stage, args.stem)
     for name in ("batch_size", "grad_accum"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")

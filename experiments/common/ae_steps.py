@@ -47,7 +47,7 @@ def build_discriminator(preset: str, weights: str | None, pretrained: bool, rand
     """The DINO-feature discriminator (frozen DINO ViT-S/8 + trainable spectral-norm heads)."""
     from models.discriminator import build_discriminator as build
 
-    tiny = preset == "tiny"
+    tiny = preset in ("tiny", "cpu")
     if not (tiny or weights or pretrained or random_init):
         raise UserError("stage 2 needs the discriminator's DINO ViT-S/8 weights: pass --disc-weights PATH, "
                         "--pretrained (online) or --random-encoder")

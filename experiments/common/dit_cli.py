@@ -47,17 +47,18 @@ def dit_registry() -> dict[str, Callable[..., Any]]:
     return {"LightningDiT-T/1": _tiny_dit, **LightningDiT_models}
 
 
-def default_out(preset: str, embedded: bool) -> str:
-    """The default ``--out``: ``runs/dit-<preset>[-embedded]`` (``dit_io.DEFAULT_DIT_RUN`` for tiny)."""
-    return f"runs/dit-{preset}{'-embedded' if embedded else ''}"
+def default_out(preset: str, embedded: bool, flow: str = "riemannian") -> str:
+    """The default ``--out``: ``runs/dit-<preset>[-embedded][-euclidean]`` (``dit_io.DEFAULT_DIT_RUN`` for
+    tiny)."""
+    return f"runs/dit-{preset}{'-embedded' if embedded else ''}{'' if flow == 'riemannian' else '-' + flow}"
 
 
 _EPILOG = "per-preset defaults of the options marked [preset]:\n" + "\n".join(
     f"  {p:6s} " + "; ".join(f"{k}={'0 (off)' if k == 'grad_clip' and not v else v}" for k, v in sorted(d.items()))
     for p, d in DEFAULTS.items()) + (
     "\n\nData sources (one of):\n"
-    "  (none)           embedded scikit-image/scikit-learn photos, encoded on the fly by the tiny AE of\n"
-    f"                   {ae_default_out('tiny', True, 1)} (or a fresh random-init tiny AE if that run does "
+    "  (none)           embedded scikit-image/scikit-learn photos, encoded on the fly by the cpu AE of\n"
+    f"                   {ae_default_out('cpu', True, 1)} (or a fresh random-init cpu AE if that run does "
     "not exist)\n"
     "  --data DIR       ImageNet-style DIR/train/<class>/<img>, encoded on the fly by --ae-ckpt\n"
     "  --data DIR --cache-latents   encode once to OUT/latents (safetensors shards, resumable), train on them\n"
@@ -92,14 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-classes", type=int, help="number of classes (default: from the data)")
     g.add_argument("--image-size", type=int, help="on-the-fly encoding: image side (default: the AE's)")
     g = p.add_argument_group("flow matching")
-    g.add_argument("--lambda-rad", type=float, default=0.1, help="weight of the radial penalty λ_rad")
+    g.add_argument("--flow", choices=("riemannian", "euclidean"), default="riemannian",
+                   help="riemannian: uniform noise on the sphere, slerp, rfm_loss, Riemannian Euler (paper); "
+                   "euclidean: flat flow matching on the same latents (Gaussian noise, straight path, "
+                   "ambient Euler; paper Table 4's ablation); stored in the checkpoint for sample.py")
+    g.add_argument("--lambda-rad", type=float, default=0.1, help="weight of the radial penalty λ_rad "
+                   "(riemannian only)")
     g.add_argument("--alpha", type=float, help="time shift α (default: auto = sqrt(N·C/4096))")
     g.add_argument("--time-loc", type=float, default=0.0, help="logit-normal location of t")
     g.add_argument("--time-scale", type=float, default=1.0, help="logit-normal scale of t")
     g.add_argument("--cfg-dropout", type=float, default=0.1, help="label dropout to the null class")
     add_optimisation_args(p, length=_length_args, ema_decay_help="EMA decay [preset]")
     g = p.add_argument_group("run")
-    g.add_argument("--out", help="run folder (default: runs/dit-<preset>[-embedded])")
+    g.add_argument("--out", help="run folder (default: runs/dit-<preset>[-embedded][-euclidean])")
     g.add_argument("--seed", type=int, default=0, help="global seed (init, data order, noise, times)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda")
     g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
@@ -164,6 +170,6 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.num_workers is None:
         args.num_workers = 0 if args.embedded else min(8, os.cpu_count() or 1)
     if args.out is None:
-        args.out = default_out(args.preset, args.embedded)
+        args.out = default_out(args.preset, args.embedded, args.flow)
     args.inject_nan_steps = sorted({int(s) for s in str(args.inject_nan_steps).split(",") if s.strip()})
     return args

@@ -22,7 +22,8 @@ from experiments.common.dit_cli import default_out as dit_default_out, dit_regis
 from experiments.common.ema import load_ema_weights
 from experiments.common.trainer import UserError
 
-DEFAULT_AE_RUN = ae_default_out("tiny", embedded=True, stage=1)  # in1k_ae.py's --out without --data
+DEFAULT_AE_PRESET = "cpu"  # in1k_ae.py's preset without --data
+DEFAULT_AE_RUN = ae_default_out(DEFAULT_AE_PRESET, embedded=True, stage=1)  # in1k_ae.py's --out without --data
 DEFAULT_DIT_RUN = dit_default_out("tiny", embedded=True)         # in1k_dit.py's --out without --data
 
 
@@ -58,7 +59,7 @@ def load_autoencoder(path: str | os.PathLike, device: torch.device | str = "cpu"
                         + ", not an autoencoder: pass an in1k_ae.py run folder or checkpoint as --ae-ckpt")
     args = state.get("args", {})
     ae = build_autoencoder(args.get("preset", "tiny"), random_init=True, image_size=args.get("image_size"),
-                           decoder_input=ckpt_decoder_input(args))
+                           stem=args.get("stem", "conv"), decoder_input=ckpt_decoder_input(args))
     load_weights(ae, state["model"], p, "autoencoder")
     if ema:
         load_ema_weights(ae, state)
@@ -146,8 +147,8 @@ def default_autoencoder(ae_ckpt: str | None, out: str | os.PathLike, seed: int, 
                         ) -> tuple[Path, str | None]:
     """The autoencoder checkpoint to use, and a one-line note when it is a random-init stand-in.
 
-    ``ae_ckpt`` given → that (resolved). Else the embedded default: ``runs/ae-tiny-embedded-s1`` when that
-    run exists, otherwise a freshly built ``build_autoencoder("tiny")`` (random init, seeded by ``seed``)
+    ``ae_ckpt`` given → that (resolved). Else the embedded default: ``runs/ae-cpu-embedded-s1`` when that
+    run exists, otherwise a freshly built ``build_autoencoder("cpu")`` (random init, seeded by ``seed``)
     saved once to ``OUT/ae-random-init.pt`` so sampling later decodes with the same decoder.
     """
     if ae_ckpt is not None:
@@ -156,8 +157,8 @@ def default_autoencoder(ae_ckpt: str | None, out: str | os.PathLike, seed: int, 
     if trained.is_file():
         return trained.resolve(), None
     path = Path(out) / "ae-random-init.pt"
-    note = (f"no trained tiny autoencoder at {DEFAULT_AE_RUN} (run `python experiments/in1k_ae.py` first): "
-            f"using a freshly built random-init build_autoencoder('tiny'), saved to {path}")
+    note = (f"no trained {DEFAULT_AE_PRESET} autoencoder at {DEFAULT_AE_RUN} (run `python experiments/in1k_ae.py` "
+            f"first): using a freshly built random-init build_autoencoder('{DEFAULT_AE_PRESET}'), saved to {path}")
     if is_main and not path.is_file():
         from models import build_autoencoder
 
@@ -165,12 +166,12 @@ def default_autoencoder(ae_ckpt: str | None, out: str | os.PathLike, seed: int, 
 
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            ae = build_autoencoder("tiny").eval()
+            ae = build_autoencoder(DEFAULT_AE_PRESET).eval()
         held_out = torch.stack([EmbeddedPhotos("eval", ae.image_size, length=32, seed=seed)[i]["image"]
                                 for i in range(32)])
         with torch.no_grad():  # as in1k_ae.py measures it: mean norm of what the decoder reads
             norm = ae.encode(held_out).norm(dim=-1).mean().item()
-        save_autoencoder(ae, path, "tiny", latent_norm=norm)
+        save_autoencoder(ae, path, DEFAULT_AE_PRESET, latent_norm=norm)
     from experiments.common import distributed as D
 
     D.barrier()

@@ -170,12 +170,12 @@ def cpu_threads(n: int | None):
 
 @contextlib.contextmanager
 def training_session(args: argparse.Namespace):
-    """``distributed.setup(args.device)``, then CPU threads ``--threads`` (default: 1 for the tiny preset on
-    CPU, whose small kernels only lose to OpenMP sync); yields the ``DistInfo``. Undone on exit."""
+    """``distributed.setup(args.device)``, then CPU threads ``--threads`` (default: 1 for the tiny and cpu
+    presets on CPU, whose small kernels only lose to OpenMP sync); yields the ``DistInfo``. Undone on exit."""
     from experiments.common import distributed as D
 
     info = D.setup(args.device)
-    tiny_cpu = args.preset == "tiny" and info.device.type == "cpu"
+    tiny_cpu = args.preset in ("tiny", "cpu") and info.device.type == "cpu"
     try:
         with cpu_threads(args.threads or (1 if tiny_cpu else None)):
             yield info

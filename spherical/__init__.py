@@ -10,6 +10,7 @@ from .hypersphere import Hypersphere
 from .adaptive import ADAPTIVE_METHODS, SolverStats
 from .integrate import METHODS, integrate, odeint
 from .likelihood import divergence, log_likelihood
+from . import distributions  # noqa: E402  (spherical.distributions as an attribute)
 
 __all__ = [
     "Hypersphere", "geodesic_flow", "FlowSample", "rfm_loss", "RFMLoss", "sample_time", "time_shift",

@@ -190,7 +190,7 @@ def solve_adaptive(field: JointField, sphere: Hypersphere, x: Tensor, t: Tensor,
             ea = None
             if aux is not None:
                 ea = h * torch.stack([c * g for c, g in zip(db, gs) if c != 0.0]).sum(0)
-            err = float(scale(e, ea, aux, aux1))
+            err = float(scale(e, ea, aux, aux1).detach())
             if not err == err:  # NaN: shrink hard
                 err = float("inf")
             if err <= 1.0:

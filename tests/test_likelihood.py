@@ -51,7 +51,7 @@ def rotation(C: int, seed: int = 0):
 GRID = torch.linspace(0, 1, 17, dtype=F64)
 
 
-@settings(max_examples=15)
+@settings(max_examples=10)
 @given(C=channels(2, 6), R=radii(0.1, 10.0), seed=seeds)
 def test_divergence_of_gradient_of_linear_function_is_minus_laplacian(C, R, seed):
     """div_S P_x n = −(C − 1)⟨x, n⟩/R², for any radius and dimension; both estimators agree with it."""
@@ -63,7 +63,7 @@ def test_divergence_of_gradient_of_linear_function_is_minus_laplacian(C, R, seed
     torch.testing.assert_close(d, -(C - 1) * (x @ n) / R**2, rtol=1e-9, atol=1e-9 / R**2)
     torch.testing.assert_close(v, n - (x @ n)[:, None] * x / R**2)  # the radial 3y is projected away
     # Hutchinson with many probes converges to it
-    eps = torch.randn((4000, 4, C), dtype=F64, generator=g)
+    eps = torch.randn((3000, 4, C), dtype=F64, generator=g)
     _, dh = divergence(lambda y, t: n.expand_as(y), x, torch.tensor(0.0), sphere=S, method="hutchinson", probes=eps)
     scale = (C - 1) * n.norm().item() / R
     assert (dh - d).abs().max().item() < 0.15 * scale

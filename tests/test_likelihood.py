@@ -82,7 +82,8 @@ def test_rotation_flow_keeps_the_uniform_density(method, divergence_):
 
 
 @pytest.mark.parametrize("C,R,method,tol", [
-    (3, 1.0, "rk4", 1e-6), (3, 2.5, "rk4", 1e-6), (5, 0.7, "rk4", 1e-6), (3, 1.0, "midpoint", 3e-3),
+    (3, 1.0, "rk4", 1e-6), (3, 2.5, "rk4", 1e-6), (5, 0.7, "rk4", 1e-6), (3, 1.0, "midpoint", 3e-3), (3, 1.0, "heun", 3e-3),
+    (3, 1.0, "euler", 0.2),
     (3, 2.5, "dopri5", 1e-6), (5, 0.7, "dopri5", 1e-6), (3, 1.0, "bosh3", 1e-5)])
 def test_cap_flow_matches_closed_form(C, R, method, tol):
     v, exact_logp, _ = cap_field(C, R, kappa=1.5)

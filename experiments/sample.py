@@ -8,7 +8,10 @@ Pipeline: uniform noise on the product of N spheres S^{C−1}_R (t = 1) → ``sp
 (Riemannian Euler, 50 steps by default) on the α-shifted grid ``time_shift(linspace(1, 0, steps+1), α)``
 (or ``spherical.odeint`` with ``--method odeint:dopri5``) with classifier-free guidance
 ``v = v_u + w·(v_c − v_u)`` (``--cfg w``, optionally only for t in ``--cfg-interval lo hi``) → every token
-rescaled to norm ``--decode-norm`` (default 14) by ``Hypersphere(norm).projx`` → autoencoder decoder.
+rescaled to norm s by ``Hypersphere(s).projx`` (PAPER.md Alg. 2 line 14) → autoencoder decoder. s is the
+autoencoder checkpoint's ``latent_norm`` (the mean norm of the tokens its decoder read, measured on
+held-out images by ``in1k_ae.py``) unless ``--decode-norm S`` is given; the startup line says which. The
+paper's s_vae = 14 is that value for DINOv3-L (App. C); a toy autoencoder's is its own.
 Outputs: a PNG grid and, with ``--npz``, an ADM-evaluator ``.npz`` (uint8 NHWC under ``arr_0``; labels are
 ``arange(N) % num_classes``, i.e. 50 per class for N = 50000). Sample ``i``'s noise depends only on
 ``(--seed, i)``: results do not depend on the number of processes or the batch size.
@@ -28,8 +31,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from experiments.common import distributed as D  # noqa: E402
+from experiments.common.cli_common import require_finite, validate_sample_args  # noqa: E402
 from experiments.common.data import mix_seed  # noqa: E402
-from experiments.common.dit_io import DEFAULT_DIT_RUN, load_autoencoder, load_dit, resolve_ckpt  # noqa: E402
+from experiments.common.dit_io import (DEFAULT_DIT_RUN, decode_norm, load_autoencoder, load_dit,  # noqa: E402
+                                      resolve_ckpt)
 from experiments.common.trainer import OneLineParser, UserError, autocast, run_cli  # noqa: E402
 from spherical import ADAPTIVE_METHODS, METHODS, Hypersphere, dimension_shift, integrate, odeint, time_shift  # noqa: E402
 
@@ -125,7 +130,7 @@ def to_uint8(images: Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def generate(model: torch.nn.Module, ae: torch.nn.Module, labels: Tensor, latent: dict, *,
-             decode_norm: float = 14.0, noise: Tensor | None = None, **kw) -> tuple[Tensor, Tensor]:
+             decode_norm: float, noise: Tensor | None = None, **kw) -> tuple[Tensor, Tensor]:
     """Sample latents, rescale every token to ``decode_norm`` and decode.
 
     Returns:
@@ -154,7 +159,8 @@ def build_parser() -> OneLineParser:
     a("--cfg", type=float, default=1.0, help="classifier-free guidance scale w (1 = off)")
     a("--cfg-interval", type=float, nargs=2, metavar=("LO", "HI"), help="guide only for LO <= t <= HI")
     a("--alpha", type=float, help="time-grid shift α (default: the training α, sqrt(N·C/4096))")
-    a("--decode-norm", type=float, default=14.0, help="token norm s_vae before decoding")
+    a("--decode-norm", type=float, help="token norm s_vae before decoding (default: the autoencoder "
+      "checkpoint's latent_norm; the paper's value for DINOv3-L is 14)")
     a("--batch-size", type=int, default=64, help="images per forward batch per process")
     a("--seed", type=int, default=0, help="noise seed (sample i uses (seed, i))")
     a("--out", help="PNG grid path (default: <run>/samples.png)")
@@ -176,6 +182,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if not (args.method in METHODS + ADAPTIVE_METHODS or args.method.startswith("odeint")):
         raise UserError(f"--method {args.method!r}: expected one of {', '.join(METHODS + ADAPTIVE_METHODS)} "
                         "or odeint[:SOLVER]")
+    validate_sample_args(args)  # ranges, --cfg-interval order, odeint solver, --device
     info = D.setup(args.device)
     threads = torch.get_num_threads()
     try:
@@ -195,6 +202,7 @@ def run(args, info) -> int:
     if args.threads or (dev.type == "cpu" and sum(p.numel() for p in model.parameters()) < 10_000_000):
         torch.set_num_threads(args.threads or 1)
     ae = load_autoencoder(args.ae_ckpt or latent["ae_ckpt"], dev)
+    s_vae, s_src = decode_norm(ae, args.decode_norm)
     n, k = args.num_samples, latent["num_classes"]
     labels = (torch.tensor(args.labels).repeat((n + len(args.labels) - 1) // len(args.labels))[:n]
               if args.labels else torch.arange(n) % k)
@@ -206,13 +214,14 @@ def run(args, info) -> int:
               rtol=args.rtol, atol=args.atol)
     if info.is_main:
         print(f"sample.py: {n} samples from {ckpt} ({args.method}, {args.steps} steps, cfg {args.cfg}, "
-              f"decode norm {args.decode_norm}) on {info.world_size} process(es)", flush=True)
+              f"decode norm {s_vae:.6g} from {s_src}) on {info.world_size} process(es)", flush=True)
     parts, grid = [], []
     for s in range(lo, hi, args.batch_size):
         idx = list(range(s, min(hi, s + args.batch_size)))
         noise = sample_noise(idx, latent["num_tokens"], latent["channels"], latent["radius"], args.seed, dev)
-        _, img = generate(model, ae, labels[idx].to(dev), latent, decode_norm=args.decode_norm, noise=noise,
+        z, img = generate(model, ae, labels[idx].to(dev), latent, decode_norm=s_vae, noise=noise,
                           **kw)
+        require_finite(f"samples {idx[0]}..{idx[-1]}", latents=z, images=img)  # never write garbage
         parts.append(to_uint8(img))
         if sum(g.shape[0] for g in grid) < args.grid:
             grid.append(img.cpu())

@@ -19,10 +19,11 @@ from models.latent import gaussian_norm_radius, smooth_latent
 from models.stem import HierarchicalConvPatchEmbed
 from spherical import Hypersphere
 
-__all__ = ["AutoencoderConfig", "AE_CONFIGS", "AutoencoderOutput", "DinoSphericalAutoencoder",
-           "build_autoencoder"]
+__all__ = ["AutoencoderConfig", "AE_CONFIGS", "AutoencoderOutput", "DECODER_INPUTS",
+           "DinoSphericalAutoencoder", "build_autoencoder"]
 
 _TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2)
+DECODER_INPUTS = ("raw", "sphere")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class AutoencoderConfig:
         stem_widths: hidden widths of the hierarchical conv stem (64, 128, 256 in the paper).
         decoder: a :class:`DecoderConfig` (or a name in ``DECODER_CONFIGS``, or its ``asdict`` dict).
         random_encoder: the preset is random by design (tiny tests); no weights are expected.
+        decoder_input: what the decoder reads. ``"raw"`` (the paper, v2 §3.2–3.3 and the released code):
+            the student's patch tokens after the final norm, magnitude free. ``"sphere"`` (ablation, this
+            project's earlier behaviour): those tokens projected to R·z/‖z‖. The DiT's latent is the
+            sphere projection in both cases.
     """
 
     encoder: str = "vit_large_patch16_dinov3.lvd1689m"
@@ -46,8 +51,11 @@ class AutoencoderConfig:
     stem_widths: tuple[int, int, int] = (64, 128, 256)
     decoder: DecoderConfig | str = DECODER_CONFIGS["paper"]
     random_encoder: bool = False
+    decoder_input: str = "raw"
 
     def __post_init__(self) -> None:
+        if self.decoder_input not in DECODER_INPUTS:
+            raise ValueError(f"decoder_input must be one of {DECODER_INPUTS}, got {self.decoder_input!r}")
         # accept a preset name, or the plain dict of ``dataclasses.asdict`` / JSON (lists → tuples)
         if isinstance(self.decoder, str):
             object.__setattr__(self, "decoder", decoder_config(self.decoder))
@@ -81,7 +89,8 @@ class AutoencoderOutput:
 
     Attributes:
         recon: reconstructed images ``[B, 3, H, W]`` (≈ [-1, 1]).
-        z: student latent on S^{C−1}_R, ``[B, N, C]``.
+        z: the clean student tokens the decoder reads, ``[B, N, C]`` (raw, or on S^{C−1}_R with
+            ``decoder_input="sphere"``); the cosine loss against ``z_teacher`` does not see their norm.
         z_teacher: the teacher's patch tokens ``[B, N, C]`` (raw, no grad), or None if not requested.
     """
 
@@ -91,7 +100,8 @@ class AutoencoderOutput:
 
 
 class DinoSphericalAutoencoder(nn.Module):
-    """Student encoder (conv stem + frozen DINO trunk) → sphere of radius R → conv decoder.
+    """Student encoder (conv stem + frozen DINO trunk) → conv decoder; the DiT's latent is the projection
+    of the student tokens onto the sphere of radius R (:meth:`sphere_latent`).
 
     One copy of the DINO ViT is held (``backbone.vit``): the teacher path is timm's original
     patch_embed + blocks + norm, the student path is ``stem`` + the same pos-embed/tokens/blocks/norm.
@@ -186,15 +196,38 @@ class DinoSphericalAutoencoder(nn.Module):
         return params
 
     # ------------------------------------------------------------------ model
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Student encoder: images ``[B,3,H,W]`` in [-1, 1] → latent ``[B, N, C]`` on S^{C−1}_R.
+    def student_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw student tokens: images ``[B,3,H,W]`` in [-1, 1] → ``[B, N, C]`` patch tokens after the final
+        norm (not projected; their norms differ from token to token).
 
         ImageNet mean/std normalisation is done inside; H, W must be multiples of the patch size.
         """
         self._check_ready()
         x = self.backbone.normalize(images)
-        tokens = self.backbone.from_patch_grid(self.stem.forward_nhwc(x))
-        return self.sphere.projx(tokens)
+        return self.backbone.from_patch_grid(self.stem.forward_nhwc(x))
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """What the decoder reads: images ``[B,3,H,W]`` in [-1, 1] → ``[B, N, C]``.
+
+        ``decoder_input="raw"`` (default, the paper): the raw :meth:`student_tokens`.
+        ``decoder_input="sphere"`` (ablation): their projection R·z/‖z‖ (float32), as :meth:`to_sphere`.
+        The DiT's latent is :meth:`sphere_latent` in both cases.
+        """
+        return self.decoder_latent(self.student_tokens(images))
+
+    def decoder_latent(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Raw student tokens ``[..., C]`` → the decoder's input: unchanged for ``decoder_input="raw"``,
+        :meth:`to_sphere` for ``"sphere"``."""
+        return tokens if self.config.decoder_input == "raw" else self.to_sphere(tokens)
+
+    def to_sphere(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The DiT's latent from tokens ``[..., C]`` of any norm and dtype: z₀ = R·z/‖z‖ in float32
+        (``spherical.Hypersphere(R).projx``; PAPER.md v2 Alg. 1)."""
+        return self.sphere.projx(tokens.float())
+
+    def sphere_latent(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``[B,3,H,W]`` in [-1, 1] → the DiT's latent ``[B, N, C]``, float32 on S^{C−1}_R."""
+        return self.to_sphere(self.student_tokens(images))
 
     @torch.no_grad()
     def teacher_tokens(self, images: torch.Tensor) -> torch.Tensor:
@@ -209,7 +242,8 @@ class DinoSphericalAutoencoder(nn.Module):
         Args:
             z: tokens, row-major over the square grid.
             norm: if given, every token is first rescaled to this norm by
-                ``Hypersphere(radius=norm).projx`` (the sampler uses s_vae = 14).
+                ``Hypersphere(radius=norm).projx`` (the sampler passes the checkpoint's ``latent_norm``,
+                the typical norm of what the decoder read in training; the paper's s_vae = 14 for DINOv3-L).
         """
         if norm is not None:
             z = Hypersphere(radius=norm).projx(z)
@@ -217,7 +251,9 @@ class DinoSphericalAutoencoder(nn.Module):
 
     def forward(self, images: torch.Tensor, *, with_teacher: bool = True, smoothing_tau: float = 0.0,
                 generator: torch.Generator | None = None) -> AutoencoderOutput:
-        """Encode → (optional latent smoothing z + σε, σ ~ U(0, τ)) → decode.
+        """Encode → (optional latent smoothing z + σε, σ ~ U(0, τ) once per batch) → decode.
+
+        The smoothing acts on what the decoder reads (:meth:`encode`: raw tokens by default).
 
         Args:
             images: ``[B, 3, H, W]`` in [-1, 1].

@@ -8,18 +8,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments.common.cli_common import PresetHelpFormatter, add_checkpoint_args, add_optimisation_args, add_run_control_args
+from experiments.common.cli_common import (PresetHelpFormatter, add_checkpoint_args, add_optimisation_args,
+                                          add_run_control_args, validate_args)
 from experiments.common.trainer import OneLineParser, UserError
 
+# PAPER.md "Autoencoder training (v2)". Gradient clipping is not stated by the paper: off (grad_clip 0);
+# ``--grad-clip G`` turns it on. Warm-up 0 and a constant lr are ours (not stated either).
 _PAPER_1 = dict(lr=1e-5, beta1=0.9, beta2=0.999, weight_decay=0.0, ema_decay=0.9999, ema_warmup=0,
-                batch_size=512, epochs=20, warmup_steps=0, lr_schedule="constant", grad_clip=1.0,
+                batch_size=512, epochs=20, warmup_steps=0, lr_schedule="constant", grad_clip=0.0,
                 cos_weight=0.5, l1_weight=1.0, lpips_weight=1.0, gan_weight=0.0, disc_warmup_epochs=0.0,
                 log_every=50, eval_every=2000, ckpt_every=1000, eval_images=1000)
 _PAPER_2 = dict(_PAPER_1, lr=5e-5, beta1=0.5, beta2=0.9, ema_decay=0.9975, epochs=40, cos_weight=0.0,
                 gan_weight=0.5, disc_warmup_epochs=2.0)
 # Tiny / embedded photos: a few thousand decoder parameters on 2 CPU cores in ~3 minutes: a large
-# learning rate with warm-up + cosine decay, a short-memory EMA with warm-up, small batches.
-_TINY_1 = dict(_PAPER_1, lr=4e-3, beta2=0.99, ema_decay=0.98, ema_warmup=10, batch_size=24,
+# learning rate with warm-up + cosine decay, a short-memory EMA with warm-up, small batches, clipping at 1.
+_TINY_1 = dict(_PAPER_1, lr=4e-3, beta2=0.99, ema_decay=0.98, ema_warmup=10, batch_size=24, grad_clip=1.0,
                epochs=None, max_steps=600, warmup_steps=20, lr_schedule="cosine", lpips_weight=0.0,
                log_every=10, eval_every=100, ckpt_every=200, eval_images=32)
 _TINY_2 = dict(_TINY_1, lr=1e-3, beta1=0.5, beta2=0.9, cos_weight=0.0, gan_weight=0.5,
@@ -56,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", choices=PRESETS, default="tiny", help="autoencoder preset")
     g.add_argument("--stage", type=int, choices=(1, 2), default=1, help="training stage")
     g.add_argument("--image-size", type=int, help="input side in pixels (default: the preset's)")
+    g.add_argument("--decoder-input", choices=("raw", "sphere"), default="raw",
+                   help="what the decoder reads: the raw student tokens (paper) or R*z/|z| (ablation)")
     g.add_argument("--encoder-weights", help="local DINO checkpoint (.pth / .safetensors)")
     g.add_argument("--random-encoder", action="store_true", help="explicitly use a random-init DINO encoder")
     g.add_argument("--pretrained", action="store_true", help="download the DINO weights via timm (online)")
@@ -117,6 +122,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.max_steps is None and args.epochs is None:  # neither given: the preset's length
         args.max_steps, args.epochs = defaults.get("max_steps"), defaults.get("epochs")
     # --max-steps wins over --epochs; max_steps None = computed from --epochs and the dataset length
+    validate_args(args)  # ranges of every numeric option, --device
     if args.no_lpips:
         args.lpips_weight = 0.0
     if args.num_workers is None:

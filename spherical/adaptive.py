@@ -18,8 +18,8 @@ mean square; an auxiliary Euclidean part ``a`` (e.g. a log-determinant) contribu
 step's error ratio ``E``. A step is accepted when ``E ≤ 1``; the next step size is
 ``h·clip(safety·E^(−1/(q+1) + 0.75β)·E_prev^β, min_factor, max_factor)`` (Hairer's PI controller of DOPRI5,
 β = 0.04; no growth right after a rejection; a rejected step retries with ``h·max(min_factor,
-safety·E^(−1/(q+1)))``), q the order of the embedded (lower-order) solution. The first step follows Hairer, Nørsett & Wanner (I, II.4): one
-explicit Euler trial step, 2 evaluations in all. Both pairs are first-same-as-last: the last stage
+safety·E^(−1/(q+1)))``), q the order of the embedded (lower-order) solution. The first step follows
+Hairer, Nørsett & Wanner (I, II.4): one explicit Euler trial step, 2 evaluations in all. Both pairs are first-same-as-last: the last stage
 sits at the accepted end point, so an accepted or rejected step costs ``stages − 1`` evaluations.
 
 Methods: ``dopri5`` (Dormand–Prince 5(4), 7 stages) and ``bosh3`` (Bogacki–Shampine 3(2), 4 stages).

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ._normal import rk_combine, rk_stages
 from .adaptive import ADAPTIVE_METHODS, solve_adaptive
+from .distributions import Uniform
 from .hypersphere import Hypersphere
 from .integrate import _TABLEAUX, _check_grid
 
@@ -82,6 +83,15 @@ def divergence(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersphere,
     Returns:
         ``(v [B, ..., C] tangent at x, div [B])``, both detached.
     """
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2 or x.shape[-1] < 2:
+        raise ValueError(f"divergence: x must be a floating [B, ..., C] tensor with C >= 2, got "
+                         f"{getattr(x, 'shape', type(x))}")
+    if method not in ("exact", "hutchinson"):
+        raise ValueError(f"divergence: method must be 'exact' or 'hutchinson', got {method!r}")
+    if method == "hutchinson" and (not isinstance(probes, Tensor) or probes.dim() != x.dim() + 1
+                                   or probes.shape[1:] != x.shape):
+        raise ValueError(f"divergence: hutchinson needs probes of shape [P, *x.shape] = [P, {tuple(x.shape)}], "
+                         f"got {tuple(getattr(probes, 'shape', ())) if probes is not None else None}")
     B = x.shape[0]
     with torch.enable_grad():
         y = x.detach().requires_grad_(True)
@@ -104,8 +114,6 @@ def divergence(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersphere,
 
 def _uniform_log_prob(sphere: Hypersphere, x: Tensor) -> Tensor:
     """``Σ_tokens log Uniform(C, R).log_prob`` of ``x: [B, ..., C]`` → ``[B]``."""
-    from .distributions import Uniform
-
     r = sphere._rad(x)
     radius = r[..., 0] if isinstance(r, Tensor) else r
     lp = Uniform(x.shape[-1], radius).log_prob(x)
@@ -159,12 +167,11 @@ def log_likelihood(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersph
     eps = None
     if divergence != "exact":
         shape = (probes,) + tuple(x.shape)
-        if divergence == "hutchinson":
-            eps = torch.randint(0, 2, shape, generator=generator, device=generator.device if generator is not None else x.device)
-            eps = (2 * eps - 1).to(device=x.device, dtype=x.dtype)
+        dev = generator.device if generator is not None else x.device
+        if divergence == "hutchinson":  # Rademacher ±1
+            eps = (2 * torch.randint(0, 2, shape, generator=generator, device=dev) - 1).to(x.device, x.dtype)
         else:
-            eps = torch.randn(shape, generator=generator, dtype=x.dtype,
-                              device=generator.device if generator is not None else x.device).to(x.device)
+            eps = torch.randn(shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
     kind = "exact" if divergence == "exact" else "hutchinson"
 
     def field(y: Tensor, tt: Tensor) -> Tuple[Tensor, Tensor]:

@@ -197,6 +197,10 @@ def test_no_gradient_leaks_and_bad_arguments():
         log_likelihood(lambda y, t: y, x[0].detach(), GRID, sphere=S)
     with pytest.raises(ValueError, match="shape of x"):
         log_likelihood(lambda y, t: y[..., :2], x, GRID, sphere=S)
+    with pytest.raises(ValueError, match="probes of shape"):
+        divergence(lambda y, t: y, x.detach(), torch.tensor(0.0), sphere=S, method="hutchinson")
+    with pytest.raises(ValueError, match="'exact' or 'hutchinson'"):
+        divergence(lambda y, t: y, x.detach(), torch.tensor(0.0), sphere=S, method="trace")
     with pytest.raises(ValueError, match=r"base\(x\) must return"):
         log_likelihood(lambda y, t: y, x, GRID, sphere=S, base=lambda z: z.sum())
 

@@ -39,7 +39,7 @@ from experiments.common.data import mix_seed  # noqa: E402
 from experiments.common.dit_io import (DEFAULT_DIT_RUN, decode_norm, load_autoencoder, load_dit,  # noqa: E402
                                       resolve_ckpt)
 from experiments.common.trainer import OneLineParser, UserError, autocast, run_cli  # noqa: E402
-from spherical import METHODS, Hypersphere, dimension_shift, integrate, odeint, time_shift  # noqa: E402
+from spherical import ADAPTIVE_METHODS, METHODS, Hypersphere, dimension_shift, integrate, odeint, time_shift  # noqa: E402
 
 Tensor = torch.Tensor
 
@@ -100,7 +100,8 @@ def sample_latents(model: torch.nn.Module, labels: Tensor, *, num_tokens: int, c
         num_tokens, channels, radius: the latent manifold, N tokens on S^{C−1}_R.
         steps: number of grid intervals.
         method: an ``integrate`` method (``euler``, ``midpoint``, ``heun``, ``rk4``, ``projected_euler``,
-            ``projected_rk4``) or ``odeint[:SOLVER]`` (torchdiffeq, default dopri5, end points only).
+            ``projected_rk4``), an adaptive pair on the sphere (``dopri5``, ``bosh3``: ``rtol``/``atol``, end points
+            only) or ``odeint[:SOLVER]`` (torchdiffeq, default dopri5, end points only).
         cfg_scale: guidance weight w (1 = conditional model).
         cfg_interval: ``(lo, hi)``: guidance only for lo ≤ t ≤ hi.
         alpha: time-grid shift; ``None`` = ``dimension_shift(num_tokens, channels)`` as in training.
@@ -128,8 +129,10 @@ def sample_latents(model: torch.nn.Module, labels: Tensor, *, num_tokens: int, c
     if method.startswith("odeint"):
         solver = method.partition(":")[2] or "dopri5"
         return odeint(v, x, torch.tensor([1.0, 0.0]), sphere=sphere, method=solver, rtol=rtol, atol=atol)
+    if method in ADAPTIVE_METHODS:  # adaptive pairs on the sphere: only the end points of the grid
+        return integrate(v, x, torch.tensor([1.0, 0.0]), sphere=sphere, method=method, rtol=rtol, atol=atol)
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS} or odeint[:SOLVER]")
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS + ADAPTIVE_METHODS} or odeint[:SOLVER]")
     return integrate(v, x, time_grid(steps, alpha), sphere=sphere, method=method)
 
 
@@ -163,9 +166,10 @@ def build_parser() -> OneLineParser:
     a("--num-samples", type=int, default=32, help="number of images; labels = arange(N) %% num_classes")
     a("--labels", type=int, nargs="+", help="explicit class labels (cycled to --num-samples)")
     a("--steps", type=int, default=50, help="integration steps on the α-shifted time grid")
-    a("--method", default="euler", help=f"one of {', '.join(METHODS)}, or odeint[:SOLVER] (torchdiffeq)")
-    a("--rtol", type=float, default=1e-5, help="odeint relative tolerance")
-    a("--atol", type=float, default=1e-5, help="odeint absolute tolerance")
+    a("--method", default="euler", help=f"one of {', '.join(METHODS + ADAPTIVE_METHODS)}, or odeint[:SOLVER] "
+      "(torchdiffeq)")
+    a("--rtol", type=float, default=1e-5, help="relative tolerance of dopri5/bosh3/odeint")
+    a("--atol", type=float, default=1e-5, help="absolute tolerance of dopri5/bosh3/odeint")
     a("--cfg", type=float, default=1.0, help="classifier-free guidance scale w (1 = off)")
     a("--cfg-interval", type=float, nargs=2, metavar=("LO", "HI"), help="guide only for LO <= t <= HI")
     a("--alpha", type=float, help="time-grid shift α (default: the training α, sqrt(N·C/4096))")
@@ -189,8 +193,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.num_samples < 1 or args.batch_size < 1:
         raise UserError("--num-samples and --batch-size must be >= 1")
-    if not (args.method in METHODS or args.method.startswith("odeint")):
-        raise UserError(f"--method {args.method!r}: expected one of {', '.join(METHODS)} or odeint[:SOLVER]")
+    if not (args.method in METHODS + ADAPTIVE_METHODS or args.method.startswith("odeint")):
+        raise UserError(f"--method {args.method!r}: expected one of {', '.join(METHODS + ADAPTIVE_METHODS)} "
+                        "or odeint[:SOLVER]")
     validate_sample_args(args)  # ranges, --cfg-interval order, odeint solver, --device
     info = D.setup(args.device)
     threads = torch.get_num_threads()

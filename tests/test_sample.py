@@ -76,13 +76,34 @@ def test_cfg_scale_one_is_the_conditional_model():
     torch.testing.assert_close(v4, vu + 4.0 * (vc - vu), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["euler", "rk4", "odeint:rk4"])
+@pytest.mark.parametrize("method", ["euler", "rk4", "odeint:rk4", "dopri5"])
 def test_samples_stay_on_the_sphere(method):
     m, y = _dit(), torch.tensor([0, 2])
     z = sample.sample_latents(m, y, num_tokens=N, channels=C, radius=5.0, steps=5, method=method,
                               generator=torch.Generator().manual_seed(0), rtol=1e-3, atol=1e-3)
     assert z.shape == (2, N, C) and z.dtype == torch.float32
     torch.testing.assert_close(z.norm(dim=-1), torch.full((2, N), 5.0), rtol=1e-5, atol=1e-5)
+
+
+def test_adaptive_method_matches_a_fine_fixed_grid():
+    """--method dopri5: the adaptive pair on the sphere reaches the fine-grid rk4 solution (same end points)."""
+    torch.manual_seed(0)
+    from models.dit import DiTConfig, LightningDiT
+
+    m = LightningDiT(replace(DiTConfig(), in_channels=C, num_tokens=N, num_classes=K, depth=1, hidden_size=32,
+                             num_heads=2, time_scale=1.0))  # smooth in t: a 32-step rk4 reference suffices
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0.0, 0.1)
+    m, y = m.eval(), torch.tensor([0, 2])
+    kw = dict(num_tokens=N, channels=C, radius=5.0, alpha=1.0)
+    ref = sample.sample_latents(m, y, steps=32, method="rk4", generator=torch.Generator().manual_seed(0), **kw)
+    z = sample.sample_latents(m, y, method="dopri5", rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(0),
+                              **kw)
+    assert (z - ref).norm(dim=-1).max().item() < 2e-5
+    loose = sample.sample_latents(m, y, method="bosh3", rtol=1e-2, atol=1e-2,
+                                  generator=torch.Generator().manual_seed(0), **kw)
+    assert 2e-5 < (loose - ref).norm(dim=-1).max().item() < 5e-2  # the tolerance is passed through
 
 
 def test_generate_rescales_to_decode_norm_and_decodes(run_dir):

@@ -176,6 +176,33 @@ def blocked_theta(x: Tensor, y: Tensor, r: Radius, block_elems: Optional[int] = 
     return theta.reshape(x.shape[:-1] + (1,))
 
 
+def split_theta(x: Tensor, y: Tensor, r: Radius, block_elems: Optional[int] = None) -> Tensor:
+    """θ of :func:`_angle` for same-shape ``x, y: [..., C]`` (``[..., 1]``), in about two reads of the data.
+
+    Two fused reductions without temporaries (batched matrix products): ``p = ⟨x, y⟩/R`` and ``q = ‖y‖²``.
+    Where the angle is well conditioned, ``|p| ≤ ½·√q`` (θ ∈ [π/3, 2π/3] for y on the sphere), the
+    tangent part ``n = √(q − p²)`` loses at most a factor 4/3 to cancellation, so ``θ = atan2(n, p)`` is
+    accurate to a few float32 ulps: the same quantity as :func:`_angle` (which also takes ‖x‖ = R).
+    Every other row (near 0 or π, or non-finite) is recomputed with the exact difference ``y − σx`` by
+    :func:`blocked_theta`. Random points in high dimension all lie near π/2, so ``dist`` of such batches
+    costs two reductions; a batch of near-identical points costs the reductions plus the exact pass.
+    Eager only (reads a mask into Python).
+    """
+    C = x.shape[-1]
+    xf, yf = x.reshape(-1, 1, C), y.reshape(-1, C, 1)
+    p = torch.bmm(xf, yf).view(-1, 1)
+    q = torch.bmm(yf.transpose(1, 2), yf).view(-1, 1)
+    rf = r if isinstance(r, float) else r.expand(x.shape[:-1] + (1,)).reshape(-1, 1)
+    p = p / rf
+    theta = torch.atan2(safe_sqrt(q - p * p), p)
+    ill = ~(p.abs() <= 0.5 * torch.sqrt(q))  # near 0 or π, or NaN / Inf anywhere in the row
+    if bool(ill.any()):
+        rows = ill.view(-1).nonzero().squeeze(1)
+        r_ill = rf if isinstance(rf, float) else rf[rows]
+        theta[rows] = blocked_theta(xf[rows, 0], yf[rows, :, 0], r_ill, block_elems)
+    return theta.view(x.shape[:-1] + (1,))
+
+
 class _Fallback(NamedTuple):
     """The antipodal direction f̂ = (e_j − (x_j/R²) x)/s, stored as its pieces (``[..., 1]`` each)."""
 

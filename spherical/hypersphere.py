@@ -20,8 +20,9 @@ Factors such as θ/sin θ and sin(tθ)/sin θ are evaluated through the series h
 under ``torch.compile(fullgraph=True)`` (inductor included) and under ``torch.func`` transforms (vmap,
 grad, jacrev, jacfwd, jvp) with batching rules only: in plain eager mode the kernels update their fresh
 outputs in place, under a transform or compile they are purely functional (:func:`_kernels.eager_mode`).
-In eager mode on CPU, ``dist`` of large same-shape batches runs the same formula over cache-sized row
-blocks (:func:`_kernels.blocked_theta`), so no batch-sized temporary is written.
+In eager mode on CPU, ``dist`` of large same-shape batches takes θ from two fused reductions where it is
+well conditioned and recomputes the other rows with the exact difference over cache-sized row blocks
+(:func:`_kernels.split_theta`, :func:`_kernels.blocked_theta`), so no batch-sized temporary is written.
 
 Non-finite input coordinates give NaN results (never a plausible 0 or π).
 
@@ -48,7 +49,7 @@ with warnings.catch_warnings():  # geoopt 0.5 calls torch.jit.script at import: 
     import geoopt
 
 from ._kernels import (BLOCK_ELEMS, Radius, _add_first_two, _addcmul_fresh, _angle, _combine, _dot, _fallback,
-                       _fold_fallback, _frame, _Frame, _norm, blocked_theta, eager_mode)
+                       _fold_fallback, _frame, _Frame, _norm, eager_mode, split_theta)
 from ._series import safe_div, sinc, theta_over_sin
 
 __all__ = ["Hypersphere"]
@@ -273,7 +274,7 @@ class Hypersphere(geoopt.Manifold):
         r = self._rad(x)
         if x.shape == y.shape and x.device.type == "cpu" and x.numel() >= 4 * BLOCK_ELEMS and eager_mode() \
                 and not (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)):
-            theta = blocked_theta(x, y, r)  # same formula over cache-sized row blocks (see _kernels)
+            theta = split_theta(x, y, r)  # two fused reductions; ill-conditioned rows exactly (see _kernels)
         else:
             theta = _angle(x, y, r).theta
         out = r * theta

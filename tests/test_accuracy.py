@@ -12,7 +12,7 @@ from hypothesis import given, strategies as st
 
 from spherical import Hypersphere
 from spherical import strategies as sst
-from spherical._kernels import blocked_theta
+from spherical._kernels import blocked_theta, split_theta
 
 BOUND = 1e-5
 
@@ -58,6 +58,34 @@ def test_float32_dist_and_logmap_relative_error(pair):
     d_blocked = r * blocked_theta(pair.x, pair.y, r, block_elems=3 * pair.case.channels).squeeze(-1).double()
     rel_b = ((d_blocked - d_ref).abs() / d_ref).max().item()
     assert rel_b <= BOUND, f"blocked dist rel. error {rel_b:.2e} at θ={pair.theta:.3g}, C={pair.case.channels}"
+    # ... and so does the split path (two fused reductions where θ is well conditioned, exact rows elsewhere)
+    d_split = r * split_theta(pair.x, pair.y, r, block_elems=3 * pair.case.channels).squeeze(-1).double()
+    rel_s = ((d_split - d_ref).abs() / d_ref).max().item()
+    assert rel_s <= BOUND, f"split dist rel. error {rel_s:.2e} at θ={pair.theta:.3g}, C={pair.case.channels}"
+
+
+def test_split_dist_takes_the_reductions_only_where_well_conditioned():
+    """Rows at θ ∈ [π/3, 2π/3] come from ⟨x, y⟩ and ‖y‖² alone, the rest from the exact difference; both
+    agree with float64 to the contract, non-finite rows are NaN, and y = 0 rows equal the exact path's."""
+    torch.manual_seed(0)
+    S = Hypersphere(3.0)
+    x = S.projx(torch.randn(6, 257, 64, dtype=torch.float64))
+    theta = torch.linspace(1e-6, math.pi - 1e-4, 6 * 257, dtype=torch.float64).view(6, 257, 1)
+    y = S.expmap(x, _unit_tangent(S, x) * theta * 3.0)
+    xf, yf = x.float(), y.float()
+    ref = S.dist(xf.double(), yf.double())  # float64 on the very float32 inputs
+    got = 3.0 * split_theta(xf, yf, 3.0).squeeze(-1).double()
+    assert ((got - ref).abs() / ref).max().item() <= BOUND
+    yf[0, 0, 5] = float("inf")
+    yf[1, 0] = 0.0
+    out = split_theta(xf, yf, 3.0)
+    assert torch.isnan(out[0, 0]).all() and out[1, 0].item() == blocked_theta(xf[1, :1], yf[1, :1], 3.0).item()
+    assert torch.isfinite(out[2:]).all()
+
+
+def _unit_tangent(S, x):
+    v = S.proju(x, torch.randn_like(x))
+    return v / v.norm(dim=-1, keepdim=True)
 
 
 def test_float32_smallest_distances_are_resolved():

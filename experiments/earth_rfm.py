@@ -49,21 +49,22 @@ from models.sphere_mlp import SphereMLPConfig, SphereVelocityMLP  # noqa: E402
 from spherical import Hypersphere, geodesic_flow, rfm_loss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+_S2 = Hypersphere(1.0)
 PRESETS = {
     # CPU default: one dataset and seed in a few minutes on 1–2 cores.
-    "default": dict(width=256, depth=4, steps=6000, batch_size=512, lr=2e-3, warmup_steps=200, ema_decay=0.999,
+    "default": dict(width=256, depth=4, x_features=64, x_scale=16.0, time_power=2.0, steps=6000, batch_size=512, lr=2e-3, warmup_steps=200, ema_decay=0.999,
                     eval_every=500, patience=4, val_points=512, val_steps=8, test_steps=32, plot_lat=60,
                     plot_steps=16, threads=0),
     # The published scale (Chen & Lipman: 512×6 MLP, long training) for a GPU.
-    "paper": dict(width=512, depth=6, steps=100_000, batch_size=2048, lr=1e-3, warmup_steps=1000,
+    "paper": dict(width=512, depth=6, x_features=128, x_scale=16.0, time_power=2.0, steps=100_000, batch_size=2048, lr=1e-3, warmup_steps=1000,
                   ema_decay=0.9995, eval_every=2000, patience=10, val_points=0, val_steps=32, test_steps=128,
                   plot_lat=180, plot_steps=64, threads=0),
     # Seconds: tests and smoke runs.
-    "tiny": dict(width=32, depth=2, steps=60, batch_size=128, lr=3e-3, warmup_steps=5, ema_decay=0.9,
+    "tiny": dict(width=32, depth=2, x_features=8, x_scale=4.0, time_power=1.0, steps=60, batch_size=128, lr=3e-3, warmup_steps=5, ema_decay=0.9,
                  eval_every=20, patience=2, val_points=64, val_steps=2, test_steps=2, plot_lat=8, plot_steps=2,
                  threads=1),
 }
-_RESUME_KEYS = ("preset", "width", "depth", "steps", "batch_size", "lr", "warmup_steps", "ema_decay",
+_RESUME_KEYS = ("preset", "width", "depth", "x_features", "x_scale", "time_power", "steps", "batch_size", "lr", "warmup_steps", "ema_decay",
                 "eval_every", "patience", "val_points", "val_steps", "lambda_rad")
 
 
@@ -92,6 +93,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.x_features < 0 or args.x_scale <= 0 or args.time_power <= 0:
+        raise UserError("expected --x-features >= 0, --x-scale > 0 and --time-power > 0")
     for k in ("width", "depth", "steps", "batch_size", "eval_every", "val_steps", "test_steps", "plot_lat",
               "plot_steps"):
         if getattr(args, k) < 1:
@@ -104,6 +107,20 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError(f"--device {args.device} asked but CUDA is not available; use --device cpu")
     args.seeds = list(dict.fromkeys(args.seeds))
     return args
+
+
+def batch_loss(model: torch.nn.Module, data: torch.Tensor, batch_size: int, gen: torch.Generator, *,
+               time_power: float = 1.0, lambda_rad: float = 0.1):
+    """RFM loss of one batch: x₀ drawn with replacement from ``data`` ``[n, 3]``, x₁ uniform on S²,
+    ``t = u^time_power`` with u ~ U(0, 1) (a power > 1 puts more steps near the data end, where the
+    flow of a peaked density is sharpest), ``(x_t, u_t) = geodesic_flow(x₀, x₁, t)``.
+    Returns :class:`spherical.RFMLoss`."""
+    dev = data.device
+    x0 = data[torch.randint(len(data), (batch_size,), generator=gen, device=dev)]
+    x1 = _S2.random_uniform(batch_size, data.shape[-1], generator=gen, device=dev, dtype=data.dtype)
+    t = torch.rand(batch_size, 1, generator=gen, device=dev, dtype=data.dtype) ** time_power
+    xt, ut = geodesic_flow(x0, x1, t)
+    return rfm_loss(model(xt, t.squeeze(-1)), xt, ut, lambda_rad=lambda_rad)
 
 
 def train_one(args, dataset: str, seed: int) -> dict:
@@ -120,7 +137,8 @@ def train_one(args, dataset: str, seed: int) -> dict:
     train_x, val_x, test_x = (d.to(dev) for d in data)
     val_sub = val_x[:args.val_points] if args.val_points > 0 else val_x
     seed_everything(seed)
-    model = SphereVelocityMLP(SphereMLPConfig(width=args.width, depth=args.depth)).to(dev)
+    model = SphereVelocityMLP(SphereMLPConfig(width=args.width, depth=args.depth, x_features=args.x_features,
+                                              x_scale=args.x_scale)).to(dev)
     ema = EMA(model, args.ema_decay)
     opt = build_adamw(model.parameters(), args.lr, (0.9, 0.999), 0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda("cosine", args.warmup_steps, args.steps))
@@ -147,7 +165,7 @@ def train_one(args, dataset: str, seed: int) -> dict:
                     "scheduler": sched.state_dict(), "guard": guard.state_dict(), "rng": [checkpoint.capture_rng()],
                     "step": state["step"], "state": state, "args": vars(args)})
 
-    sphere, book, code, stopped = Hypersphere(1.0), StepBookkeeper(guard, ema, model, logger, sched), 0, False
+    book, code, stopped = StepBookkeeper(guard, ema, model, logger, sched), 0, False
     progress = Progress(args.steps, state["step"], enabled=not args.no_progress, desc=f"{dataset}/s{seed}")
     t_start = time.time() - state["wall_s"]
     with checkpoint.StopSignals() as stop:
@@ -155,12 +173,9 @@ def train_one(args, dataset: str, seed: int) -> dict:
             while state["step"] < args.steps and not state["stopped_early"]:
                 step = state["step"]
                 gen = torch.Generator(dev).manual_seed(mix_seed(seed, step))
-                x0 = train_x[torch.randint(len(train_x), (args.batch_size,), generator=gen, device=dev)]
-                x1 = sphere.random_uniform(args.batch_size, 3, generator=gen, device=dev)
-                t = torch.rand(args.batch_size, 1, generator=gen, device=dev)
-                xt, ut = geodesic_flow(x0, x1, t)
                 opt.zero_grad(set_to_none=True)
-                loss = rfm_loss(model(xt, t.squeeze(-1)), xt, ut, lambda_rad=args.lambda_rad)
+                loss = batch_loss(model, train_x, args.batch_size, gen, time_power=args.time_power,
+                                  lambda_rad=args.lambda_rad)
                 loss.total.backward()
                 gnorm = float(grads_finite_norm(list(model.parameters()), 0.0))
                 lval = float(loss.total.detach())

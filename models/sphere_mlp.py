@@ -1,8 +1,14 @@
 """A time-conditioned MLP velocity field on the sphere S^{C−1} (C = 3 for the earth benchmarks).
 
-``v(x, t) = P_x MLP([x, γ(t)])`` with ``γ(t) = [sin(2π f_k t), cos(2π f_k t)]_k`` (``f_k`` geometric from
-``1/2`` to ``max_freq``) and ``P_x u = u − ⟨u, x⟩x/‖x‖²`` the projection onto the tangent space at x, so the
-field is tangent by construction. Smooth activations (SiLU) keep the divergence (needed by
+``v(x, t) = P_x MLP([x, sin(Bᵀx), cos(Bᵀx), γ(t)])`` with
+
+* ``B ∈ R^{C×F}`` fixed random Fourier features of the position, ``B_ij ~ N(0, x_scale²)`` drawn once from
+  ``feature_seed`` (a buffer saved with the weights; ``F = x_features``, 0 = off). They let a small MLP
+  represent densities with features far smaller than a radian (fire and flood events cluster within
+  a degree), which plain coordinates learn only slowly;
+* ``γ(t) = [sin(2π f_k t), cos(2π f_k t)]_k``, ``f_k`` geometric from ``1/2`` to ``max_freq``;
+* ``P_x u = u − ⟨u, x⟩x/‖x‖²`` the projection onto the tangent space at x, so the field is tangent by
+  construction. Smooth activations (SiLU) keep the divergence (needed by
 :func:`spherical.log_likelihood`) well defined. The forward pass is free of in-place ops and data-dependent
 control flow, so it works under ``torch.func`` (``vmap``, ``jacrev``, ``jacfwd``).
 """
@@ -19,18 +25,23 @@ __all__ = ["SphereMLPConfig", "SphereVelocityMLP"]
 
 @dataclass
 class SphereMLPConfig:
-    """Sizes of :class:`SphereVelocityMLP`: ``depth`` hidden layers of ``width`` units."""
+    """Sizes of :class:`SphereVelocityMLP`: ``depth`` hidden layers of ``width`` units, ``time_freqs``
+    sinusoids of t, ``x_features`` random Fourier features of x of scale ``x_scale`` (rad⁻¹)."""
 
     channels: int = 3
     width: int = 256
     depth: int = 4
     time_freqs: int = 8
     max_freq: float = 32.0
+    x_features: int = 0
+    x_scale: float = 8.0
+    feature_seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.channels < 2 or self.width < 1 or self.depth < 1 or self.time_freqs < 1 or self.max_freq <= 0:
-            raise ValueError(f"SphereMLPConfig: expected channels >= 2, width, depth, time_freqs >= 1 and "
-                             f"max_freq > 0, got {self}")
+        if (self.channels < 2 or self.width < 1 or self.depth < 1 or self.time_freqs < 1 or self.max_freq <= 0
+                or self.x_features < 0 or self.x_scale <= 0):
+            raise ValueError(f"SphereMLPConfig: expected channels >= 2, width, depth, time_freqs >= 1, "
+                             f"x_features >= 0 and max_freq, x_scale > 0, got {self}")
 
 
 class SphereVelocityMLP(nn.Module):
@@ -43,7 +54,9 @@ class SphereVelocityMLP(nn.Module):
         lo, hi = math.log(0.5), math.log(config.max_freq)
         freqs = torch.exp(torch.linspace(lo, hi, config.time_freqs)) if config.time_freqs > 1 else torch.ones(1)
         self.register_buffer("freqs", 2 * math.pi * freqs, persistent=False)
-        dims = [config.channels + 2 * config.time_freqs] + [config.width] * config.depth
+        gen = torch.Generator().manual_seed(config.feature_seed)
+        self.register_buffer("x_proj", config.x_scale * torch.randn(config.channels, config.x_features, generator=gen))
+        dims = [config.channels + 2 * config.x_features + 2 * config.time_freqs] + [config.width] * config.depth
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
             layers += [nn.Linear(a, b), nn.SiLU()]
@@ -63,6 +76,7 @@ class SphereVelocityMLP(nn.Module):
         if x.shape[-1:] != (self.config.channels,):
             raise ValueError(f"SphereVelocityMLP: expected x [..., {self.config.channels}], got {tuple(x.shape)}")
         t = torch.as_tensor(t, device=x.device)
-        h = torch.cat([x, self.time_features(t, x.shape[:-1]).to(x.dtype)], dim=-1)
+        xp = x @ self.x_proj.to(x.dtype)
+        h = torch.cat([x, xp.sin(), xp.cos(), self.time_features(t, x.shape[:-1]).to(x.dtype)], dim=-1)
         u = self.net(h)
         return u - (u * x).sum(-1, keepdim=True) / (x * x).sum(-1, keepdim=True) * x

@@ -143,3 +143,21 @@ def write_table(results: dict[str, list[dict]], settings: dict, json_path: Path,
     lines.append("| ours: wall time per seed (mean) | " + " | ".join(walls) + " |")
     md_path.write_text("\n".join(lines) + "\n")
     return summ
+
+
+def fit_vmf_s2(x: Tensor, iters: int = 20) -> tuple[Tensor, Tensor]:
+    r"""Maximum-likelihood von Mises–Fisher fit on S²: ``(loc [3], concentration [])`` in float64.
+
+    ``μ̂ = x̄/‖x̄‖`` and κ̂ solves ``A(κ) = coth κ − 1/κ = R̄ = ‖x̄‖`` (x̄ the mean of ``x`` ``[N, 3]``): Newton
+    from Banerjee et al.'s start ``R̄(3 − R̄²)/(1 − R̄²)`` with ``A'(κ) = 1/κ² − 1/sinh²κ``.
+    """
+    if x.dim() != 2 or x.shape[-1] != 3 or x.shape[0] < 2:
+        raise ValueError(f"fit_vmf_s2: expected [N >= 2, 3] points on S², got {tuple(x.shape)}")
+    m = x.double().mean(0)
+    r = m.norm().clamp(1e-12, 1 - 1e-12)
+    k = r * (3 - r * r) / (1 - r * r)
+    for _ in range(iters):
+        a = 1 / torch.tanh(k) - 1 / k
+        da = 1 / (k * k) - 1 / torch.sinh(k).square()
+        k = (k - (a - r) / da.clamp_min(1e-300)).clamp_min(1e-8)
+    return m / m.norm(), k

@@ -8,6 +8,7 @@
 from .flow import FlowSample, RFMLoss, dimension_shift, geodesic_flow, rfm_loss, sample_time, time_shift
 from .hypersphere import Hypersphere
 from .integrate import METHODS, integrate, odeint
+from . import distributions  # noqa: E402  (spherical.distributions as an attribute)
 
 __all__ = [
     "Hypersphere", "geodesic_flow", "FlowSample", "rfm_loss", "RFMLoss", "sample_time", "time_shift",

@@ -2,8 +2,9 @@
 
 ``v(x, t) = P_x MLP([x, sin(Bᵀx), cos(Bᵀx), γ(t)])`` with
 
-* ``B ∈ R^{C×F}`` fixed random Fourier features of the position, ``B_ij ~ N(0, x_scale²)`` drawn once from
-  ``feature_seed`` (a buffer saved with the weights; ``F = x_features``, 0 = off). They let a small MLP
+* ``B ∈ R^{C×F}`` fixed random Fourier features of the position: random directions with frequencies
+  geometric from 1 to ``x_scale`` rad⁻¹ (:func:`fourier_directions`, drawn once from ``feature_seed``; a
+  buffer saved with the weights; ``F = x_features``, 0 = off). They let a small MLP
   represent densities with features far smaller than a radian (fire and flood events cluster within
   a degree), which plain coordinates learn only slowly;
 * ``γ(t) = [sin(2π f_k t), cos(2π f_k t)]_k``, ``f_k`` geometric from ``1/2`` to ``max_freq``;
@@ -44,6 +45,17 @@ class SphereMLPConfig:
                              f"x_features >= 0 and max_freq, x_scale > 0, got {self}")
 
 
+def fourier_directions(config: SphereMLPConfig) -> Tensor:
+    """``B`` ``[C, F]``: column j is ``s_j·d_j`` with ``d_j`` uniform on S^{C−1} and the frequencies ``s_j``
+    geometric from 1 to ``x_scale`` (rad⁻¹; one octave band per feature, coarse to fine), from ``feature_seed``."""
+    gen = torch.Generator().manual_seed(config.feature_seed)
+    d = torch.randn(config.channels, config.x_features, generator=gen)
+    d = d / d.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    if config.x_features <= 1:
+        return d * config.x_scale
+    return d * torch.exp(torch.linspace(0.0, math.log(config.x_scale), config.x_features))
+
+
 class SphereVelocityMLP(nn.Module):
     """``velocity(x, t)``: x ``[..., C]`` on the sphere, t a 0-dim tensor or ``[...]`` (one per point)
     → tangent vectors ``[..., C]``."""
@@ -54,8 +66,7 @@ class SphereVelocityMLP(nn.Module):
         lo, hi = math.log(0.5), math.log(config.max_freq)
         freqs = torch.exp(torch.linspace(lo, hi, config.time_freqs)) if config.time_freqs > 1 else torch.ones(1)
         self.register_buffer("freqs", 2 * math.pi * freqs, persistent=False)
-        gen = torch.Generator().manual_seed(config.feature_seed)
-        self.register_buffer("x_proj", config.x_scale * torch.randn(config.channels, config.x_features, generator=gen))
+        self.register_buffer("x_proj", fourier_directions(config))
         dims = [config.channels + 2 * config.x_features + 2 * config.time_freqs] + [config.width] * config.depth
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):

@@ -40,27 +40,35 @@ PUBLISHED: dict[str, dict[str, Optional[tuple[float, float]]]] = {
 }
 
 
-def time_grid(steps: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Uniform grid ``[steps + 1]`` from 0 (data) to 1 (noise)."""
-    if steps < 1:
-        raise ValueError(f"time_grid: need at least one step, got {steps}")
-    return torch.linspace(0.0, 1.0, steps + 1, dtype=dtype)
+GRID_POWER = 2.0
 
 
-def log_density(velocity: Velocity, x: Tensor, *, steps: int, method: str = "rk4", chunk: int = 4096) -> Tensor:
+def time_grid(steps: int, dtype: torch.dtype = torch.float32, power: float = GRID_POWER) -> Tensor:
+    """Grid ``t_k = (k/steps)^power``, ``k = 0..steps`` (``[steps + 1]``), from 0 (data) to 1 (noise).
+
+    ``power = 2`` puts small steps near the data end, where the field of a peaked density changes fastest
+    (the likelihood of a sharply fitted model converges in far fewer steps than on a uniform grid)."""
+    if steps < 1 or power <= 0:
+        raise ValueError(f"time_grid: need at least one step and power > 0, got {steps}, {power}")
+    return torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).pow(power).to(dtype)
+
+
+def log_density(velocity: Velocity, x: Tensor, *, steps: int, method: str = "rk4", chunk: int = 4096,
+                power: float = GRID_POWER) -> Tensor:
     """``log p(x)`` ``[N]`` of points ``x`` ``[N, 3]`` under the flow of ``velocity`` (exact divergence,
-    ``steps`` steps of ``method`` on a uniform grid), in chunks of ``chunk`` points."""
+    ``steps`` steps of ``method`` on :func:`time_grid`), in chunks of ``chunk`` points."""
     from spherical import log_likelihood
 
-    t = time_grid(steps, x.dtype).to(x.device)
+    t = time_grid(steps, x.dtype, power).to(x.device)
     out = [log_likelihood(velocity, xb, t, sphere=_S2, method=method, divergence="exact").detach()
            for xb in x.split(chunk)]
     return torch.cat(out)
 
 
-def nll(velocity: Velocity, x: Tensor, *, steps: int, method: str = "rk4", chunk: int = 4096) -> float:
+def nll(velocity: Velocity, x: Tensor, *, steps: int, method: str = "rk4", chunk: int = 4096,
+        power: float = GRID_POWER) -> float:
     """Mean negative log-likelihood in nats per point (see :func:`log_density`)."""
-    return float(-log_density(velocity, x, steps=steps, method=method, chunk=chunk).double().mean())
+    return float(-log_density(velocity, x, steps=steps, method=method, chunk=chunk, power=power).double().mean())
 
 
 def latlon_grid(n_lat: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -7,10 +7,13 @@
 """
 from .flow import FlowSample, RFMLoss, dimension_shift, geodesic_flow, rfm_loss, sample_time, time_shift
 from .hypersphere import Hypersphere
+from .adaptive import ADAPTIVE_METHODS, SolverStats
 from .integrate import METHODS, integrate, odeint
+from .likelihood import divergence, log_likelihood
 from . import distributions  # noqa: E402  (spherical.distributions as an attribute)
 
 __all__ = [
     "Hypersphere", "geodesic_flow", "FlowSample", "rfm_loss", "RFMLoss", "sample_time", "time_shift",
-    "dimension_shift", "integrate", "odeint", "METHODS",
+    "dimension_shift", "integrate", "odeint", "METHODS", "ADAPTIVE_METHODS", "SolverStats", "log_likelihood",
+    "divergence",
 ]

@@ -8,6 +8,9 @@ Euclidean order (1, 2, 2, 4). On the sphere of radius R the inverse differential
 with ``y = exp_x(ξ)``, ``θ = ‖ξ‖/R`` and ``w̄ = P_{y→x} w`` (parallel transport back),
 ``(D exp_x(ξ))⁻¹ w = w̄_∥ + w̄_⊥ / sinc θ`` where ``∥``/``⊥`` split along ``ξ``.
 
+``dopri5`` and ``bosh3`` are adaptive embedded pairs taken in the same normal coordinates, with the error
+estimate measured in ``T_xS`` (:mod:`spherical.adaptive`).
+
 ``projected_euler`` and ``projected_rk4`` step in ambient space and project onto the sphere (for
 comparison: they are what most codebases do).
 
@@ -22,11 +25,11 @@ import torch
 import torchdiffeq
 from torch import Tensor
 
-from ._series import sinc
-from ._kernels import _dot, _norm
+from ._normal import rk_combine, rk_stages
+from .adaptive import ADAPTIVE_METHODS, SolverStats, solve_adaptive
 from .hypersphere import Hypersphere
 
-__all__ = ["integrate", "odeint", "METHODS"]
+__all__ = ["integrate", "odeint", "METHODS", "ADAPTIVE_METHODS", "SolverStats"]
 
 Velocity = Callable[[Tensor, Tensor], Tensor]
 
@@ -53,31 +56,11 @@ class _Counted:
         return self.sphere.proju(x, v.to(x.dtype))
 
 
-def _dexp_inv(sphere: Hypersphere, x: Tensor, xi: Tensor, y: Tensor, w: Tensor) -> Tensor:
-    """``(D exp_x(ξ))⁻¹ w`` for ``w ∈ T_yS``, ``y = exp_x(ξ)``; all ``[..., C]``."""
-    wb = sphere.transp(y, x, w)
-    r = sphere._rad(x)
-    nxi = _norm(xi)
-    ehat = xi / torch.where(nxi > 0, nxi, torch.ones_like(nxi))
-    par = _dot(wb, ehat) * ehat
-    return par + (wb - par) / sinc(nxi / r)
-
-
 def _rk_normal_step(f: _Counted, x: Tensor, t: Tensor, h: Tensor, tableau) -> Tensor:
     """One explicit RK step of ``ξ̇ = F(ξ)`` in ``T_xS`` from ξ = 0; returns ``exp_x(ξ_1)``."""
     a, b, c = tableau
-    sphere = f.sphere
-    ks: List[Tensor] = []
-    for i in range(len(b)):
-        if i == 0:
-            k = f(x, t)  # F(0) = v(x): D exp_x(0) is the identity
-        else:
-            xi = sum(h * aij * kj for aij, kj in zip(a[i - 1], ks) if aij != 0.0)
-            y = sphere.expmap(x, xi)
-            k = _dexp_inv(sphere, x, xi, y, f(y, t + c[i] * h))
-        ks.append(k)
-    xi = sum(h * bi * ki for bi, ki in zip(b, ks) if bi != 0.0)
-    return sphere.expmap(x, xi)
+    ks, gs, _ = rk_stages(lambda y, tt: (f(y, tt), None), f.sphere, x, t, h, a, c)
+    return rk_combine(f.sphere, x, None, h, b, ks, gs)[0]
 
 
 def _projected_euler_step(f: _Counted, x: Tensor, t: Tensor, h: Tensor) -> Tensor:
@@ -112,9 +95,9 @@ def _check_grid(t: Tensor, name: str) -> Tensor:
 
 
 def integrate(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersphere, method: str = "euler",
-              return_path: bool = False, return_nfe: bool = False
-              ) -> Union[Tensor, Tuple[Tensor, int]]:
-    r"""Integrates ``ẋ = v(x, t)`` on the sphere over a fixed time grid.
+              return_path: bool = False, return_nfe: bool = False, rtol: float = 1e-5, atol: float = 1e-5,
+              return_stats: bool = False) -> Union[Tensor, Tuple[Tensor, int], Tuple[Tensor, SolverStats]]:
+    r"""Integrates ``ẋ = v(x, t)`` on the sphere over a fixed time grid, or adaptively between its points.
 
     Args:
         velocity: ``v(x, t) -> [..., C]`` with ``x: [..., C]`` and ``t`` a 0-dim tensor; the output is an
@@ -123,25 +106,40 @@ def integrate(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersphere, 
         t: ``[K]`` strictly monotone grid (decreasing for sampling from noise at t = 1 to data at 0).
         sphere: the manifold.
         method: one of ``euler``, ``midpoint``, ``heun``, ``rk4`` (steps through the exponential map,
-            orders 1, 2, 2, 4), ``projected_euler``, ``projected_rk4`` (ambient step + projx).
+            orders 1, 2, 2, 4), ``projected_euler``, ``projected_rk4`` (ambient step + projx), or the
+            adaptive pairs ``dopri5``, ``bosh3`` (:mod:`spherical.adaptive`: embedded RK 5(4)/3(2) in normal
+            coordinates; ``t`` then only lists the times to report, two end points suffice).
         return_path: return all grid points ``[K, ..., C]`` instead of the end point ``[..., C]``.
         return_nfe: also return the number of velocity evaluations.
+        rtol, atol: tolerances of the adaptive methods (ignored by the fixed-grid ones).
+        return_stats: also return :class:`SolverStats` ``(nfe, accepted, rejected)`` (fixed grids:
+            ``(nfe, K − 1, 0)``); not together with ``return_nfe``.
 
     Returns:
-        The end point (or the path), and the evaluation count if ``return_nfe``.
+        The end point (or the path), and the evaluation count if ``return_nfe`` / the stats if
+        ``return_stats``.
     """
-    if method not in _STEPS:
-        raise ValueError(f"integrate: unknown method {method!r}; expected one of {METHODS}")
+    if method not in _STEPS and method not in ADAPTIVE_METHODS:
+        raise ValueError(f"integrate: unknown method {method!r}; expected one of {METHODS + ADAPTIVE_METHODS}")
+    if return_nfe and return_stats:
+        raise ValueError("integrate: pass return_nfe or return_stats, not both")
     t = _check_grid(t, "integrate").to(device=x.device)
     f = _Counted(velocity, sphere)
-    step = _STEPS[method]
-    path = [x]
-    for k in range(t.numel() - 1):
-        tk = t[k].to(x.dtype if x.is_floating_point() else torch.float32)
-        x = step(f, x, tk, (t[k + 1] - t[k]).to(tk.dtype))
-        if return_path:
-            path.append(x)
-    out = torch.stack(path) if return_path else x
+    if method in ADAPTIVE_METHODS:
+        out, _, stats = solve_adaptive(lambda y, tt: (f(y, tt), None), sphere, x, t, method=method, rtol=rtol,
+                                       atol=atol, return_path=return_path)
+    else:
+        step = _STEPS[method]
+        path = [x]
+        for k in range(t.numel() - 1):
+            tk = t[k].to(x.dtype if x.is_floating_point() else torch.float32)
+            x = step(f, x, tk, (t[k + 1] - t[k]).to(tk.dtype))
+            if return_path:
+                path.append(x)
+        out = torch.stack(path) if return_path else x
+        stats = SolverStats(f.nfe, t.numel() - 1, 0)
+    if return_stats:
+        return out, stats
     return (out, f.nfe) if return_nfe else out
 
 

@@ -1,0 +1,191 @@
+r"""Log-likelihoods of flows on products of spheres (continuous change of variables).
+
+For the ODE ``ẋ = v(x, t)`` on ``M = (S^{C−1}_R)^N`` the densities ``p_t`` (w.r.t. the Riemannian volume,
+i.e. the product of surface measures of radius R) transported by the flow obey
+``d/dt log p_t(x_t) = −div_M v(x_t, t)``, hence for a sample ``x`` at the data end ``t_0`` and the base
+density at the noise end ``t_1``:
+
+.. math::
+    \log p_{t_0}(x) = \log p_{t_1}(x_{t_1}) + \int_{t_0}^{t_1} \operatorname{div}_M v(x_t, t)\,dt .
+
+Divergence on the sphere. Extend the tangent field to a neighbourhood by
+``Ṽ(y) = P_y v(y) = v(y) − (⟨y, v(y)⟩/‖y‖²)·y`` (per token) and let ``J = DṼ(x)`` be its ambient Jacobian,
+``[D, D]`` with ``D = N·C``. The Riemannian divergence of a tangent field on an embedded submanifold is the
+trace of the Jacobian of any extension restricted to the tangent space:
+``div_M V = Σ_i ⟨e_i, J e_i⟩`` over an orthonormal basis of ``T_xM``, i.e. ``tr(P J P) = tr(P J)`` with ``P``
+the block-diagonal tangent projector (``I − x̂x̂ᵀ`` per token). Because ``Ṽ`` is tangent at every ``y``,
+``⟨y_n, Ṽ_n(y)⟩ ≡ 0`` and its derivative gives ``x̂_nᵀ J x̂_n = 0``, so ``tr(P J) = tr(J)`` as well; the
+code uses ``tr(P J)``. Check: for ``v = ∇⟨x, n⟩ = P_x n`` on ``S^{C−1}_R`` this gives
+``div = −(C − 1)⟨x, n⟩/R²`` (the Laplacian of a linear function on the sphere).
+
+Estimators: ``exact`` builds ``J`` with ``D`` vector–Jacobian products per evaluation (small ``N·C``);
+``hutchinson`` uses ``E[zᵀ J z] = tr(P J P)`` for ``z = P ε`` with ``ε`` Rademacher or Gaussian
+(``E[εεᵀ] = I``), one VJP per probe. The probes ``ε`` are drawn once per call (fixed along the
+trajectory, so the augmented ODE is smooth and adaptive solvers see a deterministic field) and the
+estimates of ``probes`` of them are averaged.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ._normal import rk_combine, rk_stages
+from .adaptive import ADAPTIVE_METHODS, solve_adaptive
+from .hypersphere import Hypersphere
+from .integrate import _TABLEAUX, _check_grid
+
+__all__ = ["log_likelihood", "LIKELIHOOD_METHODS", "divergence"]
+
+Velocity = Callable[[Tensor, Tensor], Tensor]
+LIKELIHOOD_METHODS: Tuple[str, ...] = tuple(_TABLEAUX) + ADAPTIVE_METHODS
+_DIVERGENCES = ("exact", "hutchinson", "hutchinson-gaussian")
+_EXACT_CHUNK = 256  # vector-Jacobian products per batched backward pass
+
+
+def _tangent_field(velocity: Velocity, sphere: Hypersphere, y: Tensor, t: Tensor) -> Tensor:
+    v = velocity(y, t)
+    if not isinstance(v, Tensor) or v.shape != y.shape:
+        raise ValueError(f"log_likelihood: velocity(x, t) must return the shape of x {tuple(y.shape)}, "
+                         f"got {tuple(getattr(v, 'shape', ()))}")
+    return sphere.proju(y, v.to(y.dtype))
+
+
+def _vjps(out: Tensor, inp: Tensor, cots: Tensor) -> Tensor:
+    """``[K, *out.shape]`` cotangents → ``[K, *inp.shape]`` vector–Jacobian products (graph retained)."""
+    rows = []
+    for chunk in cots.split(_EXACT_CHUNK):
+        try:
+            rows.append(torch.autograd.grad(out, inp, chunk, retain_graph=True, is_grads_batched=True)[0])
+        except RuntimeError:  # an op without a batching rule: one backward pass per cotangent
+            rows.append(torch.stack([torch.autograd.grad(out, inp, c, retain_graph=True)[0] for c in chunk]))
+    return torch.cat(rows)
+
+
+def divergence(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersphere, method: str = "exact",
+               probes: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    r"""The tangent-projected velocity and its divergence on the sphere, per sample.
+
+    Args:
+        velocity: ``v(x, t)`` as in :func:`spherical.integrate` (samples must not interact: axis 0 is a batch).
+        x: ``[B, ..., C]`` points on ``sphere``.
+        t: 0-dim time.
+        sphere: the manifold.
+        method: ``exact`` (``tr(P J)`` from the full per-sample Jacobian) or ``hutchinson``.
+        probes: for ``hutchinson``: ``[P, B, ..., C]`` ambient probe vectors ``ε`` (``E[εεᵀ] = I``);
+            they are tangent-projected at ``x`` here.
+
+    Returns:
+        ``(v [B, ..., C] tangent at x, div [B])``, both detached.
+    """
+    B = x.shape[0]
+    with torch.enable_grad():
+        y = x.detach().requires_grad_(True)
+        v = _tangent_field(velocity, sphere, y, t)
+        if method == "exact":
+            D = x[0].numel()
+            eye = torch.eye(D, dtype=x.dtype, device=x.device)
+            cots = eye.unsqueeze(1).expand(D, B, D).reshape((D,) + tuple(x.shape))  # row i of every sample
+            J = _vjps(v, y, cots).reshape(D, B, D).transpose(0, 1)  # J[b, i, :] = ∂v_i/∂x
+            C = x.shape[-1]
+            n = D // C
+            xh = (x / x.norm(dim=-1, keepdim=True)).reshape(B, n, C)
+            Jb = J.reshape(B, n, C, n, C).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)  # [B, n, C, C] token blocks
+            radial = torch.einsum("bni,bnij,bnj->b", xh, Jb, xh)
+            div = J.diagonal(dim1=1, dim2=2).sum(-1) - radial
+        else:
+            z = sphere.proju(x.unsqueeze(0), probes.to(x.dtype))
+            zJ = _vjps(v, y, z)
+            div = (zJ * z).reshape(z.shape[0], B, -1).sum(-1).mean(0)
+    return v.detach(), div.detach()
+
+
+def _uniform_log_prob(sphere: Hypersphere, x: Tensor) -> Tensor:
+    """``Σ_tokens log Uniform(C, R).log_prob`` of ``x: [B, ..., C]`` → ``[B]``."""
+    from .distributions import Uniform
+
+    r = sphere._rad(x)
+    radius = r[..., 0] if isinstance(r, Tensor) else r
+    lp = Uniform(x.shape[-1], radius).log_prob(x)
+    return lp.reshape(x.shape[0], -1).sum(-1) if lp.dim() > 1 else lp
+
+
+@torch.no_grad()
+def log_likelihood(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersphere, method: str = "rk4",
+                   divergence: str = "exact", probes: int = 1,
+                   base: Optional[Callable[[Tensor], Tensor]] = None,
+                   generator: Optional[torch.Generator] = None, rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
+    r"""``log p(x)`` under the flow of ``velocity``, from the data end ``t[0]`` to the noise end ``t[-1]``.
+
+    Integrates ``x`` (on the manifold) jointly with ``a = ∫ div_M v(x_t, t) dt`` (Euclidean) and returns
+    ``log p_base(x_{t[-1]}) + a``. Densities are w.r.t. the product of surface measures of radius R.
+
+    Args:
+        velocity: ``v(x, t) -> [B, ..., C]`` ambient vector (tangent-projected here), ``t`` a 0-dim tensor.
+            Samples must be independent (axis 0 is a batch: no batch norm in training mode).
+        x: ``[B, ..., C]`` data points on ``sphere``; axis 0 is the batch, the rest one sample
+            (``[B, C]`` points, ``[B, N, C]`` N tokens: the divergence is the trace over all N·C coordinates).
+        t: ``[K]`` strictly monotone time grid, normally ``linspace(0, 1, K)`` (data → noise); adaptive
+            methods use only its end points.
+        sphere: the manifold.
+        method: a fixed-grid method stepping with the exponential map (``euler``, ``midpoint``, ``heun``,
+            ``rk4``) or an adaptive pair (``dopri5``, ``bosh3``, with ``rtol``/``atol``). The projected
+            methods are rejected: they are not steps of a flow on the manifold in normal coordinates.
+        divergence: ``exact``, ``hutchinson`` (Rademacher probes) or ``hutchinson-gaussian``.
+        probes: number of Hutchinson probes averaged (fixed along the trajectory).
+        base: ``x_1 [B, ..., C] -> [B]`` log-density at ``t[-1]``; ``None``: uniform on every token's sphere,
+            ``Σ_tokens spherical.distributions.Uniform(C, R).log_prob``.
+        generator: RNG for the probes.
+        rtol, atol: tolerances of the adaptive methods.
+
+    Returns:
+        ``[B]`` log-densities, in ``x``'s dtype, without autograd history.
+    """
+    allowed = LIKELIHOOD_METHODS
+    if method not in allowed:
+        raise ValueError(f"log_likelihood: method {method!r} not supported; expected one of {allowed} "
+                         f"(methods that step with the exponential map)")
+    if divergence not in _DIVERGENCES:
+        raise ValueError(f"log_likelihood: divergence must be one of {_DIVERGENCES}, got {divergence!r}")
+    if not isinstance(probes, int) or probes < 1:
+        raise ValueError(f"log_likelihood: probes must be a positive int, got {probes!r}")
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2 or x.shape[-1] < 2:
+        raise ValueError(f"log_likelihood: x must be a floating [B, ..., C] tensor with C >= 2, got "
+                         f"{getattr(x, 'shape', type(x))}")
+    t = _check_grid(t, "log_likelihood").to(device=x.device)
+    x = x.detach()
+    eps = None
+    if divergence != "exact":
+        shape = (probes,) + tuple(x.shape)
+        if divergence == "hutchinson":
+            eps = torch.randint(0, 2, shape, generator=generator, device=generator.device if generator is not None else x.device)
+            eps = (2 * eps - 1).to(device=x.device, dtype=x.dtype)
+        else:
+            eps = torch.randn(shape, generator=generator, dtype=x.dtype,
+                              device=generator.device if generator is not None else x.device).to(x.device)
+    kind = "exact" if divergence == "exact" else "hutchinson"
+
+    def field(y: Tensor, tt: Tensor) -> Tuple[Tensor, Tensor]:
+        return _divergence_fn(velocity, y, tt, sphere=sphere, method=kind, probes=eps)
+
+    aux = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    if method in ADAPTIVE_METHODS:
+        x1, a1, _ = solve_adaptive(field, sphere, x, t, method=method, rtol=rtol, atol=atol, aux=aux)
+    else:
+        a, b, c = _TABLEAUX[method]
+        x1, a1 = x, aux
+        for k in range(t.numel() - 1):
+            tk = t[k].to(x.dtype)
+            h = (t[k + 1] - t[k]).to(x.dtype)
+            ks, gs, _ = rk_stages(field, sphere, x1, tk, h, a, c)
+            x1, a1 = rk_combine(sphere, x1, a1, h, b, ks, gs)
+    lp = _uniform_log_prob(sphere, x1) if base is None else base(x1)
+    if not isinstance(lp, Tensor) or lp.shape != (x.shape[0],):
+        raise ValueError(f"log_likelihood: base(x) must return [B] = [{x.shape[0]}] log-densities, got "
+                         f"{tuple(getattr(lp, 'shape', ()))}")
+    return (lp.to(x.dtype) + a1).detach()
+
+
+_divergence_fn = divergence

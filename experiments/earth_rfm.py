@@ -53,8 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 _S2 = Hypersphere(1.0)
 PRESETS = {
     # CPU default: one dataset and seed in a few minutes on 1–2 cores.
-    "default": dict(width=256, depth=4, x_features=128, x_scale=64.0, time_power=3.0, steps=5000, batch_size=512,
-                    lr=2e-3, warmup_steps=200, ema_decay=0.995, eval_every=500, patience=4, val_points=512,
+    "default": dict(width=256, depth=4, x_features=128, x_scale=64.0, time_power=3.0, steps=2500, batch_size=512,
+                    lr=2e-3, warmup_steps=100, ema_decay=0.995, eval_every=250, patience=4, val_points=256,
                     val_steps=8, test_steps=32, plot_lat=60, plot_steps=16, threads=0),
     # The published scale (Chen & Lipman: 512×6 MLP, long training) for a GPU.
     "paper": dict(width=512, depth=6, x_features=256, x_scale=64.0, time_power=3.0, steps=100_000, batch_size=2048,

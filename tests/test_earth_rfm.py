@@ -117,3 +117,30 @@ def test_cli_errors_are_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--dataset", "moon"])
     assert e.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_all_datasets_write_the_table_and_rerun_is_a_no_op(tmp_path):
+    """``--dataset all`` over a small stand-in data folder (one CSV per dataset name, comments + header):
+    every dataset is trained, the table lists each (n=1), the density PNGs are copied; a second
+    run finds every result and rewrites the same table."""
+    from experiments.common.earth import FILES
+
+    data = tmp_path / "data"
+    data.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for i, f in enumerate(FILES.values()):
+        lat = (torch.rand(40, generator=gen) * 40 - 20 + 10 * i).tolist()
+        lon = (torch.rand(40, generator=gen) * 60 - 30 * i).tolist()
+        (data / f).write_text("# stand-in\nlat,lon\n" + "".join(f"{a:.3f},{b:.3f}\n" for a, b in zip(lat, lon)))
+    argv = ["--preset", "tiny", "--dataset", "all", "--seeds", "3", "--steps", "20", "--eval-every", "10",
+            "--data-dir", str(data), "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
+            "--no-progress"]
+    assert main(argv) == 0
+    table = json.loads((tmp_path / "res" / "earth_nll.json").read_text())
+    assert sorted(table["summary"]) == sorted(FILES)
+    assert all(s["seeds"] == [3] and len(s["test_nll"]) == 1 for s in table["summary"].values())
+    assert all((tmp_path / "res" / f"earth_density_{d}.png").is_file() for d in FILES)
+    md = (tmp_path / "res" / "earth_nll.md").read_text()
+    assert md.count("(n=1)") == 4
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "res" / "earth_nll.json").read_text())["summary"] == table["summary"]

@@ -51,8 +51,9 @@ def test_vmf_fitted_by_maximum_likelihood_has_test_nll_near_the_entropy():
 
 def test_rfm_on_a_two_mode_vmf_mixture_beats_the_uniform():
     """300 RFM steps of a small MLP on a mixture of two vMF (κ = 12, modes 90° apart) lower the test NLL
-    below the uniform's log 4π by more than 0.6 nats, and not below the true mixture's NLL on the same
-    points by more than 0.1 (a likelihood that beat the truth by much would be a bug)."""
+    below the uniform's log 4π = 2.531 by more than 1.2 nats, to within 0.1 of the true mixture's NLL on the
+    same points, and not below it by more than 0.1 (a likelihood that beat the truth would be a bug).
+    Measured: model 1.120, truth 1.098 (margin to the uniform 1.41 nats)."""
     torch.manual_seed(1)
     modes = [VonMisesFisher(torch.tensor(m, dtype=torch.float64), torch.tensor(12.0, dtype=torch.float64))
              for m in ([0.0, 0.0, 1.0], [1.0, 0.0, 0.0])]
@@ -69,8 +70,8 @@ def test_rfm_on_a_two_mode_vmf_mixture_beats_the_uniform():
     model_nll = nll(model, test, steps=8)
     true_nll = -float(torch.logsumexp(torch.stack([d.log_prob(test.double()) for d in modes]), 0).sub(math.log(2))
                       .mean())
-    assert model_nll < LOG_4PI - 0.6
-    assert model_nll > true_nll - 0.1
+    assert model_nll < LOG_4PI - 1.2
+    assert true_nll - 0.1 < model_nll < true_nll + 0.1
 
 
 def test_summary_means_std_and_beaten_rows():

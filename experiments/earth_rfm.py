@@ -267,8 +267,8 @@ def _main(argv=None) -> int:
         settings = {k: v for k, v in vars(args).items() if k not in ("out", "results", "data_dir")}
         summ = write_table(results, settings, out / "earth_nll.json", out / "earth_nll.md")
         for d in datasets:
-            png = results[d][0].get("density_png")
-            if png and Path(png).is_file():
+            png = Path(args.out) / d / f"seed{results[d][0]['seed']}" / "density.png"  # the run folder's own
+            if png.is_file():
                 shutil.copyfile(png, out / f"earth_density_{d}.png")
         print((out / "earth_nll.md").read_text())
         for d, s in summ.items():

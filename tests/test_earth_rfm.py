@@ -140,7 +140,8 @@ def test_all_datasets_write_the_table_and_rerun_is_a_no_op(tmp_path):
     table = json.loads((tmp_path / "res" / "earth_nll.json").read_text())
     assert sorted(table["summary"]) == sorted(FILES)
     assert all(s["seeds"] == [3] and len(s["test_nll"]) == 1 for s in table["summary"].values())
-    assert all((tmp_path / "res" / f"earth_density_{d}.png").is_file() for d in FILES)
+    assert all((tmp_path / "res" / f"earth_density_{d}.png").read_bytes()
+               == (tmp_path / "runs" / d / "seed3" / "density.png").read_bytes() for d in FILES)
     md = (tmp_path / "res" / "earth_nll.md").read_text()
     assert md.count("(n=1)") == 4
     assert main(argv) == 0

@@ -1,7 +1,7 @@
 """Training throughput and peak memory of the two training steps, one prepared script for a GPU session.
 
     python benchmarks/bench_gpu.py ae    # paper AE, stage 1, 256 px, random-init DINOv3-L, bf16, 50 steps
-    python benchmarks/bench_gpu.py dit   # LightningDiT-XL/1, RFM on random [256 x 1024] latents, bf16 trunk
+    python benchmarks/bench_gpu.py dit   # LightningDiT-XL/1, RFM on random [256 x 1024] latents: fp32, tf32, bf16
     python benchmarks/bench_gpu.py all --tiny --device cpu --steps 4 --warmup 1   # the same code, CPU-sized
 
 Each step is the one the training scripts run, built from their own pieces:
@@ -10,12 +10,15 @@ Each step is the one the training scripts run, built from their own pieces:
   decoder, gradient clipping and EMA with ``in1k_ae.py``'s paper stage-1 settings. LPIPS runs a VGG16 with random weights (``--lpips random``: the same
   cost as the real one, which cannot be downloaded offline) or is left out (``--lpips off``).
 * ``dit``: ``in1k_dit.flow_loss`` (uniform noise on the sphere, logit-normal t shifted by α = √(N·C/4096),
-  ``geodesic_flow``, ``rfm_loss`` with λ_rad = 0.1, label dropout 0.1; bf16 autocast around the DiT only),
-  AdamW, clipping and EMA with ``in1k_dit.py``'s paper settings (lr 2e-4, β 0.9/0.95, EMA 0.9995).
+  ``geodesic_flow``, ``rfm_loss`` with λ_rad = 0.1, label dropout 0.1), AdamW, clipping (off) and EMA with
+  ``in1k_dit.py``'s paper settings (lr 2e-4, β 0.9/0.95, EMA 0.9995), once per ``--dit-precisions`` entry:
+  ``fp32`` (the paper's and ``in1k_dit.py``'s default), ``tf32`` (fp32 with TF32 matmuls, ``--tf32``) and
+  ``bf16`` (autocast around the DiT, ``--precision bf16``), so the cost of training in FP32 is known.
 
 The batch is the largest of ``--batch-sizes`` whose step fits in memory (tried from the largest down).
 img/s counts the ``--steps`` − ``--warmup`` timed steps after warm-up (CUDA synchronised); peak memory is
-``torch.cuda.max_memory_allocated`` over the timed steps. Writes ``benchmarks/results/gpu_{ae,dit}.json``.
+``torch.cuda.max_memory_allocated`` over the timed steps. Writes ``benchmarks/results/gpu_{ae,dit}.json``
+(``gpu_dit.json``: the first precision's figures at the top level and every precision under ``by_precision``).
 """
 from __future__ import annotations
 
@@ -173,7 +176,8 @@ def dit_step_factory(args, dev: torch.device) -> tuple[Callable[[int], StepFn], 
     opt = build_adamw(params, hp["lr"], (hp["beta1"], hp["beta2"]), hp["weight_decay"])
     ema = EMA(model, hp["ema_decay"])
     sphere = Hypersphere(gaussian_norm_radius(ch))
-    ctx = {"args": flow_args, "sphere": sphere, "alpha": dimension_shift(n_tok, ch), "precision": args.precision}
+    ctx = {"args": flow_args, "sphere": sphere, "alpha": dimension_shift(n_tok, ch),
+           "precision": "bf16" if args.precision == "bf16" else "fp32"}
     gen = torch.Generator(dev).manual_seed(0)
 
     def make_step(b: int) -> StepFn:
@@ -196,17 +200,25 @@ def dit_step_factory(args, dev: torch.device) -> tuple[Callable[[int], StepFn], 
 
 
 def run(kind: str, args) -> dict:
+    """One measurement of ``kind`` at ``args.precision`` (``tf32`` = fp32 with TF32 matmuls allowed)."""
+    from experiments.in1k_dit import tf32_allowed
+
     dev = torch.device(args.device)
     factory = ae_step_factory if kind == "ae" else dit_step_factory
-    make_step, info = factory(args, dev)
-    sizes = args.batch_sizes or ([8, 4] if args.tiny else ([64, 32, 16] if kind == "ae" else [512, 256, 128, 64]))
-    batch, step = largest_fitting_batch(make_step, sizes, dev)
-    res = measure(step, batch, args.steps, args.warmup, dev)
+    with tf32_allowed(args.precision == "tf32"):
+        make_step, info = factory(args, dev)
+        sizes = args.batch_sizes or ([8, 4] if args.tiny else ([64, 32, 16] if kind == "ae" else
+                                                               [512, 256, 128, 64]))
+        batch, step = largest_fitting_batch(make_step, sizes, dev)
+        res = measure(step, batch, args.steps, args.warmup, dev)
+    del make_step, step
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
     res.update(info, kind=kind, precision=args.precision, compile=args.compile, device=str(dev),
                device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                torch=torch.__version__)
     mem = f", peak {res['peak_mem_gib']:.1f} GiB" if res["peak_mem_gib"] is not None else ""
-    print(f"bench_gpu {kind}: {info['what']}: batch {batch}, {res['img_per_s']:.1f} img/s, "
+    print(f"bench_gpu {kind} ({args.precision}): {info['what']}: batch {batch}, {res['img_per_s']:.1f} img/s, "
           f"{res['s_per_step'] * 1e3:.0f} ms/step{mem}; loss {res['loss_first']:.4f} -> {res['loss_last']:.4f}",
           flush=True)
     return res
@@ -217,7 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("kind", choices=("ae", "dit", "all"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", choices=("fp32", "bf16"), help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="AE step; default: bf16 on CUDA (the paper's "
+                   "AE recipe), fp32 on CPU")
+    p.add_argument("--dit-precisions", nargs="+", choices=("fp32", "tf32", "bf16"),
+                   help="DiT step, measured once each; default: fp32 tf32 bf16 on CUDA, fp32 on CPU")
     p.add_argument("--steps", type=int, default=50, help="steps in all, warm-up included")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     p.add_argument("--batch-sizes", type=int, nargs="+", help="candidates (default: ae 64 32 16; dit 512..64)")
@@ -241,12 +256,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     args.out.mkdir(parents=True, exist_ok=True)
+    ae_precision = args.precision
+    dit_precisions = args.dit_precisions or (["fp32", "tf32", "bf16"] if args.device.startswith("cuda")
+                                             else ["fp32"])
     for kind in (("ae", "dit") if args.kind == "all" else (args.kind,)):
-        res = run(kind, args)
+        if kind == "ae":
+            res = run(kind, _with(args, precision=ae_precision))
+        else:
+            runs = [run(kind, _with(args, precision=p)) for p in dit_precisions]
+            res = dict(runs[0], by_precision={r["precision"]: r for r in runs})
         path = args.out / f"gpu_{kind}{'_tiny' if args.tiny else ''}.json"
         path.write_text(json.dumps(res, indent=1) + "\n")
         print(f"bench_gpu: wrote {path}", flush=True)
     return 0
+
+
+def _with(args: argparse.Namespace, **changes) -> argparse.Namespace:
+    """A copy of ``args`` with ``changes``."""
+    return argparse.Namespace(**{**vars(args), **changes})
 
 
 if __name__ == "__main__":

@@ -1,16 +1,18 @@
 """Speed and float32 accuracy of the sphere operations: `spherical` vs the same formulas on geoopt.
 
-Usage: ``python benchmarks/bench_ops.py [--shape 64 256 1024] [--repeats 5] [--threads 2]``
+Usage: ``python benchmarks/bench_ops.py [--shape 64 256 1024] [--repeats 5] [--threads 2] [--no-compile]``
 
 Timing: expmap, logmap, dist, geodesic on a float32 ``[64, 256, 1024]`` batch (unit sphere) on CPU, with
-``x.clone()`` of the same tensor as the memory-bandwidth yardstick. "Fraction of clone bandwidth" is
+``x.clone()`` of the same tensor as the memory-bandwidth yardstick, eager and compiled
+(``torch.compile(fn, fullgraph=True)``, the default inductor backend: rows ``spherical+inductor`` and
+``geoopt+inductor``; their one-off compile time is recorded as ``compile_s``). "Fraction of clone bandwidth" is
 (minimum bytes the op must move / its time) ÷ (bytes clone moves / clone's time): reading x and y or u
 and writing the result is 3 tensors for expmap, logmap and geodesic, 2 for dist; clone moves 2.
 
 Accuracy: float32 relative error of dist and logmap against float64 on the same float32 inputs, as a
 function of θ (from 1e-7 up to π − 1e-7). geoopt's ``Sphere`` and the formulas built on it (geodesic as
 ``expmap(x, t·logmap(x, y))``) are the baseline; Meta's flow_matching joins if installed (it is not a dependency).
-Writes benchmarks/results/ops.json, ops_speed.png and ops_error.png.
+Writes benchmarks/results/ops.json, ops_speed.png and ops_error.png (``--prefix`` renames them).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -30,9 +33,19 @@ import torch  # noqa: E402
 
 import geoopt  # noqa: E402
 from spherical import Hypersphere  # noqa: E402
+from spherical._kernels import blocked_theta  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MOVED = {"expmap": 3, "logmap": 3, "geodesic": 3, "dist": 2}
+
+
+def compiled_libraries(libs):
+    """``name+inductor`` -> the same ops through ``torch.compile(fullgraph=True)`` (inductor)."""
+    out = {}
+    for name in ("spherical", "geoopt"):
+        if name in libs:
+            out[f"{name}+inductor"] = {op: torch.compile(fn, fullgraph=True) for op, fn in libs[name].items()}
+    return out
 
 
 def libraries():
@@ -61,7 +74,7 @@ def timeit(fn, repeats: int) -> float:
     return best
 
 
-def bench_speed(shape, repeats):
+def bench_speed(shape, repeats, compile_ops: bool = True):
     g = torch.Generator().manual_seed(0)
     S = Hypersphere(1.0)
     x = S.random_uniform(*shape, generator=g)
@@ -71,14 +84,22 @@ def bench_speed(shape, repeats):
     args = dict(expmap=(x, u), logmap=(x, y), dist=(x, y), geodesic=(x, y, t))
     clone = timeit(lambda: x.clone(), repeats)
     out = {"clone_ms": clone * 1e3, "ops": {}}
-    for name, ops in libraries().items():
+    libs = libraries()
+    if compile_ops:
+        libs.update(compiled_libraries(libs))
+    for name, ops in libs.items():
         if ops is None:
             continue
         for op, fn in ops.items():
+            row = {}
             with torch.no_grad():
+                if name.endswith("+inductor"):
+                    t0 = time.perf_counter()
+                    fn(*args[op])  # compile (timed separately from the steady state)
+                    row["compile_s"] = time.perf_counter() - t0
                 sec = timeit(lambda: fn(*args[op]), repeats)
-            out["ops"].setdefault(op, {})[name] = {
-                "ms": sec * 1e3, "clone_fraction": (MOVED[op] / 2) * clone / sec}
+            row.update(ms=sec * 1e3, clone_fraction=(MOVED[op] / 2) * clone / sec)
+            out["ops"].setdefault(op, {})[name] = row
     for op, rows in out["ops"].items():
         for name, row in rows.items():
             row["speedup_vs_geoopt"] = rows["geoopt"]["ms"] / row["ms"]
@@ -126,6 +147,10 @@ def bench_error(C: int = 1024, n: int = 200):
             "worst_logmap_rel_err_contract_range": rel_log[inside].max().item(),
             "smallest_nonzero_dist_at_theta_1e-7": d[0].item(),
         }
+        if name == "spherical":  # the cache-blocked eager dist that large batches take, on the same pairs
+            db = blocked_theta(x, y, 1.0, block_elems=8 * C).squeeze(-1).double()
+            rel_b = ((db - d_ref).abs() / d_ref).nan_to_num(nan=float("inf"))
+            res["libs"][name]["worst_blocked_dist_rel_err_contract_range"] = rel_b[inside].max().item()
     return res
 
 
@@ -171,14 +196,17 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--no-compile", action="store_true", help="skip the inductor rows")
+    p.add_argument("--prefix", default="ops", help="output names: PREFIX.json, PREFIX_speed.png, PREFIX_error.png")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    speed = bench_speed(tuple(args.shape), args.repeats)
-    speed.update(shape=args.shape, threads=args.threads)
+    load_before = os.getloadavg()[0]
+    speed = bench_speed(tuple(args.shape), args.repeats, compile_ops=not args.no_compile)
+    speed.update(shape=args.shape, threads=args.threads, load_avg_1min=[load_before, os.getloadavg()[0]])
     error = bench_error()
-    plot(speed, error, args.out / "ops_speed.png", args.out / "ops_error.png")
+    plot(speed, error, args.out / f"{args.prefix}_speed.png", args.out / f"{args.prefix}_error.png")
     summary = {
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "geoopt": geoopt.__version__, "speed": speed,
@@ -186,18 +214,22 @@ def main(argv=None):
                                 for n, r in error["libs"].items()},
         "error_curves": error, "wall_s": time.perf_counter() - t0,
     }
-    (args.out / "ops.json").write_text(json.dumps(summary, indent=1))
-    print("| op | lib | ms | speed-up vs geoopt | fraction of clone bandwidth |")
-    print("|---|---|---|---|---|")
+    (args.out / f"{args.prefix}.json").write_text(json.dumps(summary, indent=1))
+    print("| op | lib | ms | speed-up vs geoopt (eager) | fraction of clone bandwidth | compile s |")
+    print("|---|---|---|---|---|---|")
     for op, rows in speed["ops"].items():
         for name, r in rows.items():
-            print(f"| {op} | {name} | {r['ms']:.1f} | {r['speedup_vs_geoopt']:.2f}× | {r['clone_fraction']:.2f} |")
-    print(f"\nx.clone(): {speed['clone_ms']:.1f} ms")
+            comp = f"{r['compile_s']:.1f}" if "compile_s" in r else "–"
+            print(f"| {op} | {name} | {r['ms']:.1f} | {r['speedup_vs_geoopt']:.2f}× | {r['clone_fraction']:.2f} | {comp} |")
+    print(f"\nx.clone(): {speed['clone_ms']:.1f} ms; 1-min load average before/after: "
+          f"{speed['load_avg_1min'][0]:.1f} / {speed['load_avg_1min'][1]:.1f} on {os.cpu_count()} cores")
     print("\n| lib | worst dist rel. err. | worst logmap rel. err. | dist at θ = 1e-7 |")
     print("|---|---|---|---|")
     for n, r in summary["worst_float32_error"].items():
         print(f"| {n} | {r['worst_dist_rel_err_contract_range']:.2e} | {r['worst_logmap_rel_err_contract_range']:.2e}"
               f" | {r['smallest_nonzero_dist_at_theta_1e-7']:.3g} |")
+        if "worst_blocked_dist_rel_err_contract_range" in r:
+            print(f"| {n} (blocked eager dist) | {r['worst_blocked_dist_rel_err_contract_range']:.2e} | – | – |")
     print(f"\nwall time {summary['wall_s']:.1f} s")
 
 

@@ -6,7 +6,7 @@ Scripts (run from the repository root, with or without ``torchrun``):
   * ``cache_latents.py`` - encode a dataset once into a latent cache for ``in1k_dit.py --latents``.
   * ``sample.py``        - class-conditional samples (PNG grid / ADM ``.npz``) from a DiT checkpoint.
   * ``eval_ae.py``       - PSNR / SSIM / LPIPS / rFID (or FD_dino) of an autoencoder checkpoint.
-  * ``eval_gen.py``      - FID / IS of a sample ``.npz`` against a reference batch.
+  * ``eval_gen.py``      - FID, sFID, IS, precision, recall of a sample ``.npz`` against a reference batch.
   * ``plot_run.py``      - loss and PSNR curves of a run folder.
   * ``toy_rfm_vs_fm.py`` - Riemannian vs Euclidean flow matching on a toy product of spheres.
 
@@ -23,7 +23,9 @@ Plumbing in :mod:`experiments.common` (every script reuses it):
   * :mod:`experiments.common.trainer` - ``UserError``/``OneLineParser``/``run_cli`` (one-line failures),
     ``NonFiniteGuard``, ``StepBookkeeper``, ``training_session``, ``check_resume_args``, ``lr_lambda``,
     ``build_adamw``, ``autocast``.
-  * :mod:`experiments.common.cli_common` - the ``optimisation`` / ``run`` option groups of the training CLIs.
+  * :mod:`experiments.common.cli_common` - the ``optimisation`` / ``run`` option groups of the training CLIs,
+    ``validate_args`` (the one argument validator of every CLI), ``require_finite``.
+  * :mod:`experiments.common.rundir` - one run per folder: ``RunLock``, ``clean_tmp``, ``set_aside``, ``run_folder``.
   * :mod:`experiments.common.metrics` - float64 ``FrechetStats`` / ``frechet_distance``, PSNR/SSIM, grids.
   * :func:`experiments.eval_ae.load_autoencoder` - rebuild a trained autoencoder from a checkpoint.
 """

@@ -6,10 +6,17 @@
 
 Layout of ``--out DIR``: ``shard-00000.safetensors``, ... each holding ``latents`` ``[S, N, C]`` (``--dtype``),
 ``labels`` ``[S]`` int64 and, with ``--flip``, ``latents_flip`` (the horizontally flipped image), for images
-``[k·S, (k+1)·S)`` of the dataset (centre crops of ``DIR/train`` for ``--data``; the fixed epoch-0 crops of
-the embedded photos otherwise); ``index.json`` describes the cache (``complete: true`` once every shard is
-written). Resumable: finished shards (written atomically) are skipped, so re-running the same command
-after a kill only encodes what is missing. DDP-aware: rank r writes shards r, r + W, ...
+``[k·S, (k+1)·S)`` of the dataset (centre crops of ``DIR/train`` for ``--data``, the crop policy of
+``in1k_dit.py``'s on-the-fly path too; the fixed epoch-0 crops of the embedded photos otherwise);
+``index.json`` describes the cache (``complete: true`` once every shard is written). Resumable: finished
+shards (written atomically) are skipped, so re-running the same command after a kill only encodes what
+is missing. DDP-aware: rank r writes shards r, r + W, ...
+
+Size: images × N × C × bytes(dtype) × (2 with ``--flip``): 256 × 1024 tokens in float16 are 512 KiB per
+image, ≈ 671 GB for ImageNet's 1.28 M images (1.34 TB with ``--flip``). The size is printed before the
+first shard and the run refuses (one line) when the free disk space is smaller than what is left to write.
+Storage rounding moves each token on S^1023_R by ≈ 1.7e-3 rad in bfloat16 and ≈ 2.1e-4 rad in float16
+(the default); tokens are re-projected onto the sphere in float32 when read.
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -31,8 +39,8 @@ from torch.utils.data import Dataset  # noqa: E402
 
 from experiments.common import distributed as D  # noqa: E402
 from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, _split_key,  # noqa: E402
-                              collate, mix_seed)
-from experiments.common.trainer import OneLineParser, UserError, autocast, run_cli  # noqa: E402
+                              collate, mix_seed, worker_init)
+from experiments.common.trainer import OneLineParser, UserError, autocast, run_cli, script_exit  # noqa: E402
 from spherical import Hypersphere  # noqa: E402
 
 INDEX = "index.json"
@@ -50,22 +58,49 @@ def _write_json(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+_TMP_GLOBS = (".shard-*.safetensors.tmp", ".index.json.tmp")  # left by a kill mid-write
+def cache_bytes(num_images: int, num_tokens: int, channels: int, dtype: str, flip: bool) -> int:
+    """Bytes of latent data a cache holds: ``num_images · N · C · itemsize(dtype) · (2 if flip)`` plus the
+    int64 labels (safetensors headers not counted)."""
+    item = torch.empty((), dtype=_DTYPES[dtype]).element_size()
+    return num_images * (num_tokens * channels * item * (2 if flip else 1) + 8)
+
+
+def _free_bytes(path: Path) -> int:
+    p = path
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.3g} GB"
+
+
 @torch.no_grad()
 def encode_batch(ae, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-    """``[B, 3, H, W]`` in [-1, 1] → float32 latents ``[B, N, C]`` on S^{C−1}_R.
+    """``[B, 3, H, W]`` in [-1, 1] → the DiT's latents ``[B, N, C]``, float32 on S^{C−1}_R.
 
-    ``encode`` ends with the sphere projection; only tokens it returned in reduced precision (rounded off
-    the sphere) are re-projected in fp32. Under CUDA autocast the final LayerNorm already yields fp32
-    tokens, so the usual path makes no extra pass over ``[B, N, C]``.
+    The raw student tokens (computed under ``precision`` autocast on CUDA) are projected R·z/‖z‖ in
+    float32 by ``ae.to_sphere``, whatever the decoder reads.
     """
     with autocast(images.device, precision, cuda_only=True):
-        z = ae.encode(images)
-    return z if z.dtype == torch.float32 else ae.sphere.projx(z.float())
+        tokens = ae.student_tokens(images)
+    return ae.to_sphere(tokens)
 
 
-def cache_latents(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict, shard_size: int = 1024,
-                  batch_size: int = 64, flip: bool = False, dtype: str = "bfloat16", precision: str = "fp32",
-                  num_workers: int = 0, info: D.DistInfo = D.DistInfo(), log=print) -> dict:
+def cache_latents(ae, dataset: Dataset, out: str | os.PathLike, *, info: D.DistInfo = D.DistInfo(), **kw) -> dict:
+    """:func:`encode_to_shards` while holding ``out``'s run-folder lock (one writer per cache folder; the
+    temporary files of a killed write are removed first). Same arguments and result."""
+    from experiments.common.rundir import run_folder
+
+    with run_folder(out, info, prog="cache_latents", fresh_rule=False, tmp_globs=_TMP_GLOBS):
+        return encode_to_shards(ae, dataset, out, info=info, **kw)
+
+
+def encode_to_shards(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict, shard_size: int = 1024,
+                     batch_size: int = 64, flip: bool = False, dtype: str = "float16", precision: str = "fp32",
+                     num_workers: int = 0, info: D.DistInfo = D.DistInfo(), log=print) -> dict:
     """Encode ``dataset`` (items ``{"image", "label"}``, indexed by int) into shards under ``out``.
 
     Args:
@@ -75,13 +110,23 @@ def cache_latents(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict, s
         shard_size: images per shard S.
         flip: also store the latents of the flipped images.
         dtype: storage dtype of the latents (``float32``, ``bfloat16``, ``float16``).
+        log: where the size line goes (the main process's ``print``); a cache larger than the free disk
+            space raises :class:`UserError` before anything is written.
 
     Returns:
         ``{"written": int, "skipped": int}`` for this process.
     """
     root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
     n = len(dataset)
+    total = cache_bytes(n, ae.num_tokens, ae.latent_dim, dtype, flip)
+    done = sum(p.stat().st_size for p in root.glob("shard-*.safetensors")) if root.is_dir() else 0
+    need, free = max(total - done, 0), _free_bytes(root)
+    log(f"cache_latents: {n} images x {ae.num_tokens} x {ae.latent_dim} {dtype}{' x 2 (flip)' if flip else ''}"
+        f" = {_gb(total)} in {root} ({_gb(need)} left to write, {_gb(free)} free)")
+    if need > free:
+        raise UserError(f"not enough disk for the latent cache in {root}: {_gb(need)} left to write, {_gb(free)} "
+                        f"free (use another --out, --dtype float16, or train on the fly without a cache)")
+    root.mkdir(parents=True, exist_ok=True)
     index = dict(meta, num_images=n, shard_size=shard_size, num_shards=math.ceil(n / shard_size), flip=flip,
                  dtype=dtype, num_tokens=ae.num_tokens, channels=ae.latent_dim, radius=ae.radius,
                  complete=False)
@@ -104,7 +149,8 @@ def cache_latents(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict, s
         ids = list(range(k * shard_size, min(n, (k + 1) * shard_size)))
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=[ids[i:i + batch_size] for i in
                                              range(0, len(ids), batch_size)], num_workers=num_workers,
-                                             collate_fn=collate)
+                                             collate_fn=collate,
+                                             worker_init_fn=worker_init if num_workers else None)
         zs, zf, labels = [], [], []
         for batch in loader:
             x = batch["image"].to(info.device)
@@ -204,14 +250,14 @@ def build_parser() -> OneLineParser:
     a("--out", required=True, help="output folder of the shards and index.json")
     a("--data", help="ImageNet-style folder: DIR/train/<class>/<image> (centre crops); omitted: embedded photos")
     a("--ae-ckpt", help="in1k_ae.py run folder or checkpoint (default for the embedded photos: "
-      "runs/ae-tiny-embedded-s1, else a random-init tiny AE)")
+      "runs/ae-cpu-embedded-s1, else a random-init cpu AE)")
     a("--num-images", type=int, default=2048, help="embedded photos: number of fixed random crops")
     a("--image-size", type=int, help="image side (default: the autoencoder's)")
     a("--shard-size", type=int, default=1024, help="images per shard")
     a("--batch-size", type=int, default=64, help="images per encoder batch per process")
     a("--flip", action="store_true", help="also store latents of the horizontally flipped images")
-    a("--dtype", choices=tuple(_DTYPES), default="bfloat16", help="storage dtype (tokens are re-projected onto "
-      "the sphere in float32 when read)")
+    a("--dtype", choices=tuple(_DTYPES), default="float16", help="storage dtype (tokens are re-projected onto "
+      "the sphere in float32 when read; rounding: float16 ~2e-4 rad, bfloat16 ~1.7e-3 rad per token)")
     a("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast of the encoder (CUDA)")
     a("--seed", type=int, default=0, help="seed of the embedded crops / random-init AE")
     a("--num-workers", type=int, default=0, help="data-loader workers")
@@ -233,6 +279,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     from experiments.common.dit_io import default_autoencoder, load_autoencoder
 
     args = build_parser().parse_args(argv)
+    from experiments.common.cli_common import validate_args
+
+    validate_args(args)  # ranges, --device
     if args.data is not None and args.ae_ckpt is None:
         raise UserError("--data needs --ae-ckpt (an in1k_ae.py run folder or checkpoint)")
     info = D.setup(args.device)
@@ -261,4 +310,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    script_exit(main())

@@ -11,7 +11,13 @@ Gaussian 11/1.5) per image; LPIPS(VGG) when its weights are available; rFID thro
 torch-fidelity Inception weights are in the torch hub cache or given by ``--inception-weights``.
 Without them the Fréchet distance is computed on the DINO teacher's mean-pooled patch tokens and reported
 as ``fd_dino`` (never called FID). All statistics are float64 sums: results do not depend on the batch
-size or the number of processes.
+size or the number of processes. ``latent_norm`` is the mean norm of the tokens the decoder reads (raw
+student tokens; R with ``decoder_input="sphere"``) over the evaluated images' tokens.
+
+``--decode-norm-sweep [S ...]``: the reconstruction-side analogue of the paper's App. C sweep of s_vae.
+Every token is rescaled to norm S (``ae.decode(z, norm=S)``) before decoding; PSNR and SSIM per S go to
+``<run>/decode_norm_sweep.json`` and a plot ``decode_norm_sweep.png``. Without values: S = f·latent_norm
+for f in 0.5, 0.625, ..., 2.
 """
 from __future__ import annotations
 
@@ -48,12 +54,12 @@ def evaluate(ae, loader, device: torch.device, *, precision: str = "fp32", lpips
         grid_path: write originals (top row) over reconstructions of the first batch to this PNG.
 
     Returns:
-        ``{"psnr", "ssim", "n_images"[, "lpips"][, "rfid" | "fd_dino", "fd_features"]}``; identical on
-        every process (sums are all-reduced).
+        ``{"psnr", "ssim", "n_images", "latent_norm"[, "lpips"][, "rfid" | "fd_dino", "fd_features"]}``;
+        identical on every process (sums are all-reduced).
     """
     was_training = ae.training
     ae.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # psnr, ssim, lpips, n
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # psnr, ssim, lpips, n, Σ_images mean ‖z_i‖
     fid = real = fake = None
     if fd in ("auto", "fid"):
         w = find_inception_weights(inception_weights)
@@ -66,13 +72,15 @@ def evaluate(ae, loader, device: torch.device, *, precision: str = "fp32", lpips
     for i, batch in enumerate(loader):
         x = batch["image"].to(device)
         with autocast(device, precision):
-            z = ae.encode(x)
+            z = ae.encode(x)  # what the decoder reads (raw tokens, or R·z/‖z‖ for decoder_input="sphere")
             recon = ae.decode(z.float())
         recon = recon.float().clamp(-1, 1)
         part = [psnr_per_image(recon, x).double().sum(), ssim_per_image(recon, x).double().sum(),
                 lpips(recon, x).double().sum() if lpips is not None else torch.zeros((), dtype=torch.float64,
                                                                                       device=device)]
-        sums += torch.stack(part + [torch.tensor(float(x.shape[0]), dtype=torch.float64, device=device)])
+        part += [torch.tensor(float(x.shape[0]), dtype=torch.float64, device=device),
+                 z.float().norm(dim=-1).mean(-1).double().sum()]
+        sums += torch.stack(part)
         if fid is not None:
             fid.update(to_unit(x), real=True)
             fid.update(to_unit(recon), real=False)
@@ -83,7 +91,8 @@ def evaluate(ae, loader, device: torch.device, *, precision: str = "fp32", lpips
             save_grid([x, recon], grid_path)
     D.all_reduce_sum(sums)
     n = max(sums[3].item(), 1.0)
-    res = {"psnr": sums[0].item() / n, "ssim": sums[1].item() / n, "n_images": int(sums[3].item())}
+    res = {"psnr": sums[0].item() / n, "ssim": sums[1].item() / n, "n_images": int(sums[3].item()),
+           "latent_norm": sums[4].item() / n}
     if lpips is not None:
         res["lpips"] = sums[2].item() / n
     if fid is not None:
@@ -96,6 +105,79 @@ def evaluate(ae, loader, device: torch.device, *, precision: str = "fp32", lpips
         res["fd_features"] = f"dino_teacher_meanpool_{ae.latent_dim}"
     ae.train(was_training)
     return res
+
+
+@torch.no_grad()
+def mean_latent_norm(ae, loader, device: torch.device, *, precision: str = "fp32") -> float:
+    """Mean norm of the tokens the decoder reads (``ae.encode``) over ``loader``'s images and tokens,
+    ``(1/(B·N)) Σ ‖z_{b,i}‖``; all-reduced over processes (what ``in1k_ae.py`` stores as ``latent_norm``)."""
+    was_training = ae.training
+    ae.eval()
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    for batch in loader:
+        x = batch["image"].to(device)
+        with autocast(device, precision):
+            z = ae.encode(x)
+        sums += torch.stack([z.float().norm(dim=-1).mean(-1).double().sum(),
+                             torch.tensor(float(x.shape[0]), dtype=torch.float64, device=device)])
+    D.all_reduce_sum(sums)
+    ae.train(was_training)
+    return sums[0].item() / max(sums[1].item(), 1.0)
+
+
+@torch.no_grad()
+def decode_norm_sweep(ae, loader, device: torch.device, norms: list[float], *,
+                      precision: str = "fp32") -> list[dict]:
+    """Reconstruct ``loader``'s images with every token rescaled to each norm S in ``norms``.
+
+    ``recon_S = decode(S·z/‖z‖)`` per token, z = ``ae.encode(x)``. Returns ``[{"norm": S, "psnr", "ssim"}]``
+    (means over images, float64 sums, all-reduced), in the order of ``norms``.
+    """
+    if not norms or any(not s > 0 for s in norms):
+        raise UserError(f"decode norms must be > 0, got {norms}")
+    was_training = ae.training
+    ae.eval()
+    sums = torch.zeros(len(norms), 3, dtype=torch.float64, device=device)  # psnr, ssim, n per norm
+    for batch in loader:
+        x = batch["image"].to(device)
+        with autocast(device, precision):
+            z = ae.encode(x).float()
+        for k, s in enumerate(norms):
+            with autocast(device, precision):
+                recon = ae.decode(z, norm=s)
+            recon = recon.float().clamp(-1, 1)
+            sums[k] += torch.stack([psnr_per_image(recon, x).double().sum(), ssim_per_image(recon, x).double().sum(),
+                                    torch.tensor(float(x.shape[0]), dtype=torch.float64, device=device)])
+    D.all_reduce_sum(sums)
+    ae.train(was_training)
+    n = sums[:, 2].clamp(min=1.0)
+    return [{"norm": float(s), "psnr": (sums[k, 0] / n[k]).item(), "ssim": (sums[k, 1] / n[k]).item()}
+            for k, s in enumerate(norms)]
+
+
+SWEEP_FACTORS = (0.5, 0.625, 0.75, 0.875, 1.0, 1.25, 1.5, 1.75, 2.0)
+
+
+def plot_sweep(rows: list[dict], latent_norm: float | None, path: str | Path) -> Path:
+    """PSNR against decode norm (the sweep's plot), with the stored ``latent_norm`` marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([r["norm"] for r in rows], [r["psnr"] for r in rows], "o-")
+    if latent_norm is not None:
+        ax.axvline(latent_norm, color="gray", ls="--", label=f"stored latent_norm {latent_norm:.3g}")
+        ax.legend()
+    ax.set_xlabel("decode norm S (every token rescaled to ‖z‖ = S)")
+    ax.set_ylabel("held-out PSNR (dB)")
+    ax.set_title("reconstruction vs decode norm")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _rank() -> int:
@@ -117,7 +199,10 @@ def load_autoencoder(ckpt: str | Path, *, use_ema: bool = True, device: str | to
         raise UserError(f"checkpoint not found: {p}")
     state = checkpoint.load(p)
     a = state["args"]
-    ae = build_autoencoder(a["preset"], random_init=True, image_size=a["image_size"])
+    from experiments.common.dit_io import ckpt_decoder_input
+
+    ae = build_autoencoder(a["preset"], random_init=True, image_size=a["image_size"],
+                           decoder_input=ckpt_decoder_input(a), stem=a.get("stem", "conv"))
     ae.load_state_dict(state["model"])
     if use_ema:
         load_ema_weights(ae, state)
@@ -144,7 +229,7 @@ def run_eval(ckpt, *, data, out_json, info, batch_size=50, num_images=0, num_wor
     ae, state = load_autoencoder(ckpt, use_ema=use_ema, device=info.device)
     a = state["args"]
     # tiny convolutions on CPU: OpenMP sync costs more than it gains
-    with cpu_threads(1 if a["preset"] == "tiny" and info.device.type == "cpu" else None):
+    with cpu_threads(1 if a["preset"] in ("tiny", "cpu") and info.device.type == "cpu" else None):
         return _run_eval(ae, state, a, ckpt, data=data, out_json=out_json, info=info, batch_size=batch_size,
                          num_images=num_images, num_workers=num_workers, inception_weights=inception_weights,
                          lpips_weights=lpips_weights, no_lpips=no_lpips, fd=fd, precision=precision,
@@ -168,6 +253,41 @@ def _run_eval(ae, state, a, ckpt, *, data, out_json, info, batch_size, num_image
     if info.is_main and out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(res, indent=2) + "\n")
+    return res
+
+
+def run_sweep(ckpt, norms: list[float], *, data, out_json, info, batch_size=50, num_images=0, num_workers=0,
+              precision="fp32", use_ema=True, split="val") -> dict:
+    """``--decode-norm-sweep``: PSNR/SSIM per decode norm; writes ``out_json`` and the plot next to it.
+
+    ``norms`` empty → ``f·latent_norm`` for f in :data:`SWEEP_FACTORS` (latent_norm from the checkpoint,
+    else measured on the same images).
+    """
+    ae, state = load_autoencoder(ckpt, use_ema=use_ema, device=info.device)
+    a = state["args"]
+    data = data if data is not None else a.get("data")
+    loader = _loader(data, split, ae.image_size, num_images or (a.get("eval_images") if data is None else 0),
+                     batch_size, num_workers, info, a.get("seed", 0))
+    with cpu_threads(1 if a["preset"] == "tiny" and info.device.type == "cpu" else None):
+        stored = state.get("latent_norm")
+        ref = float(stored) if stored is not None else mean_latent_norm(ae, loader, info.device,
+                                                                         precision=precision)
+        norms = list(norms) or [round(f * ref, 4) for f in SWEEP_FACTORS]
+        rows = decode_norm_sweep(ae, loader, info.device, norms, precision=precision)
+    best = max(rows, key=lambda r: r["psnr"])
+    res = {"sweep": rows, "latent_norm": ref, "latent_norm_source": "checkpoint" if stored is not None
+           else "measured on these images", "best_norm": best["norm"], "step": int(state["step"]),
+           "checkpoint": str(ckpt), "data": data or "embedded", "ema": use_ema,
+           "decoder_input": ae.config.decoder_input}
+    if info.is_main:
+        out_json = Path(out_json)
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(res, indent=2) + "\n")
+        res["plot"] = str(plot_sweep(rows, ref, out_json.with_suffix(".png")))
+        for r in rows:
+            print(f"eval_ae: decode norm {r['norm']:8.4g}: PSNR {r['psnr']:6.2f} dB, SSIM {r['ssim']:.4f}"
+                  + ("   <- stored latent_norm" if abs(r["norm"] - ref) < 1e-3 * ref else ""), flush=True)
+        print(f"eval_ae: wrote {out_json} and {res['plot']}", flush=True)
     return res
 
 
@@ -200,11 +320,24 @@ def _main(argv=None) -> int:
     p.add_argument("--raw", action="store_true", help="evaluate the raw (non-EMA) weights")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast precision")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--decode-norm-sweep", type=float, nargs="*", metavar="S",
+                   help="instead of the metrics: PSNR/SSIM with every token rescaled to each norm S "
+                        "(no values: 0.5..2 x the stored latent_norm) -> <run>/decode_norm_sweep.json + .png")
     args = p.parse_args(argv)
+    from experiments.common.cli_common import at_least, validate_args
+
+    validate_args(args, {"num_images": at_least(0)})  # ranges, --device (--num-images 0 = all)
     info = D.setup(args.device)
     try:
         ck = Path(args.ckpt)
-        out = args.out or ((ck if ck.is_dir() else ck.parent.parent) / "eval.json")
+        run_dir = ck if ck.is_dir() else ck.parent.parent
+        if args.decode_norm_sweep is not None:
+            run_sweep(args.ckpt, args.decode_norm_sweep, data=args.data, info=info, batch_size=args.batch_size,
+                      out_json=args.out or run_dir / "decode_norm_sweep.json", num_images=args.num_images,
+                      num_workers=args.num_workers, precision=args.precision, use_ema=not args.raw,
+                      split=args.split)
+            return 0
+        out = args.out or (run_dir / "eval.json")
         res = run_eval(args.ckpt, data=args.data, out_json=out, info=info, batch_size=args.batch_size,
                        num_images=args.num_images, num_workers=args.num_workers,
                        inception_weights=args.inception_weights, lpips_weights=args.lpips_weights,

@@ -1,6 +1,6 @@
 """Train the DINO Spherical Autoencoder (PAPER.md "Autoencoder training (v2)").
 
-    python experiments/in1k_ae.py                      # embedded photos, tiny preset, ~3 min on 2 CPUs
+    python experiments/in1k_ae.py                      # embedded photos, cpu preset, a few min on 2 CPUs
     torchrun --nproc_per_node=8 experiments/in1k_ae.py --data /imagenet --preset paper \
         --encoder-weights dinov3_vitl16.pth --precision bf16 --out runs/ae-paper-s1
     python experiments/in1k_ae.py --data /imagenet --preset paper --stage 2 --init-from runs/ae-paper-s1 ...
@@ -8,6 +8,9 @@
 Outputs in ``--out DIR``: ``metrics.jsonl`` (one JSON object per event), ``recon.png`` (originals over
 reconstructions at each evaluation), ``checkpoints/last.pt`` (everything needed to resume exactly),
 ``eval.json`` (``--eval-only``). Re-running the same command resumes from ``checkpoints/last.pt``.
+Every checkpoint stores ``latent_norm``: the mean norm of the tokens the decoder reads (EMA weights) on the
+held-out images, measured at each evaluation (or at the save when no evaluation ran at that step);
+``sample.py`` decodes generated latents at that norm.
 See ``--help`` for every option and its default.
 """
 from __future__ import annotations
@@ -27,16 +30,21 @@ import torch  # noqa: E402
 from experiments.common import checkpoint, distributed as D  # noqa: E402
 from experiments.common.ae_cli import build_parser, resolve  # noqa: E402
 from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
-                              collate, mix_seed, worker_init)
+                              close_loader, collate, mix_seed, worker_init)
 from experiments.common.ema import EMA, load_ema_weights  # noqa: E402
 from experiments.common.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
+from experiments.common.rundir import run_folder  # noqa: E402
 from experiments.common.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError,  # noqa: E402
                                  abort_nonfinite, autocast, build_adamw, check_resume_args,
-                                 grads_finite_norm, lr_lambda, run_cli, seed_everything, training_session)
+                                 grads_finite_norm, lr_lambda, run_cli, script_exit, seed_everything,
+                                 training_session)
 
 EMBEDDED_TRAIN_LEN = 4096
 # Keys that must match between a checkpoint and the command resuming it.
-_RESUME_KEYS = ("preset", "stage", "batch_size", "grad_accum", "image_size", "seed", "data")
+_RESUME_KEYS = ("preset", "stem", "stage", "batch_size", "grad_accum", "image_size", "seed", "data",
+                "decoder_input")
+# A run's own files besides checkpoints/ and metrics.jsonl (moved aside on a fresh start, see rundir).
+_ARTEFACTS = ("recon.png", "tb", "eval.json")
 
 
 def banner(args, info, n_train: int) -> None:
@@ -47,7 +55,8 @@ def banner(args, info, n_train: int) -> None:
               f"{args.max_steps} steps of {args.batch_size} images on {info.world_size} process(es) "
               f"({info.device.type}, {args.precision}) -> {args.out}", flush=True)
     else:
-        print(f"in1k_ae: no --data, so training the TINY preset (random-init encoder) on random "
+        print(f"in1k_ae: no --data, so training the {args.preset.upper()} preset ({args.stem} stem, "
+              f"random-init encoder) on random "
               f"{args.image_size}px crops of 8 scikit-image/scikit-learn photos, evaluating on held-out "
               f"chelsea+flower crops, {args.max_steps} steps, LPIPS "
               f"{'on' if args.lpips_weight > 0 else 'off'} -> {args.out}. Real run: torchrun "
@@ -67,7 +76,7 @@ def build_model(args, resume_state):
     try:
         ae = build_autoencoder(args.preset, weights=args.encoder_weights, pretrained=args.pretrained,
                                random_init=args.random_encoder or (has_ckpt and not args.encoder_weights),
-                               image_size=args.image_size)
+                               image_size=args.image_size, decoder_input=args.decoder_input, stem=args.stem)
     except (EncoderWeightsError, ValueError) as e:  # missing / mismatched weights, bad image size
         raise UserError(str(e).splitlines()[0]) from e
     args.image_size = ae.image_size
@@ -86,7 +95,12 @@ def make_datasets(args):
 
 def load_init(ae, path: str) -> None:
     """Stage 2 init: the stage-1 checkpoint's full model, then its EMA weights on top."""
+    from experiments.common.dit_io import ckpt_decoder_input
+
     state = checkpoint.load(checkpoint.in_run(path))
+    if ckpt_decoder_input(state.get("args", {})) != ae.config.decoder_input:
+        raise UserError(f"--init-from {path} was trained with --decoder-input "
+                        f"{ckpt_decoder_input(state.get('args', {}))}; pass the same --decoder-input")
     ae.load_state_dict(state["model"])
     load_ema_weights(ae, state)
 
@@ -99,7 +113,8 @@ def _main(argv=None) -> int:
 
             evaluate_run(args, info)
             return 0
-        return train(args, info)
+        with run_folder(args.out, info, prog="in1k_ae.py", no_resume=args.no_resume, artefacts=_ARTEFACTS):
+            return train(args, info)
 
 
 def train(args, info) -> int:
@@ -175,8 +190,10 @@ def train(args, info) -> int:
 
     def save(step_: int) -> None:
         rng = D.all_gather_object(checkpoint.capture_rng())
+        latent_norm = _latent_norm(ctx, step_)
         if info.is_main:
             ckpts.save({"step": step_, "data_chunk": step_ * args.grad_accum, "model": ae.state_dict(),
+                        "latent_norm": latent_norm,
                         "ema": ema.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "disc": disc.state_dict() if disc is not None else None,
                         "disc_optimizer": d_opt.state_dict() if d_opt is not None else None,
@@ -215,6 +232,8 @@ def train(args, info) -> int:
                     _evaluate(ctx, step)
                 stopping = D.any_true(stop.requested or step == args.stop_after, dev)
                 periodic = step % args.ckpt_every == 0 or step == args.max_steps
+                if stopping:
+                    close_loader(it)  # workers done before the last checkpoint (they may have a SIGTERM too)
                 if (periodic and guard.consecutive == 0) or stopping:  # keep the last *good* one
                     save(step)
                 if stopping:
@@ -227,9 +246,13 @@ def train(args, info) -> int:
                     break
         except NonFiniteError as e:
             return abort_nonfinite("in1k_ae", e, step, logger, progress, ckpts)
+        finally:
+            close_loader(it)  # an error never waits for (or orphans) the loader workers
     progress.close()
     if info.is_main and code == 0:
         print(f"in1k_ae: done at step {step} in {time.time() - t_start:.1f}s -> {out}", flush=True)
+        if ctx.get("evals"):
+            print(f"in1k_ae: {eval_summary(ctx['evals'])}", flush=True)
     logger.close()
     return code
 
@@ -304,7 +327,7 @@ def _eval_loader(val_ds, args, info):
     n = min(len(val_ds), args.eval_images)
     sampler = ShardedEvalSampler(n, 32, rank=info.rank, world=info.world_size)
     return torch.utils.data.DataLoader(val_ds, batch_sampler=sampler, num_workers=args.num_workers,
-                                       collate_fn=collate)
+                                       collate_fn=collate, worker_init_fn=worker_init if args.num_workers else None)
 
 
 def _evaluate(ctx, step: int) -> dict:
@@ -315,7 +338,35 @@ def _evaluate(ctx, step: int) -> dict:
         res = evaluate(ae, ctx["val_loader"], ctx["info"].device, precision=args.precision,
                        lpips=ctx["lpips"], fd="off", grid_path=ctx["out"] / "recon.png")
     ae.train()
+    ctx["latent_norm"] = (step, res["latent_norm"])
+    ctx.setdefault("evals", []).append(dict(res, step=step))
     return ctx["logger"].log("eval", step, **res)
+
+
+def _latent_norm(ctx, step: int) -> float:
+    """``latent_norm`` for the checkpoint of ``step``: the evaluation's at this step, else measured now
+    (EMA weights, held-out images; every process takes part)."""
+    if ctx.get("latent_norm", (None,))[0] == step:
+        return ctx["latent_norm"][1]
+    from experiments.eval_ae import mean_latent_norm
+
+    ae, ema, args = ctx["ae"], ctx["ema"], ctx["args"]
+    with ema.applied(ae):
+        value = mean_latent_norm(ae, ctx["val_loader"], ctx["info"].device, precision=args.precision)
+    ae.train()
+    ctx["latent_norm"] = (step, value)
+    return value
+
+
+def eval_summary(evals: list[dict]) -> str:
+    """One console line from the run's evaluations (first → last), e.g.
+    ``held-out PSNR 10.70 → 19.40 dB, SSIM 0.120 → 0.480 (steps 0 → 600, 32 images), latent_norm 7.46``."""
+    a, b = evals[0], evals[-1]
+    line = (f"held-out PSNR {a['psnr']:.2f} → {b['psnr']:.2f} dB, SSIM {a['ssim']:.3f} → {b['ssim']:.3f}")
+    if "lpips" in a and "lpips" in b:
+        line += f", LPIPS {a['lpips']:.3f} → {b['lpips']:.3f}"
+    return line + (f" (steps {a['step']} → {b['step']}, {b['n_images']} images), "
+                   f"latent_norm {b['latent_norm']:.4g}")
 
 
 def _restore(state, ae, ema, opt, sched, disc, d_opt, guard, bad_files, info) -> int:
@@ -336,4 +387,4 @@ if __name__ == "__main__":
     import warnings as _w
 
     _w.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)  # geoopt import
-    sys.exit(main())
+    script_exit(main())

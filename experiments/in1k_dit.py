@@ -4,7 +4,9 @@
     torchrun --nproc_per_node=8 experiments/in1k_dit.py --preset paper --data /imagenet \
         --ae-ckpt runs/ae-paper-s2 --cache-latents --out runs/dit-xl
 
-One step (fp32 sphere arithmetic; bf16 autocast only around the DiT on CUDA):
+One step, FP32 by default as in the paper (``--tf32`` allows TF32 matmuls on CUDA; ``--precision bf16``
+puts bf16 autocast around the DiT only, on CUDA; the sphere arithmetic is fp32 always); no gradient
+clipping in the paper preset (``--grad-clip G`` turns it on):
 x₀ = latents of the AE (data, t = 0), x₁ = ``Hypersphere(R).random_uniform`` (noise, t = 1),
 t = ``sample_time(B, alpha=α)`` with α = ``dimension_shift(N, C)`` unless ``--alpha``,
 (x_t, u_t) = ``geodesic_flow(x₀, x₁, t)``, labels dropped to the null class with prob. ``--cfg-dropout``,
@@ -17,6 +19,7 @@ scheduler, RNG, data position, ``dit_config`` and ``latent`` metadata for ``samp
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -34,24 +37,29 @@ import torch  # noqa: E402
 
 from experiments.common import checkpoint, distributed as D  # noqa: E402
 from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
-                              collate, mix_seed)
+                              close_loader, collate, mix_seed, worker_init)
 from experiments.common.dit_cli import build_parser, resolve  # noqa: E402
 from experiments.common.ema import EMA  # noqa: E402
 from experiments.common.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
+from experiments.common.rundir import run_folder  # noqa: E402
 from experiments.common.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError,  # noqa: E402
                                  abort_nonfinite, autocast, build_adamw, check_resume_args, grads_finite_norm,
-                                 lr_lambda, run_cli, seed_everything, training_session)
+                                 lr_lambda, run_cli, script_exit, seed_everything, training_session)
 from spherical import Hypersphere, dimension_shift, geodesic_flow, rfm_loss, sample_time  # noqa: E402
 
 EMBEDDED_TRAIN_LEN = 4096
-_RESUME_KEYS = ("preset", "model", "batch_size", "seed", "data", "latents", "lambda_rad", "cfg_dropout")
+_RESUME_KEYS = ("preset", "model", "batch_size", "seed", "data", "latents", "lambda_rad", "cfg_dropout", "flow")
+# A run's own files besides checkpoints/ and metrics.jsonl (moved aside on a fresh start, see rundir);
+# OUT/latents (a reusable cache) and OUT/ae-random-init.pt stay.
+_ARTEFACTS = ("train-samples*.png", "tb")
 
 
 def _main(argv=None) -> int:
     """Parse, set up (DDP, threads), train."""
     args = resolve(build_parser().parse_args(argv))
-    with training_session(args) as info:
-        return train(args, info)
+    with training_session(args) as info, tf32_allowed(args.tf32):
+        with run_folder(args.out, info, prog="in1k_dit.py", no_resume=args.no_resume, artefacts=_ARTEFACTS):
+            return train(args, info)
 
 
 def open_data(args, info, ae_path: Path, ae):
@@ -62,7 +70,7 @@ def open_data(args, info, ae_path: Path, ae):
         src = Path(args.out) / "latents"
         ds, meta = open_source(args.data, args.image_size or ae.image_size, 0, args.seed)
         cache_latents(ae, ds, src, meta=dict(meta, ae_ckpt=str(ae_path), image_size=args.image_size or
-                                             ae.image_size), flip=args.flip, info=info,
+                                             ae.image_size), flip=args.flip, dtype=args.cache_dtype, info=info,
                       log=print if info.is_main else (lambda *_: None))
     else:
         src = args.latents
@@ -78,7 +86,9 @@ def open_data(args, info, ae_path: Path, ae):
     if args.embedded:
         ds = EmbeddedPhotos("train", size, length=EMBEDDED_TRAIN_LEN, seed=args.seed)
     else:
-        ds = ImageFolderDataset(Path(args.data) / "train", size, train=True, seed=args.seed)
+        # the latent cache's crop policy: centre crops, flipped with probability 1/2 only with --flip
+        ds = ImageFolderDataset(Path(args.data) / "train", size, train=True, seed=args.seed,
+                                augment="flip" if args.flip else "none")
     return ds, collate, {"num_classes": len(ds.classes), "classes": list(ds.classes),
                          "source": "embedded photos encoded on the fly" if args.embedded else
                          f"{args.data} encoded on the fly"}
@@ -96,7 +106,19 @@ def build_dit(args, latent: dict) -> torch.nn.Module:
         raise UserError(f"the DiT needs a square token grid; the autoencoder gives N={latent['num_tokens']}")
     return reg[args.model](in_channels=latent["channels"], num_tokens=latent["num_tokens"],
                            num_classes=latent["num_classes"], class_dropout_prob=args.cfg_dropout,
-                           ddt_head=args.ddt_head)
+                           ddt_head=args.ddt_head, qk_norm=args.qk_norm)
+
+
+@contextlib.contextmanager
+def tf32_allowed(enabled: bool):
+    """Sets ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32`` to
+    ``enabled`` (so plain fp32 is really fp32: cuDNN allows TF32 by default) and restores what it found."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def train(args, info) -> int:
@@ -104,13 +126,17 @@ def train(args, info) -> int:
 
     Returns the exit code (0 done or stopped by ``--stop-after``, 3 non-finite stop, 128+sig on a signal).
     """
-    from experiments.common.dit_io import default_autoencoder, load_autoencoder
+    from experiments.common.dit_io import decode_norm, default_autoencoder, load_autoencoder
 
     out, dev, world = Path(args.out), info.device, info.world_size
     ckpts = checkpoint.CheckpointDir(out / "checkpoints", keep_every=args.keep_every)
     resume = None if args.no_resume else ckpts.load_latest()
     if resume is not None:
         check_resume_args(resume["args"], args, _RESUME_KEYS, ckpts.last)
+        old_qk = resume["dit_config"].get("qk_norm", True)  # QK-norm was always on before the flag existed
+        if old_qk != args.qk_norm:
+            raise UserError(f"{ckpts.last} was trained {'with' if old_qk else 'without'} QK-norm: "
+                            f"{'add' if old_qk else 'drop'} --qk-norm to resume it")
         if args.ae_ckpt is None:
             args.ae_ckpt = resume["latent"]["ae_ckpt"]
     if args.batch_size % world:
@@ -119,12 +145,13 @@ def train(args, info) -> int:
         args.ae_ckpt = json.loads((Path(args.latents) / "index.json").read_text())["ae_ckpt"]
     ae_path, note = default_autoencoder(args.ae_ckpt, out, args.seed, is_main=info.is_main)
     ae = load_autoencoder(ae_path, dev)
+    s_vae, s_src = decode_norm(ae, args.decode_norm)
     train_ds, collate_fn, data_meta = open_data(args, info, ae_path, ae)
     n_tok, chans = ae.num_tokens, ae.latent_dim
     alpha = args.alpha if args.alpha is not None else dimension_shift(n_tok, chans)
     latent = dict(num_tokens=n_tok, channels=chans, radius=float(ae.radius), alpha=float(alpha),
                   num_classes=args.num_classes or data_meta["num_classes"], ae_ckpt=str(ae_path),
-                  classes=data_meta["classes"], image_size=args.image_size or ae.image_size)
+                  classes=data_meta["classes"], image_size=args.image_size or ae.image_size, flow=args.flow)
     sampler_probe = ResumableBatchSampler(len(train_ds), args.batch_size, world=world)
     if args.steps is None:
         args.steps = max(1, round(args.epochs * sampler_probe.steps_per_epoch))
@@ -134,16 +161,21 @@ def train(args, info) -> int:
     opt = build_adamw(model.parameters(), args.lr, (args.beta1, args.beta2), args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.lr_schedule, args.warmup_steps, args.steps))
     guard = NonFiniteGuard(args.max_nonfinite)
-    precision = "bf16" if args.precision in ("auto", "bf16") and dev.type == "cuda" else "fp32"
+    precision = "bf16" if args.precision == "bf16" and dev.type == "cuda" else "fp32"
     if args.precision == "bf16" and precision == "fp32" and info.is_main:
         print("in1k_dit: --precision bf16 applies on CUDA only; training in fp32 on CPU", flush=True)
+    if args.tf32 and dev.type != "cuda" and info.is_main:
+        print("in1k_dit: --tf32 applies on CUDA only", flush=True)
+    mode = precision + ("+tf32" if args.tf32 and dev.type == "cuda" and precision == "fp32" else "")
     logger = MetricsLogger(out, enabled=info.is_main, tensorboard=args.tensorboard)
     step = 0
     if info.is_main:
         n_par = sum(p.numel() for p in model.parameters())
         print(f"in1k_dit: {args.model} ({n_par / 1e6:.2f} M params) on {data_meta['source']}: {n_tok} tokens x {chans} ch on "
               f"the sphere R={ae.radius:.3f}, alpha={alpha:.3f}, {latent['num_classes']} classes, "
-              f"{args.steps} steps of batch {args.batch_size}, {precision} -> {out}", flush=True)
+              f"{args.steps} steps of batch {args.batch_size}, {mode}, grad clip "
+              f"{args.grad_clip if args.grad_clip > 0 else 'off'} -> {out}; sample grids decoded at "
+              f"token norm {s_vae:.6g} from {s_src}", flush=True)
         if note:
             print(f"in1k_dit: {note}", flush=True)
     if resume is not None:
@@ -153,16 +185,17 @@ def train(args, info) -> int:
             truncate_after(logger.path, step)
             print(f"in1k_dit: resuming from {ckpts.last} at step {step}", flush=True)
     else:
-        logger.log("start", 0, **vars(args), latent=latent, world_size=world, precision_used=precision)
+        logger.log("start", 0, **vars(args), latent=latent, world_size=world, precision_used=mode)
     net = D.wrap_ddp(model, info)
     if args.compile:
         net = torch.compile(net)
     sampler = ResumableBatchSampler(len(train_ds), args.batch_size, rank=info.rank, world=world, seed=args.seed,
                                     start_chunk=step)
     loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=args.num_workers,
-                                         collate_fn=collate_fn, pin_memory=dev.type == "cuda")
+                                         collate_fn=collate_fn, pin_memory=dev.type == "cuda",
+                                         worker_init_fn=worker_init if args.num_workers > 0 else None)
     ctx = dict(args=args, info=info, ae=ae, sphere=Hypersphere(float(ae.radius)), alpha=alpha,
-               precision=precision, bad_files=set())
+               precision=precision, bad_files=set(), decode_norm=s_vae)
 
     def save(step_: int) -> None:
         rng = D.all_gather_object(checkpoint.capture_rng())
@@ -192,6 +225,8 @@ def train(args, info) -> int:
                     sample_grid(ctx, model, ema, latent, out / f"train-samples-{step:07d}.png")
                 stopping = D.any_true(stop.requested or step == args.stop_after, dev)
                 periodic = step % args.ckpt_every == 0 or step == args.steps
+                if stopping:
+                    close_loader(it)  # workers done before the last checkpoint
                 if (periodic and guard.consecutive == 0) or stopping:
                     save(step)
                 if stopping:
@@ -204,6 +239,8 @@ def train(args, info) -> int:
                     break
         except NonFiniteError as e:
             return abort_nonfinite("in1k_dit", e, step, logger, progress, ckpts)
+        finally:
+            close_loader(it)  # an error never waits for (or orphans) the loader workers
     progress.close()
     if code == 0 and step >= args.steps:
         path = sample_grid(ctx, model, ema, latent, out / "train-samples.png")
@@ -224,15 +261,23 @@ def latents_of(ctx, batch: dict) -> torch.Tensor:
 
 
 def flow_loss(ctx, net, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
-    """Riemannian flow-matching loss of one batch; returns :class:`spherical.RFMLoss` (fp32)."""
+    """Flow-matching loss of one batch (``--flow``: Riemannian, or flat on the same latents); returns
+    :class:`spherical.RFMLoss` (fp32)."""
+    from experiments.common.flows import euclidean_fm_loss, euclidean_path, flow_noise
+
     args, sphere, b = ctx["args"], ctx["sphere"], x0.shape[0]
-    x1 = sphere.random_uniform(*x0.shape, generator=gen, device=x0.device)
+    x1 = flow_noise(args.flow, tuple(x0.shape), float(sphere.radius), generator=gen, device=x0.device)
     t = sample_time(b, alpha=ctx["alpha"], loc=args.time_loc, scale=args.time_scale, generator=gen,
                     device=x0.device)
     drop = torch.rand(b, generator=gen, device=x0.device) < args.cfg_dropout
-    xt, ut = geodesic_flow(x0, x1, t.view(b, 1, 1), sphere=sphere)
+    if args.flow == "euclidean":
+        xt, ut = euclidean_path(x0, x1, t.view(b, 1, 1))
+    else:
+        xt, ut = geodesic_flow(x0, x1, t.view(b, 1, 1), sphere=sphere)
     with autocast(x0.device, ctx["precision"], cuda_only=True):
         v = net(xt, t, y, force_drop=drop)
+    if args.flow == "euclidean":
+        return euclidean_fm_loss(v.float(), xt, ut)
     return rfm_loss(v.float(), xt, ut, lambda_rad=args.lambda_rad)
 
 
@@ -272,12 +317,12 @@ def sample_grid(ctx, model, ema, latent: dict, path: Path, per_class: int = 4) -
         k = min(8, latent["num_classes"])
         labels = (torch.arange(k * per_class) % k).to(info.device)
         noise = sample_noise(range(labels.numel()), latent["num_tokens"], latent["channels"], latent["radius"],
-                             args.seed, info.device)
+                             args.seed, info.device, flow=args.flow)
         was = model.training
         model.eval()
         with ema.applied(model):
             _, img = generate(model, ctx["ae"], labels, latent, noise=noise, steps=args.sample_steps,
-                              precision=ctx["precision"])
+                              precision=ctx["precision"], decode_norm=ctx["decode_norm"])
         model.train(was)
         save_grid(list(img.cpu().split(k)), path, nrow=k)
     D.barrier()
@@ -290,4 +335,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    script_exit(main())

@@ -8,7 +8,13 @@ Pipeline: uniform noise on the product of N spheres S^{C−1}_R (t = 1) → ``sp
 (Riemannian Euler, 50 steps by default) on the α-shifted grid ``time_shift(linspace(1, 0, steps+1), α)``
 (or ``spherical.odeint`` with ``--method odeint:dopri5``) with classifier-free guidance
 ``v = v_u + w·(v_c − v_u)`` (``--cfg w``, optionally only for t in ``--cfg-interval lo hi``) → every token
-rescaled to norm ``--decode-norm`` (default 14) by ``Hypersphere(norm).projx`` → autoencoder decoder.
+rescaled to norm s by ``Hypersphere(s).projx`` (PAPER.md Alg. 2 line 14) → autoencoder decoder. s is the
+autoencoder checkpoint's ``latent_norm`` (the mean norm of the tokens its decoder read, measured on
+held-out images by ``in1k_ae.py``) unless ``--decode-norm S`` is given; the startup line says which. The
+paper's s_vae = 14 is that value for DINOv3-L (App. C); a toy autoencoder's is its own.
+A checkpoint trained with ``in1k_dit.py --flow euclidean`` (stored as ``latent["flow"]``) is sampled with
+its own flow instead: Gaussian noise and ambient Euler (:mod:`experiments.common.flows`), then the same
+rescale-and-decode.
 Outputs: a PNG grid and, with ``--npz``, an ADM-evaluator ``.npz`` (uint8 NHWC under ``arr_0``; labels are
 ``arange(N) % num_classes``, i.e. 50 per class for N = 50000). Sample ``i``'s noise depends only on
 ``(--seed, i)``: results do not depend on the number of processes or the batch size.
@@ -28,10 +34,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from experiments.common import distributed as D  # noqa: E402
+from experiments.common.cli_common import require_finite, validate_sample_args  # noqa: E402
 from experiments.common.data import mix_seed  # noqa: E402
-from experiments.common.dit_io import DEFAULT_DIT_RUN, load_autoencoder, load_dit, resolve_ckpt  # noqa: E402
+from experiments.common.dit_io import (DEFAULT_DIT_RUN, decode_norm, load_autoencoder, load_dit,  # noqa: E402
+                                      resolve_ckpt)
 from experiments.common.trainer import OneLineParser, UserError, autocast, run_cli  # noqa: E402
-from spherical import METHODS, Hypersphere, dimension_shift, integrate, odeint, time_shift  # noqa: E402
+from spherical import ADAPTIVE_METHODS, METHODS, Hypersphere, dimension_shift, integrate, odeint, time_shift  # noqa: E402
 
 Tensor = torch.Tensor
 
@@ -63,13 +71,15 @@ def guided_velocity(model: torch.nn.Module, labels: Tensor, cfg_scale: float = 1
 
 
 def sample_noise(indices: Sequence[int], num_tokens: int, channels: int, radius: float, seed: int,
-                 device: torch.device | str = "cpu") -> Tensor:
-    """Uniform noise on S^{C−1}_R for the given global sample indices: ``[len(indices), N, C]``.
+                 device: torch.device | str = "cpu", flow: str = "riemannian") -> Tensor:
+    """The flow's t = 1 noise for the given global sample indices: ``[len(indices), N, C]`` (uniform on
+    S^{C−1}_R, or (R/χ_C)·N(0, I) for ``flow="euclidean"``).
 
     Sample ``i`` uses its own generator seeded by ``(seed, i)``, so it is the same on any rank/batch.
     """
-    sphere = Hypersphere(radius)
-    out = [sphere.random_uniform(1, num_tokens, channels, generator=torch.Generator().manual_seed(
+    from experiments.common.flows import flow_noise
+
+    out = [flow_noise(flow, (1, num_tokens, channels), radius, generator=torch.Generator().manual_seed(
         mix_seed(seed, int(i)))) for i in indices]
     return torch.cat(out).to(device)
 
@@ -79,8 +89,10 @@ def sample_latents(model: torch.nn.Module, labels: Tensor, *, num_tokens: int, c
                    steps: int = 50, method: str = "euler", cfg_scale: float = 1.0,
                    cfg_interval: tuple[float, float] | None = None, alpha: float | None = None,
                    generator: torch.Generator | None = None, noise: Tensor | None = None,
-                   precision: str = "fp32", rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
-    """Integrate the learned field from uniform noise (t = 1) to data (t = 0) on the sphere.
+                   precision: str = "fp32", rtol: float = 1e-5, atol: float = 1e-5,
+                   flow: str = "riemannian") -> Tensor:
+    """Integrate the learned field from uniform noise (t = 1) to data (t = 0) on the sphere, or, for
+    ``flow="euclidean"``, from Gaussian noise with ambient Euler (no projection; ``method`` must be euler).
 
     Args:
         model: a :class:`models.dit.LightningDiT` (``(x, t, y) -> v``, with ``forward_with_cfg``).
@@ -88,29 +100,39 @@ def sample_latents(model: torch.nn.Module, labels: Tensor, *, num_tokens: int, c
         num_tokens, channels, radius: the latent manifold, N tokens on S^{C−1}_R.
         steps: number of grid intervals.
         method: an ``integrate`` method (``euler``, ``midpoint``, ``heun``, ``rk4``, ``projected_euler``,
-            ``projected_rk4``) or ``odeint[:SOLVER]`` (torchdiffeq, default dopri5, end points only).
+            ``projected_rk4``), an adaptive pair on the sphere (``dopri5``, ``bosh3``: ``rtol``/``atol``, end points
+            only) or ``odeint[:SOLVER]`` (torchdiffeq, default dopri5, end points only).
         cfg_scale: guidance weight w (1 = conditional model).
         cfg_interval: ``(lo, hi)``: guidance only for lo ≤ t ≤ hi.
         alpha: time-grid shift; ``None`` = ``dimension_shift(num_tokens, channels)`` as in training.
         generator: RNG for the noise (ignored when ``noise`` is given).
-        noise: optional ``[B, N, C]`` start points on the sphere.
+        noise: optional ``[B, N, C]`` start points (on the sphere for the Riemannian flow).
+        flow: ``"riemannian"`` or ``"euclidean"`` (the checkpoint's ``latent["flow"]``).
 
     Returns:
-        ``[B, N, C]`` float32 latents on S^{C−1}_R.
+        ``[B, N, C]`` float32 latents on S^{C−1}_R (Riemannian), or off it in general (Euclidean).
     """
+    from experiments.common.flows import check_flow, euclidean_euler, flow_noise
+
     dev = labels.device
     alpha = dimension_shift(num_tokens, channels) if alpha is None else float(alpha)
     sphere = Hypersphere(radius)
+    if check_flow(flow) == "euclidean" and method != "euler":
+        raise ValueError(f"the euclidean flow samples with ambient Euler only, got method {method!r}")
     if noise is None:
-        noise = sphere.random_uniform(labels.shape[0], num_tokens, channels, generator=generator,
-                                      device=generator.device if generator is not None else dev)
+        noise = flow_noise(flow, (labels.shape[0], num_tokens, channels), radius, generator=generator,
+                           device=generator.device if generator is not None else dev)
     x = noise.to(dev, torch.float32)
     v = guided_velocity(model, labels, cfg_scale, cfg_interval, precision)
+    if flow == "euclidean":
+        return euclidean_euler(v, x, time_grid(steps, alpha))
     if method.startswith("odeint"):
         solver = method.partition(":")[2] or "dopri5"
         return odeint(v, x, torch.tensor([1.0, 0.0]), sphere=sphere, method=solver, rtol=rtol, atol=atol)
+    if method in ADAPTIVE_METHODS:  # adaptive pairs on the sphere: only the end points of the grid
+        return integrate(v, x, torch.tensor([1.0, 0.0]), sphere=sphere, method=method, rtol=rtol, atol=atol)
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS} or odeint[:SOLVER]")
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS + ADAPTIVE_METHODS} or odeint[:SOLVER]")
     return integrate(v, x, time_grid(steps, alpha), sphere=sphere, method=method)
 
 
@@ -122,7 +144,7 @@ def to_uint8(images: Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def generate(model: torch.nn.Module, ae: torch.nn.Module, labels: Tensor, latent: dict, *,
-             decode_norm: float = 14.0, noise: Tensor | None = None, **kw) -> tuple[Tensor, Tensor]:
+             decode_norm: float, noise: Tensor | None = None, **kw) -> tuple[Tensor, Tensor]:
     """Sample latents, rescale every token to ``decode_norm`` and decode.
 
     Returns:
@@ -130,7 +152,7 @@ def generate(model: torch.nn.Module, ae: torch.nn.Module, labels: Tensor, latent
     """
     z = sample_latents(model, labels, num_tokens=latent["num_tokens"], channels=latent["channels"],
                        radius=latent["radius"], alpha=kw.pop("alpha", None) or latent.get("alpha"),
-                       noise=noise, **kw)
+                       noise=noise, flow=latent.get("flow", "riemannian"), **kw)
     z = Hypersphere(decode_norm).projx(z)
     return z, ae.decode(z).float().clamp(-1, 1)
 
@@ -144,13 +166,15 @@ def build_parser() -> OneLineParser:
     a("--num-samples", type=int, default=32, help="number of images; labels = arange(N) %% num_classes")
     a("--labels", type=int, nargs="+", help="explicit class labels (cycled to --num-samples)")
     a("--steps", type=int, default=50, help="integration steps on the α-shifted time grid")
-    a("--method", default="euler", help=f"one of {', '.join(METHODS)}, or odeint[:SOLVER] (torchdiffeq)")
-    a("--rtol", type=float, default=1e-5, help="odeint relative tolerance")
-    a("--atol", type=float, default=1e-5, help="odeint absolute tolerance")
+    a("--method", default="euler", help=f"one of {', '.join(METHODS + ADAPTIVE_METHODS)}, or odeint[:SOLVER] "
+      "(torchdiffeq)")
+    a("--rtol", type=float, default=1e-5, help="relative tolerance of dopri5/bosh3/odeint")
+    a("--atol", type=float, default=1e-5, help="absolute tolerance of dopri5/bosh3/odeint")
     a("--cfg", type=float, default=1.0, help="classifier-free guidance scale w (1 = off)")
     a("--cfg-interval", type=float, nargs=2, metavar=("LO", "HI"), help="guide only for LO <= t <= HI")
     a("--alpha", type=float, help="time-grid shift α (default: the training α, sqrt(N·C/4096))")
-    a("--decode-norm", type=float, default=14.0, help="token norm s_vae before decoding")
+    a("--decode-norm", type=float, help="token norm s_vae before decoding (default: the autoencoder "
+      "checkpoint's latent_norm; the paper's value for DINOv3-L is 14)")
     a("--batch-size", type=int, default=64, help="images per forward batch per process")
     a("--seed", type=int, default=0, help="noise seed (sample i uses (seed, i))")
     a("--out", help="PNG grid path (default: <run>/samples.png)")
@@ -169,8 +193,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.num_samples < 1 or args.batch_size < 1:
         raise UserError("--num-samples and --batch-size must be >= 1")
-    if not (args.method in METHODS or args.method.startswith("odeint")):
-        raise UserError(f"--method {args.method!r}: expected one of {', '.join(METHODS)} or odeint[:SOLVER]")
+    if not (args.method in METHODS + ADAPTIVE_METHODS or args.method.startswith("odeint")):
+        raise UserError(f"--method {args.method!r}: expected one of {', '.join(METHODS + ADAPTIVE_METHODS)} "
+                        "or odeint[:SOLVER]")
+    validate_sample_args(args)  # ranges, --cfg-interval order, odeint solver, --device
     info = D.setup(args.device)
     threads = torch.get_num_threads()
     try:
@@ -190,6 +216,7 @@ def run(args, info) -> int:
     if args.threads or (dev.type == "cpu" and sum(p.numel() for p in model.parameters()) < 10_000_000):
         torch.set_num_threads(args.threads or 1)
     ae = load_autoencoder(args.ae_ckpt or latent["ae_ckpt"], dev)
+    s_vae, s_src = decode_norm(ae, args.decode_norm)
     n, k = args.num_samples, latent["num_classes"]
     labels = (torch.tensor(args.labels).repeat((n + len(args.labels) - 1) // len(args.labels))[:n]
               if args.labels else torch.arange(n) % k)
@@ -199,15 +226,20 @@ def run(args, info) -> int:
     kw = dict(steps=args.steps, method=args.method, cfg_scale=args.cfg, precision=args.precision,
               cfg_interval=tuple(args.cfg_interval) if args.cfg_interval else None, alpha=args.alpha,
               rtol=args.rtol, atol=args.atol)
+    flow = latent.get("flow", "riemannian")
+    if flow == "euclidean" and args.method != "euler":
+        raise UserError(f"{ckpt} was trained with --flow euclidean: it samples with --method euler only")
     if info.is_main:
-        print(f"sample.py: {n} samples from {ckpt} ({args.method}, {args.steps} steps, cfg {args.cfg}, "
-              f"decode norm {args.decode_norm}) on {info.world_size} process(es)", flush=True)
+        print(f"sample.py: {n} samples from {ckpt} ({flow} flow, {args.method}, {args.steps} steps, cfg {args.cfg}, "
+              f"decode norm {s_vae:.6g} from {s_src}) on {info.world_size} process(es)", flush=True)
     parts, grid = [], []
     for s in range(lo, hi, args.batch_size):
         idx = list(range(s, min(hi, s + args.batch_size)))
-        noise = sample_noise(idx, latent["num_tokens"], latent["channels"], latent["radius"], args.seed, dev)
-        _, img = generate(model, ae, labels[idx].to(dev), latent, decode_norm=args.decode_norm, noise=noise,
+        noise = sample_noise(idx, latent["num_tokens"], latent["channels"], latent["radius"], args.seed, dev,
+                             flow=latent.get("flow", "riemannian"))
+        z, img = generate(model, ae, labels[idx].to(dev), latent, decode_norm=s_vae, noise=noise,
                           **kw)
+        require_finite(f"samples {idx[0]}..{idx[-1]}", latents=z, images=img)  # never write garbage
         parts.append(to_uint8(img))
         if sum(g.shape[0] for g in grid) < args.grid:
             grid.append(img.cpu())

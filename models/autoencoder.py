@@ -1,6 +1,6 @@
 """The DINO Spherical Autoencoder: frozen DINO trunk, trainable conv stem, spherical latent, conv decoder.
 
-Named configurations live in :data:`AE_CONFIGS` (``paper``, ``hae-code``, ``dinov2-b``, ``tiny``,
+Named configurations live in :data:`AE_CONFIGS` (``paper``, ``hae-code``, ``dinov2-b``, ``cpu``, ``tiny``,
 ``tiny-dinov2``); :func:`build_autoencoder` is the one entry point.
 """
 from __future__ import annotations
@@ -16,13 +16,17 @@ from models.decoder import DECODER_CONFIGS, ConvDecoder, DecoderConfig, decoder_
 from models.encoder import (EncoderWeightsError, DinoBackbone, create_dino_vit_for_build,
                             load_dino_weights, _HELP)
 from models.latent import gaussian_norm_radius, smooth_latent
-from models.stem import HierarchicalConvPatchEmbed
+from models.stem import STEM_TYPES, HierarchicalConvPatchEmbed, LinearPatchEmbed
 from spherical import Hypersphere
 
-__all__ = ["AutoencoderConfig", "AE_CONFIGS", "AutoencoderOutput", "DinoSphericalAutoencoder",
-           "build_autoencoder"]
+__all__ = ["AutoencoderConfig", "AE_CONFIGS", "AutoencoderOutput", "DECODER_INPUTS",
+           "DinoSphericalAutoencoder", "build_autoencoder"]
 
 _TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2)
+# The CPU demo's DINOv3-architecture ViT: patch 8, C = 192 (ViT-Ti width), 2 blocks (the blocks of a random
+# DINOv3 ViT start near the identity, layer scale 1e-5; each costs as much as the decoder's 8×8 stage).
+_CPU_VIT = dict(patch_size=8, embed_dim=192, depth=2, num_heads=3)
+DECODER_INPUTS = ("raw", "sphere")
 
 
 @dataclass(frozen=True)
@@ -35,19 +39,30 @@ class AutoencoderConfig:
         encoder: timm model name of the DINO ViT (teacher = frozen student trunk).
         encoder_kwargs: timm architecture overrides (used by the tiny test presets).
         image_size: nominal square input size (a multiple of the patch size; N = (image_size/p)²).
-        stem_widths: hidden widths of the hierarchical conv stem (64, 128, 256 in the paper).
+        stem: the student's trainable stem, ``"conv"`` (hierarchical conv stem, the paper's) or
+            ``"patchify"`` (the standard linear patchify, initialised from the teacher's; paper Table 5).
+        stem_widths: hidden widths of the hierarchical conv stem (64, 128, 256 in the paper; ⌈log2 p⌉ − 1
+            of them).
         decoder: a :class:`DecoderConfig` (or a name in ``DECODER_CONFIGS``, or its ``asdict`` dict).
         random_encoder: the preset is random by design (tiny tests); no weights are expected.
+        decoder_input: what the decoder reads. ``"raw"`` (the paper, v2 §3.2–3.3 and the released code):
+            the student's patch tokens after the final norm, magnitude free. ``"sphere"`` (ablation, this
+            project's earlier behaviour): those tokens projected to R·z/‖z‖. The DiT's latent is the
+            sphere projection in both cases.
     """
 
     encoder: str = "vit_large_patch16_dinov3.lvd1689m"
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     image_size: int = 256
-    stem_widths: tuple[int, int, int] = (64, 128, 256)
+    stem_widths: tuple[int, ...] = (64, 128, 256)
+    stem: str = "conv"
     decoder: DecoderConfig | str = DECODER_CONFIGS["paper"]
     random_encoder: bool = False
+    decoder_input: str = "raw"
 
     def __post_init__(self) -> None:
+        if self.decoder_input not in DECODER_INPUTS:
+            raise ValueError(f"decoder_input must be one of {DECODER_INPUTS}, got {self.decoder_input!r}")
         # accept a preset name, or the plain dict of ``dataclasses.asdict`` / JSON (lists → tuples)
         if isinstance(self.decoder, str):
             object.__setattr__(self, "decoder", decoder_config(self.decoder))
@@ -55,6 +70,8 @@ class AutoencoderConfig:
             dec = {k: tuple(v) if isinstance(v, list) else v for k, v in self.decoder.items()}
             object.__setattr__(self, "decoder", DecoderConfig(**dec))
         object.__setattr__(self, "stem_widths", tuple(self.stem_widths))
+        if self.stem not in STEM_TYPES:
+            raise ValueError(f"unknown stem {self.stem!r}; choose from {sorted(STEM_TYPES)}")
         object.__setattr__(self, "encoder_kwargs", dict(self.encoder_kwargs))
 
 
@@ -65,6 +82,11 @@ AE_CONFIGS: dict[str, AutoencoderConfig] = {
     "hae-code": AutoencoderConfig(decoder="hae-code"),
     # DINOv2 ViT-B/14 with registers, 224 px → 16×16 tokens × 768 (patch-14 rule of the stem/decoder).
     "dinov2-b": AutoencoderConfig(encoder="vit_base_patch14_reg4_dinov2.lvd142m", image_size=224),
+    # CPU demo (the embedded default), random by design: DINOv3-architecture ViT (RoPE, 4 registers) with
+    # patch 8 and C = 192, 64 px → 8×8 tokens × 192 = 12288 latent numbers for 64·64·3 = 12288 pixel
+    # values (the paper's ratio: 256 × 1024 for 256·256·3, 1.33); 3-layer conv stem, the "cpu" decoder.
+    "cpu": AutoencoderConfig(encoder="vit_small_patch16_dinov3", encoder_kwargs=_CPU_VIT, image_size=64,
+                             stem_widths=(32, 64), decoder="cpu", random_encoder=True),
     # CPU tests, random by design: DINOv3-architecture ViT (RoPE, 4 registers), C = 32, 64 px → 4×4 tokens.
     "tiny": AutoencoderConfig(encoder="vit_small_patch16_dinov3", encoder_kwargs=_TINY_VIT, image_size=64,
                               stem_widths=(8, 16, 16), decoder="tiny", random_encoder=True),
@@ -81,7 +103,8 @@ class AutoencoderOutput:
 
     Attributes:
         recon: reconstructed images ``[B, 3, H, W]`` (≈ [-1, 1]).
-        z: student latent on S^{C−1}_R, ``[B, N, C]``.
+        z: the clean student tokens the decoder reads, ``[B, N, C]`` (raw, or on S^{C−1}_R with
+            ``decoder_input="sphere"``); the cosine loss against ``z_teacher`` does not see their norm.
         z_teacher: the teacher's patch tokens ``[B, N, C]`` (raw, no grad), or None if not requested.
     """
 
@@ -91,7 +114,8 @@ class AutoencoderOutput:
 
 
 class DinoSphericalAutoencoder(nn.Module):
-    """Student encoder (conv stem + frozen DINO trunk) → sphere of radius R → conv decoder.
+    """Student encoder (conv stem + frozen DINO trunk) → conv decoder; the DiT's latent is the projection
+    of the student tokens onto the sphere of radius R (:meth:`sphere_latent`).
 
     One copy of the DINO ViT is held (``backbone.vit``): the teacher path is timm's original
     patch_embed + blocks + norm, the student path is ``stem`` + the same pos-embed/tokens/blocks/norm.
@@ -112,7 +136,12 @@ class DinoSphericalAutoencoder(nn.Module):
         c, p = self.backbone.embed_dim, self.backbone.patch_size
         if config.image_size % p:
             raise ValueError(f"image_size {config.image_size} is not a multiple of the patch size {p}")
-        self.stem = HierarchicalConvPatchEmbed(c, p, config.stem_widths)
+        if config.stem == "conv":
+            self.stem: nn.Module = HierarchicalConvPatchEmbed(c, p, config.stem_widths)
+        else:
+            self.stem = LinearPatchEmbed(c, p)
+            with torch.no_grad():  # start from the teacher's own patchify (student == teacher at step 0)
+                self.stem.proj.load_state_dict(self.backbone.vit.patch_embed.proj.state_dict())
         self.decoder = ConvDecoder(c, p, config.decoder)
         self.radius: float = gaussian_norm_radius(c)
         self.register_buffer("encoder_ready", torch.tensor(bool(encoder_ready)))
@@ -139,6 +168,11 @@ class DinoSphericalAutoencoder(nn.Module):
     def num_tokens(self) -> int:
         """N = (image_size / patch)²."""
         return (self.config.image_size // self.patch_size) ** 2
+
+    @property
+    def latent_ratio(self) -> float:
+        """Latent numbers per pixel value: N·C / (3·H·W) (paper: 256·1024 / (3·256²) = 1.33)."""
+        return self.num_tokens * self.latent_dim / (3 * self.config.image_size ** 2)
 
     @property
     def sphere(self) -> Hypersphere:
@@ -186,15 +220,38 @@ class DinoSphericalAutoencoder(nn.Module):
         return params
 
     # ------------------------------------------------------------------ model
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Student encoder: images ``[B,3,H,W]`` in [-1, 1] → latent ``[B, N, C]`` on S^{C−1}_R.
+    def student_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw student tokens: images ``[B,3,H,W]`` in [-1, 1] → ``[B, N, C]`` patch tokens after the final
+        norm (not projected; their norms differ from token to token).
 
         ImageNet mean/std normalisation is done inside; H, W must be multiples of the patch size.
         """
         self._check_ready()
         x = self.backbone.normalize(images)
-        tokens = self.backbone.from_patch_grid(self.stem.forward_nhwc(x))
-        return self.sphere.projx(tokens)
+        return self.backbone.from_patch_grid(self.stem.forward_nhwc(x))
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """What the decoder reads: images ``[B,3,H,W]`` in [-1, 1] → ``[B, N, C]``.
+
+        ``decoder_input="raw"`` (default, the paper): the raw :meth:`student_tokens`.
+        ``decoder_input="sphere"`` (ablation): their projection R·z/‖z‖ (float32), as :meth:`to_sphere`.
+        The DiT's latent is :meth:`sphere_latent` in both cases.
+        """
+        return self.decoder_latent(self.student_tokens(images))
+
+    def decoder_latent(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Raw student tokens ``[..., C]`` → the decoder's input: unchanged for ``decoder_input="raw"``,
+        :meth:`to_sphere` for ``"sphere"``."""
+        return tokens if self.config.decoder_input == "raw" else self.to_sphere(tokens)
+
+    def to_sphere(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The DiT's latent from tokens ``[..., C]`` of any norm and dtype: z₀ = R·z/‖z‖ in float32
+        (``spherical.Hypersphere(R).projx``; PAPER.md v2 Alg. 1)."""
+        return self.sphere.projx(tokens.float())
+
+    def sphere_latent(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``[B,3,H,W]`` in [-1, 1] → the DiT's latent ``[B, N, C]``, float32 on S^{C−1}_R."""
+        return self.to_sphere(self.student_tokens(images))
 
     @torch.no_grad()
     def teacher_tokens(self, images: torch.Tensor) -> torch.Tensor:
@@ -209,7 +266,8 @@ class DinoSphericalAutoencoder(nn.Module):
         Args:
             z: tokens, row-major over the square grid.
             norm: if given, every token is first rescaled to this norm by
-                ``Hypersphere(radius=norm).projx`` (the sampler uses s_vae = 14).
+                ``Hypersphere(radius=norm).projx`` (the sampler passes the checkpoint's ``latent_norm``,
+                the typical norm of what the decoder read in training; the paper's s_vae = 14 for DINOv3-L).
         """
         if norm is not None:
             z = Hypersphere(radius=norm).projx(z)
@@ -217,7 +275,9 @@ class DinoSphericalAutoencoder(nn.Module):
 
     def forward(self, images: torch.Tensor, *, with_teacher: bool = True, smoothing_tau: float = 0.0,
                 generator: torch.Generator | None = None) -> AutoencoderOutput:
-        """Encode → (optional latent smoothing z + σε, σ ~ U(0, τ)) → decode.
+        """Encode → (optional latent smoothing z + σε, σ ~ U(0, τ) once per batch) → decode.
+
+        The smoothing acts on what the decoder reads (:meth:`encode`: raw tokens by default).
 
         Args:
             images: ``[B, 3, H, W]`` in [-1, 1].

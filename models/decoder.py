@@ -1,6 +1,6 @@
 """DC-AE-style convolutional decoder: token grid ``[B, N, C]`` → image ``[B, 3, p·√N, p·√N]``.
 
-Configs are dataclasses held in the registry :data:`DECODER_CONFIGS` (``paper``, ``hae-code``, ``tiny``).
+Configs are dataclasses held in the registry :data:`DECODER_CONFIGS` (``paper``, ``hae-code``, ``cpu``, ``tiny``).
 """
 from __future__ import annotations
 
@@ -59,6 +59,12 @@ DECODER_CONFIGS: dict[str, DecoderConfig] = {
     # pixel-shuffle upsampling, ReLU after the output norm.
     "hae-code": DecoderConfig(widths=(512, 512, 256, 128), depths=(2, 2, 2, 2),
                               block_types=("res",) * 4, upsample="pixel_shuffle", out_act="relu"),
+    # CPU demo (AE preset "cpu", patch 8): 8×8 tokens → 64 px in three pixel-shuffle ×2 steps, sized for
+    # 2 cores: the blocks run at the token resolution, where they are cheap; the ×2 steps keep the numbers
+    # per position ≥ the pixel values they cover (192 per 8×8×3, 96 per 4×4×3, 48 per 2×2×3).
+    "cpu": DecoderConfig(widths=(192, 96, 48, 24), depths=(2, 0, 0, 0),
+                         block_types=("evit_glu", "res", "res", "res"), upsample="pixel_shuffle",
+                         attn_head_dim=32, glu_expand=2.0),
     # CPU tests: every block kind, a few thousand parameters.
     "tiny": DecoderConfig(widths=(32, 16, 8), depths=(1, 1, 1), block_types=("evit_glu", "res", "res"),
                           attn_head_dim=8, glu_expand=2.0),

@@ -40,7 +40,8 @@ class DiTConfig:
         mlp_ratio: SwiGLU hidden width is ``int(2/3 · mlp_ratio · D)`` (parameter-matched to a GELU MLP).
         num_classes: number of real classes; index ``num_classes`` is the null (unconditional) class.
         class_dropout_prob: probability a label is replaced by the null class in training.
-        qk_norm: RMS-normalise queries and keys per head before attention.
+        qk_norm: RMS-normalise queries and keys per head before attention (off by default, as in
+            LightningDiT's configs; the paper does not state it).
         use_rope: 2-D rotary embedding on the token grid; if False the model has no positional
             information at all and is equivariant to token permutations.
         rope_base: RoPE frequency base.
@@ -57,7 +58,7 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     num_classes: int = 1000
     class_dropout_prob: float = 0.1
-    qk_norm: bool = True
+    qk_norm: bool = False
     use_rope: bool = True
     rope_base: float = 10000.0
     time_scale: float = 1000.0

@@ -134,7 +134,27 @@ def create_dino_vit_for_build(name: str, *, weights: str | Path | None, pretrain
     ready = weights is not None or pretrained or random
     vit = create_dino_vit(name, weights=weights, pretrained=pretrained and weights is None,
                           random_init=not ready or random, img_size=img_size, **timm_kwargs)
+    if weights is None and not pretrained:
+        randomize_final_norm(vit)
     return vit, ready
+
+
+@torch.no_grad()
+def randomize_final_norm(vit: nn.Module) -> None:
+    """Gives a random ViT's final LayerNorm non-trivial affine parameters (torch's global RNG):
+    weight_c = exp(0.5·g_c), bias_c = 0.5·h_c with g, h ~ N(0, 1).
+
+    timm initialises it to weight 1, bias 0, so every token of a random trunk would have norm exactly √C
+    (LayerNorm output has zero mean and unit variance over C). A trained DINO's final norm is far from
+    the identity and its token norms vary from token to token: the magnitude the paper's decoder reads
+    (PAPER.md "Autoencoder"). Real weights loaded later overwrite these values.
+    """
+    norm = getattr(vit, "norm", None)
+    if getattr(norm, "weight", None) is None:
+        return
+    norm.weight.copy_(torch.exp(0.5 * torch.randn_like(norm.weight)))
+    if getattr(norm, "bias", None) is not None:
+        norm.bias.copy_(0.5 * torch.randn_like(norm.bias))
 
 
 class DinoBackbone(nn.Module):

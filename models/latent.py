@@ -37,21 +37,21 @@ def smoothing_tau(epoch: float, *, start: float = 0.8, end: float = 1.2, ramp_ep
 
 
 def smooth_latent(z: torch.Tensor, tau: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Stochastic latent smoothing z' = z + σ·ε with σ ~ U(0, τ) per sample and ε ~ N(0, I).
+    """Stochastic latent smoothing z' = z + σ·ε with one σ ~ U(0, τ) for the whole batch and ε ~ N(0, I)
+    (v2 App. B.4: σ is drawn once per batch).
 
     Args:
-        z: latents ``[B, ...]`` (one σ per leading index).
+        z: latents ``[B, ...]`` (the raw tokens the decoder reads, by default).
         tau: the upper bound τ ≥ 0; τ = 0 returns ``z`` unchanged.
         generator: optional torch generator (on z's device) for reproducibility.
 
     Returns:
-        ``[B, ...]``, same dtype and device as ``z`` (off the sphere in general; decode accepts any norm).
+        ``[B, ...]``, same dtype and device as ``z`` (computed in float32).
     """
     if tau < 0:
         raise ValueError(f"tau must be >= 0, got {tau}")
     if tau == 0:
         return z
-    shape = (z.shape[0],) + (1,) * (z.dim() - 1)
-    sigma = torch.rand(shape, generator=generator, device=z.device, dtype=torch.float32) * tau
+    sigma = torch.rand((), generator=generator, device=z.device, dtype=torch.float32) * tau
     eps = torch.randn(z.shape, generator=generator, device=z.device, dtype=torch.float32)
     return (z.float() + sigma * eps).to(z.dtype)

@@ -24,8 +24,10 @@ Scheme
    ``q_n = 2n + x²/q_{n+1}``, ``h_{n−1} = h_n + log q_n``. Every term is positive (no cancellation),
    the backward direction is the stable one for ``I``, and ``x = 0`` needs no special case.
 
-Accuracy (float64, against mpmath at 50 digits; ``tests/test_distributions.py`` checks it): see
-``N_DEBYE``/``DEBYE_TERMS`` below.
+Accuracy: the truncation error of step 1 is below 2e-14 relative (see ``DEBYE_TERMS``) and step 2
+adds positive terms only. Measured (``python benchmarks/bench_distributions.py``): max error 3.6e-14
+relative to ``max(1, |log I|)`` against scipy over C = 2 … 4096, x = 1e-8 … 1e5; ``tests/test_bessel.py``
+also checks mpmath (40 digits) where scipy under/overflows, to 1e-13.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from torch import Tensor
 __all__ = ["log_iv", "log_iv_scaled", "bessel_ratio", "N_DEBYE", "DEBYE_TERMS"]
 
 N_DEBYE = 30        # smallest order evaluated by the Debye expansion (lower orders: recurrence)
-DEBYE_TERMS = 9     # u_0 … u_8: first omitted term ≤ max|u_9|/30^9 (max|u_9| on [0, 1] is ~1e0)
+DEBYE_TERMS = 9     # u_0 … u_8: first omitted term ≤ max_[0,1]|u_9|/30^9 = 0.38/30^9 ≈ 1.9e-14
 
 
 def _debye_polynomials(count: int) -> List[List[float]]:
@@ -116,7 +118,8 @@ class _LogIvScaled(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (x,) = ctx.saved_tensors
-        return grad * (bessel_ratio(ctx.nu, x) - 1.0), None
+        # A − 1 in float64 (A → 1 as x → ∞: float32 would keep ~2 digits of 1 − A at x = 1e5)
+        return grad * (bessel_ratio(ctx.nu, x.to(torch.float64)) - 1.0).to(grad.dtype), None
 
 
 class _BesselRatio(torch.autograd.Function):

@@ -70,28 +70,33 @@ def normalise_loc(loc: Tensor, validate: bool = True) -> Tensor:
     return scaled / scaled.norm(dim=-1, keepdim=True)
 
 
-def place_on_sphere(w: Tensor, r: Tensor, loc: Tensor) -> Tensor:
-    """Unit vectors ``w·μ + r·t`` with ``t`` uniform on the unit sphere of ``μ^⊥`` (so ``r = √(1−w²)``).
+def place_on_sphere(w: Tensor, r: Tensor, loc: Tensor, radius: Tensor) -> Tensor:
+    """Points ``R·(w·μ + r·t)`` with ``t`` uniform on the unit sphere of ``μ^⊥`` (so ``r = √(1−w²)``).
 
     Args:
         w: ``sample_shape + batch`` components along ``μ`` (any float dtype; cast to ``loc``'s).
         r: same shape, ``√(1 − w²)`` computed by the caller without cancellation.
         loc: ``batch + (C,)`` unit mean directions.
+        radius: ``batch`` radii ``R``.
 
-    ``t = H·(0, v)`` with ``v`` uniform on ``S^{C−2}`` and ``H = I − 2uuᵀ/‖u‖²``, ``u = sign(μ_1)·e_1 + μ``
-    (so ``‖u‖² ≥ 2``, no cancellation): ``H`` is an orthogonal map sending ``e_1`` to ``∓μ`` and ``e_1^⊥`` onto
-    ``μ^⊥``, so ``t`` is uniform on the unit sphere of ``μ^⊥``. Returns ``sample_shape + batch + (C,)``.
+    ``t = H·(0, v)`` with ``v`` uniform on ``S^{C−2}`` and ``H = I − 2uuᵀ/‖u‖²``,
+    ``u = sign(μ_1)·e_1 + μ`` (so ``‖u‖² ≥ 2``, no cancellation): ``H`` is an orthogonal map sending
+    ``e_1`` to ``∓μ`` and ``e_1^⊥`` onto ``μ^⊥``, so ``t`` is uniform on the unit sphere of ``μ^⊥``.
+    Since ``H·(0, v) = (0, v) − (2⟨u, v⟩/‖u‖²)·u``,
+    the result is ``(rR/‖v‖)·v + (wR)·μ − (rR·2⟨u, v⟩/(‖u‖²‖v‖))·u``: six passes over the
+    ``sample_shape + batch + (C,)`` output (draw, norm, dot, three fused multiply-adds), R folded into
+    the per-point scalars.
     """
     dtype = loc.dtype
-    w, r = w.to(dtype).unsqueeze(-1), r.to(dtype).unsqueeze(-1)
-    shape = w.shape[:-1] + loc.shape[-1:]
-    eps = torch.randn(shape[:-1] + (shape[-1] - 1,), dtype=dtype, device=loc.device)
-    v = eps / eps.norm(dim=-1, keepdim=True)                            # uniform on S^{C−2}
+    rad = radius.unsqueeze(-1)
+    w, r = w.to(dtype).unsqueeze(-1) * rad, r.to(dtype).unsqueeze(-1) * rad
+    v = torch.randn(w.shape[:-1] + loc.shape[-1:], dtype=dtype, device=loc.device)
+    v[..., 0] = 0.0                                                     # (0, ε): ε/‖ε‖ uniform on S^{C−2}
+    r = r / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
     sign = torch.where(loc[..., :1] >= 0, 1.0, -1.0).to(dtype)
     u = torch.cat([loc[..., :1] + sign, loc[..., 1:]], dim=-1)           # sign·e_1 + μ, |u_1| ≥ 1
-    coef = 2.0 * (u[..., 1:] * v).sum(-1, keepdim=True) / (u * u).sum(-1, keepdim=True)
-    t = torch.cat([torch.zeros_like(v[..., :1]), v], dim=-1) - coef * u    # H·(0, v) ⊥ μ, unit
-    return w * loc + r * t
+    coef = 2.0 * (v * u).sum(-1, keepdim=True) / (u * u).sum(-1, keepdim=True)
+    return torch.addcmul(torch.addcmul(r * v, w, loc), -(r * coef), u)
 
 
 def wood_component(kappa: Tensor, channels: int, sample_shape: torch.Size) -> Tuple[Tensor, Tensor]:

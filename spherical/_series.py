@@ -50,9 +50,14 @@ def theta_over_sin(theta: Tensor) -> Tensor:
 
 
 def safe_sqrt(s: Tensor) -> Tensor:
-    """√s for s ≥ 0 with a zero (not NaN) gradient at s = 0; negative round-off is treated as 0."""
+    """√s for s ≥ 0 with a zero (not NaN) gradient at s = 0; negative round-off is treated as 0.
+
+    NaN stays NaN: an infinite input coordinate gives
+    ``inf − inf = NaN`` upstream, and that must reach the caller rather than read as "distance 0".
+    """
     pos = s > 0
-    return torch.where(pos, torch.sqrt(torch.where(pos, s, torch.ones_like(s))), torch.zeros_like(s))
+    return torch.where(pos, torch.sqrt(torch.where(pos, s, torch.ones_like(s))),
+                       torch.where(torch.isnan(s), s, torch.zeros_like(s)))
 
 
 def safe_div(num: Tensor, den: Tensor) -> Tensor:

@@ -4,7 +4,8 @@ Every distribution here is a :class:`torch.distributions.Distribution` with ``ev
 densities are with respect to the surface measure of ``S^{C−1}_R`` (area ``R^{C−1}·|S^{C−1}|`` with
 ``|S^{C−1}| = 2π^{C/2}/Γ(C/2)``), so every ``log_prob`` carries the ``−(C−1)·log R`` term.
 
->>> from spherical.distributions import Uniform
+>>> import torch
+>>> from spherical.distributions import Uniform, VonMisesFisher
 >>> u = Uniform(1024, radius=32.0)
 >>> x = u.sample((8,))            # [8, 1024], ‖x‖ = 32
 >>> u.log_prob(x).shape
@@ -21,7 +22,7 @@ and the Bessel functions of :mod:`spherical._bessel`.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -34,6 +35,7 @@ from ._directional import (RadiusLike, as_float_tensor, check_channels, check_co
 from ._series import safe_sqrt
 
 __all__ = ["Uniform", "VonMisesFisher", "PowerSpherical", "log_sphere_area"]
+
 
 def log_sphere_area(channels: int, radius: RadiusLike = 1.0) -> Tensor:
     """``log |S^{C−1}_R| = log 2 + (C/2)·log π − lgamma(C/2) + (C−1)·log R``, computed in float64."""
@@ -51,7 +53,8 @@ class Uniform(Distribution):
     Args:
         channels: ambient dimension ``C ≥ 2``.
         radius: ``R > 0``: a float (batch shape ``()``) or a tensor (its shape is the batch shape, its
-            dtype and device are those of samples and log-densities).
+            dtype and device are those of samples). As in ``torch.distributions``, the batch shape has no
+            channel axis: a :class:`spherical.Hypersphere`-style ``[..., 1]`` radius is passed as ``R[..., 0]``.
         validate_args: as in :class:`torch.distributions.Distribution`.
     """
 
@@ -83,7 +86,7 @@ class Uniform(Distribution):
         return self.radius.unsqueeze(-1) * eps / eps.norm(dim=-1, keepdim=True)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """Constant ``−log |S^{C−1}_R|`` of shape ``broadcast(value[..., 0], batch_shape)``, in ``value``'s dtype."""
+        """Constant ``−log |S^{C−1}_R|``, shape ``broadcast(value[..., 0], batch_shape)``, ``value``'s dtype."""
         if self._validate_args:
             self._validate_sample(value)
         dtype = value.dtype if value.dtype.is_floating_point else self.radius.dtype
@@ -123,7 +126,7 @@ class _Directional(Distribution):
 
     ``loc: [..., C]`` (normalised to ``μ``), ``concentration`` and ``radius`` broadcastable to
     ``loc[..., 0]``; ``batch_shape`` is the broadcast of the three, ``event_shape = (C,)``. Computations
-    run in ``loc``'s dtype (constants in float64, then cast).
+    run in ``loc``'s dtype (float32 for half types; constants in float64, then cast).
     """
 
     arg_constraints = {"loc": constraints.real_vector, "concentration": constraints.nonnegative,
@@ -132,6 +135,8 @@ class _Directional(Distribution):
     def __init__(self, loc: Tensor, concentration, radius: RadiusLike = 1.0,
                  validate_args: Optional[bool] = None):
         loc = as_float_tensor(loc)
+        if loc.dtype in (torch.float16, torch.bfloat16):                 # half types: computed in float32
+            loc = loc.float()
         check = validate_args is not False
         mu = normalise_loc(loc, validate=check)
         kappa = check_concentration(as_float_tensor(concentration, like=mu), validate=check)
@@ -218,8 +223,9 @@ class VonMisesFisher(_Directional):
     def log_prob(self, value: Tensor) -> Tensor:
         """``value: [..., C]`` on the sphere → log-density ``broadcast(value[..., 0], batch_shape)``."""
         value = self._checked(value)
-        xh = value / self.radius.unsqueeze(-1)
-        half_sq = 0.5 * (xh - self.loc).pow(2).sum(-1)                   # 1 − ⟨μ, x̂⟩
+        r = self.radius
+        gap = torch.linalg.vector_norm(value - r.unsqueeze(-1) * self.loc, dim=-1) / r   # ‖x̂ − μ‖
+        half_sq = 0.5 * gap.square()                                    # 1 − ⟨μ, x̂⟩
         const = self._log_normaliser64().to(value.dtype)
         return const - self.concentration * half_sq - self._log_radius_term()
 
@@ -227,7 +233,7 @@ class VonMisesFisher(_Directional):
         """``sample_shape + batch_shape + (C,)`` points with ``‖x‖ = R`` (Wood's sampler, no gradient)."""
         with torch.no_grad():
             w, r = wood_component(self.concentration, self.channels, torch.Size(sample_shape))
-            return self.radius.unsqueeze(-1) * place_on_sphere(w, r, self.loc)
+            return place_on_sphere(w, r, self.loc, self.radius)
 
     @property
     def mean(self) -> Tensor:
@@ -258,7 +264,7 @@ class PowerSpherical(_Directional):
 
     has_rsample = True
 
-    def _ab64(self) -> tuple:
+    def _ab64(self) -> Tuple[Tensor, float]:
         beta = 0.5 * (self.channels - 1)
         return self.concentration.to(torch.float64) + beta, beta
 
@@ -268,18 +274,23 @@ class PowerSpherical(_Directional):
         return (a + b) * math.log(2.0) + b * math.log(math.pi) + torch.lgamma(a) - torch.lgamma(a + b)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """``value: [..., C]`` on the sphere → log-density; ``1 + ⟨μ, x̂⟩`` is taken as ``‖x̂ + μ‖²/2``."""
+        """``value: [..., C]`` on the sphere → log-density ``broadcast(value[..., 0], batch_shape)``.
+
+        Evaluated as ``κ·log((1 + ⟨μ, x̂⟩)/2) + [κ log 2 − log N]``: the bracket is formed in float64
+        (at κ = 1e5 both terms are ~7e4 and cancel), and the first term is ~0 near the mode and comes
+        from :func:`_log_half_one_plus_cos` without cancellation at the mode or the antipode."""
         value = self._checked(value)
-        xh = value / self.radius.unsqueeze(-1)
-        one_plus = 0.5 * (xh + self.loc).pow(2).sum(-1)                  # exact near x̂ = −μ
-        const = self._log_normaliser64().to(value.dtype)
-        return torch.xlogy(self.concentration, one_plus) - const - self._log_radius_term()
+        k = self.concentration
+        log_half = _log_half_one_plus_cos(value, self.loc, self.radius)
+        power = torch.where(k == 0, torch.zeros_like(log_half), k * log_half)   # 0·log 0 = 0 at κ = 0
+        const = k.to(torch.float64) * math.log(2.0) - self._log_normaliser64()
+        return power + const.to(value.dtype) - self._log_radius_term()
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
         """Reparameterised ``sample_shape + batch_shape + (C,)`` points with ``‖x‖ = R``."""
         a, b = self._ab64()
         z = Beta(a, torch.full_like(a, b)).rsample(torch.Size(sample_shape))
-        return self.radius.unsqueeze(-1) * place_on_sphere(2.0 * z - 1.0, 2.0 * safe_sqrt(z * (1.0 - z)), self.loc)
+        return place_on_sphere(2.0 * z - 1.0, 2.0 * safe_sqrt(z * (1.0 - z)), self.loc, self.radius)
 
     @property
     def mean(self) -> Tensor:
@@ -292,6 +303,23 @@ class PowerSpherical(_Directional):
         a, b = self._ab64()
         k = self.concentration.to(torch.float64)
         return self._log_normaliser64() - k * (math.log(2.0) + torch.digamma(a) - torch.digamma(a + b))
+
+
+def _log_half_one_plus_cos(value: Tensor, loc: Tensor, radius: Tensor) -> Tensor:
+    """``log((1 + ⟨μ, x/R⟩)/2) ≤ 0`` for ``value: [..., C]`` on the sphere, ``μ = loc: batch + (C,)``.
+
+    With ``d∓ = ‖x/R ∓ μ‖²`` (exact differences): ``log1p(−d₋/4)`` where ``⟨μ, x̂⟩ ≥ 0`` (``d₋ ≤ 2``;
+    accurate to the round-off of ``d₋`` itself, which is 0 at the mode) and ``log(d₊/4)``
+    elsewhere (exact near the antipode, ``−inf`` at it). Each branch sees a safe argument where it is
+    not selected, so gradients are finite.
+    """
+    r = radius.unsqueeze(-1)
+    d_minus = (torch.linalg.vector_norm(value - r * loc, dim=-1) / radius).square()
+    d_plus = (torch.linalg.vector_norm(value + r * loc, dim=-1) / radius).square()
+    near = d_minus <= 2.0
+    near_mode = torch.log1p(-0.25 * torch.where(near, d_minus, torch.zeros_like(d_minus)))
+    far = torch.log(0.25 * torch.where(near, torch.full_like(d_plus, 4.0), d_plus))
+    return torch.where(near, near_mode, far)
 
 
 def _kl_to_uniform(p: _Directional, q: Uniform) -> Tensor:

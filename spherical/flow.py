@@ -5,6 +5,7 @@ Convention (as in the paper): ``t = 0`` is data, ``t = 1`` is noise; noise is un
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -83,10 +84,20 @@ def rfm_loss(v: Tensor, xt: Tensor, ut: Tensor, *, lambda_rad: float = 0.1) -> R
         xt: ``[..., C]`` points where it was evaluated.
         ut: ``[..., C]`` target velocities (tangent at xt).
         lambda_rad: weight of the radial penalty (paper: 0.1).
+
+    Raises:
+        ValueError: on mismatched shapes, or an empty batch (no points: the mean is undefined, and a
+            silent NaN loss would poison the optimiser state, so it is refused rather than defined as 0).
     """
-    if v.shape != ut.shape or torch.broadcast_shapes(v.shape, xt.shape) != v.shape:
+    try:
+        ok = v.dim() >= 1 and v.shape == ut.shape and torch.broadcast_shapes(v.shape, xt.shape) == v.shape
+    except RuntimeError:
+        ok = False
+    if not ok:
         raise ValueError(f"rfm_loss: expected v and ut of the same shape [..., C] with xt broadcastable, "
                          f"got v {tuple(v.shape)}, xt {tuple(xt.shape)}, ut {tuple(ut.shape)}")
+    if v.numel() == 0:
+        raise ValueError(f"rfm_loss: empty batch (v has shape {tuple(v.shape)}); expected at least one point")
     dtype = torch.promote_types(v.dtype, torch.float32)
     v, xt, ut = v.to(dtype), xt.to(dtype), ut.to(dtype)
     nx = torch.linalg.vector_norm(xt, dim=-1, keepdim=True)
@@ -102,9 +113,21 @@ def time_shift(t: Union[float, Tensor], alpha: float) -> Union[float, Tensor]:
     r"""Resolution shift of times towards noise: ``α·t / (1 + (α − 1)·t)`` (identity for α = 1).
 
     Maps [0, 1] onto itself monotonically; α > 1 spends more time near t = 1 (noise).
+
+    Args:
+        t: a float in ``[0, 1]`` (anything else raises ValueError), or a tensor of times; tensor entries
+            outside ``[0, 1]`` (or NaN) give NaN: no data-dependent check, so this stays free of host
+            syncs and graph breaks.
+        alpha: the shift, a positive finite number.
     """
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+    if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"time_shift: alpha must be a positive finite number, got {alpha!r}")
+    if isinstance(t, Tensor):
+        inside = (t >= 0) & (t <= 1)
+        tt = torch.where(inside, t, torch.zeros_like(t))
+        return torch.where(inside, alpha * tt / (1 + (alpha - 1) * tt), torch.full_like(tt, math.nan))
+    if not (isinstance(t, (int, float)) and 0.0 <= t <= 1.0):
+        raise ValueError(f"time_shift: t must be a time in [0, 1], got {t!r}")
     return alpha * t / (1 + (alpha - 1) * t)
 
 
@@ -118,8 +141,19 @@ def dimension_shift(num_tokens: int, channels: int, base: int = 4096) -> float:
 def sample_time(n: int, *, alpha: float = 1.0, loc: float = 0.0, scale: float = 1.0,
                 generator: Optional[torch.Generator] = None, device=None,
                 dtype: torch.dtype = torch.float32) -> Tensor:
-    r"""``n`` training times ``t = time_shift(sigmoid(loc + scale·ε), α)``, ``ε ~ N(0, 1)``: shape ``[n]``."""
-    if n < 0 or scale <= 0:
-        raise ValueError(f"sample_time: expected n >= 0 and scale > 0, got n={n}, scale={scale}")
+    r"""``n`` training times ``t = time_shift(sigmoid(loc + scale·ε), α)``, ``ε ~ N(0, 1)``: shape ``[n]``.
+
+    Raises:
+        ValueError: unless ``n`` is an integer ≥ 0, ``scale`` a positive finite number, ``loc`` finite
+            and ``alpha`` positive finite.
+    """
+    def real(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0 or not (real(scale) and scale > 0) or not real(loc):
+        raise ValueError(f"sample_time: expected an integer n >= 0, a positive finite scale and a finite loc, "
+                         f"got n={n!r}, scale={scale!r}, loc={loc!r}")
+    if not (real(alpha) and alpha > 0):
+        raise ValueError(f"sample_time: alpha must be a positive finite number, got {alpha!r}")
     eps = torch.randn(n, generator=generator, device=device, dtype=dtype)
     return time_shift(torch.sigmoid(loc + scale * eps), alpha)

@@ -17,7 +17,13 @@ Everything that needs the angle θ between ``x`` and ``y`` goes through one help
 Factors such as θ/sin θ and sin(tθ)/sin θ are evaluated through the series helpers of
 :mod:`spherical._series` near 0 and through ``n`` directly near π, so values and gradients are finite at
 ``y = x``, ``u = 0`` and ``y = −x``. No method reads a tensor value into Python, so all of them run
-under ``torch.compile(fullgraph=True)``.
+under ``torch.compile(fullgraph=True)`` (inductor included) and under ``torch.func`` transforms (vmap,
+grad, jacrev, jacfwd, jvp) with batching rules only: in plain eager mode the kernels update their fresh
+outputs in place, under a transform or compile they are purely functional (:func:`_kernels.eager_mode`).
+In eager mode on CPU, ``dist`` of large same-shape batches runs the same formula over cache-sized row
+blocks (:func:`_kernels.blocked_theta`), so no batch-sized temporary is written.
+
+Non-finite input coordinates give NaN results (never a plausible 0 or π).
 
 Antipodes
 ---------
@@ -41,12 +47,15 @@ with warnings.catch_warnings():  # geoopt 0.5 calls torch.jit.script at import: 
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
     import geoopt
 
-from ._kernels import Radius, _add_first_two, _combine, _dot, _fallback, _fold_fallback, _frame, _Frame, _norm
+from ._kernels import (BLOCK_ELEMS, Radius, _add_first_two, _addcmul_fresh, _angle, _combine, _dot, _fallback,
+                       _fold_fallback, _frame, _Frame, _norm, blocked_theta, eager_mode)
 from ._series import safe_div, sinc, theta_over_sin
 
 __all__ = ["Hypersphere"]
 
 _HALF_PI = math.pi / 2
+# R and 4R² (the largest ‖y − σx‖²) stay normal float32 numbers: 2^-60 ≈ 8.7e-19, 2^60 ≈ 1.2e18.
+_RADIUS_RANGE = (2.0**-60, 2.0**60)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -60,7 +69,11 @@ class Hypersphere(geoopt.Manifold):
             per-token radii, e.g. ``[B, 1, 1]`` or ``[B, N, 1]`` for ``x: [B, N, C]``).
 
     Raises:
-        ValueError: if the radius is not positive and finite.
+        ValueError: if the radius is not positive and finite within ``[2⁻⁶⁰, 2⁶⁰]`` (so that ``R²`` and
+            ``4R²`` are normal float32 numbers: ``Hypersphere(1e20)`` would overflow ``R²`` in float32).
+            The same check runs when ``radius`` is assigned and when it is loaded by ``load_state_dict``;
+            a tensor radius changed in place to a value outside the range makes every op return NaN
+            (checked where it is used, without reading it into Python).
 
     float16/bfloat16 inputs are computed in float32 and returned in the input dtype.
     """
@@ -71,20 +84,44 @@ class Hypersphere(geoopt.Manifold):
 
     def __init__(self, radius: Radius = 1.0) -> None:
         super().__init__()
+        radius = self._checked_radius(radius)
+        if isinstance(radius, Tensor):
+            self.register_buffer("radius", radius.detach().clone())
+        else:
+            self.radius = radius
+
+    @staticmethod
+    def _checked_radius(radius: Radius) -> Radius:
+        """The radius as a float or floating tensor, or ValueError unless every entry is in the range."""
+        lo, hi = _RADIUS_RANGE
         if isinstance(radius, Tensor):
             if not radius.is_floating_point():
                 radius = radius.to(torch.get_default_dtype())
-            if radius.numel() == 0 or not bool(torch.isfinite(radius).all()) or not bool((radius > 0).all()):
-                raise ValueError(f"Hypersphere: radius must be positive and finite everywhere, got {radius}")
-            self.register_buffer("radius", radius.detach().clone())
-        else:
-            try:
-                value = float(radius)
-            except (TypeError, ValueError):
-                raise ValueError(f"Hypersphere: radius must be a float or a tensor, got {radius!r}") from None
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"Hypersphere: radius must be positive and finite, got {radius!r}")
-            self.radius = value
+            ok = radius.numel() > 0 and bool(((radius >= lo) & (radius <= hi)).all())
+            if not ok:
+                raise ValueError(f"Hypersphere: radius must be positive and finite, within [2^-60, 2^60] "
+                                 f"everywhere, got {radius}")
+            return radius
+        try:
+            value = float(radius)
+        except (TypeError, ValueError):
+            raise ValueError(f"Hypersphere: radius must be a float or a tensor, got {radius!r}") from None
+        if not lo <= value <= hi:  # also rejects NaN
+            raise ValueError(f"Hypersphere: radius must be positive and finite, within [2^-60, 2^60], got {radius!r}")
+        return value
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "radius":  # S.radius = -1.0 is validated like the constructor argument
+            value = self._checked_radius(value)
+        super().__setattr__(name, value)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        key = prefix + "radius"
+        if key in state_dict:
+            self._checked_radius(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     # --- plumbing --------------------------------------------------------------------------------
     def extra_repr(self) -> str:
@@ -131,11 +168,24 @@ class Hypersphere(geoopt.Manifold):
             raise ValueError(
                 f"Hypersphere: radius of shape {tuple(r.shape)} does not broadcast to x[..., :1] of shape {tuple(target)}"
             )
-        return r.to(dtype=x.dtype, device=x.device)
+        r = r.to(dtype=x.dtype, device=x.device)
+        lo, hi = _RADIUS_RANGE  # an in-place edit to a bad value poisons the result instead of being used
+        return torch.where((r >= lo) & (r <= hi), r, torch.full_like(r, math.nan))
 
     @staticmethod
     def _time(t: Union[float, Tensor], like: Tensor) -> Union[float, Tensor]:
+        """``t`` as a float or a tensor in ``like``'s dtype; a tensor must broadcast with ``like[..., :1]``."""
         if isinstance(t, Tensor):
+            target = like.shape[:-1] + (1,)
+            ok = t.dim() == 0 or t.shape[-1] == 1
+            if ok:
+                try:
+                    torch.broadcast_shapes(t.shape, target)
+                except RuntimeError:
+                    ok = False
+            if not ok:
+                raise ValueError(f"Hypersphere: t of shape {tuple(t.shape)} must broadcast with x[..., :1] of shape "
+                                 f"{tuple(target)} (one time per point is {tuple(target)}, e.g. [B, 1] for x [B, C])")
             return t.to(dtype=like.dtype, device=like.device)
         return float(t)
 
@@ -221,7 +271,12 @@ class Hypersphere(geoopt.Manifold):
         """Geodesic distance ``R·θ``, ``θ = atan2(‖y_⊥‖, ⟨x, y⟩/R)``; ``[..., C] -> [...]``."""
         (x, y), dt = self._prep(x, y)
         r = self._rad(x)
-        out = r * _frame(x, y, r).theta
+        if x.shape == y.shape and x.device.type == "cpu" and x.numel() >= 4 * BLOCK_ELEMS and eager_mode() \
+                and not (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)):
+            theta = blocked_theta(x, y, r)  # same formula over cache-sized row blocks (see _kernels)
+        else:
+            theta = _angle(x, y, r).theta
+        out = r * theta
         return (out if keepdim else out.squeeze(-1)).to(dt)
 
     # --- geodesics and transport ----------------------------------------------------------------
@@ -281,9 +336,7 @@ class Hypersphere(geoopt.Manifold):
         vj = torch.where(fb.first > 0, v[..., 0:1], v[..., 1:2])
         k = torch.where(f.antipodal, -2.0 * (vj - fb.xj * xv / r2) / fb.s, 0.0)  # reflect f̂-component
         xc, ks = _fold_fallback(xc, k, fb, r2)
-        out = torch.addcmul(v, f.w, qa)
-        out = out.addcmul_(x, xc) if torch.broadcast_shapes(out.shape, x.shape, xc.shape) == out.shape \
-            else torch.addcmul(out, x, xc)
+        out = _addcmul_fresh(torch.addcmul(v, f.w, qa), x, xc)
         return _add_first_two(out, ks * fb.first, ks * (1.0 - fb.first)).to(dt)
 
     def transp_follow_expmap(self, x: Tensor, u: Tensor, v: Tensor) -> Tensor:
@@ -304,34 +357,52 @@ class Hypersphere(geoopt.Manifold):
         y = self.retr(x, u)
         return y, self.transp(x, y, v)
 
-    # --- sampling -------------------------------------------------------------------------------
+    # --- sampling ---------------------------------------------------------------------------------
+    @staticmethod
+    def _size(size: Tuple, what: str) -> Tuple[int, ...]:
+        """``size`` as a tuple ``(..., C)`` with ``C >= 2`` and no negative entry, else ValueError."""
+        if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)):
+            size = tuple(size[0])
+        try:
+            shape = tuple(int(s) for s in size)
+        except (TypeError, ValueError):
+            raise ValueError(f"Hypersphere.{what}: expected integer sizes (..., C), got {size!r}") from None
+        if len(shape) == 0 or shape[-1] < 2 or min(shape) < 0:
+            raise ValueError(f"Hypersphere.{what}: expected a size (..., C) with C >= 2 and no negative entry, "
+                             f"got {shape}")
+        return shape
+
+    def _bind(self, x: Tensor) -> "geoopt.ManifoldTensor":
+        """``x`` as a :class:`geoopt.ManifoldTensor` bound to this manifold (no copy)."""
+        return geoopt.ManifoldTensor(x, manifold=self)
+
     def random_uniform(
         self,
         *size: Union[int, Sequence[int]],
         dtype: Optional[torch.dtype] = None,
         device: Optional[Union[str, torch.device]] = None,
         generator: Optional[torch.Generator] = None,
-    ) -> Tensor:
-        """Uniform samples ``R·ε/‖ε‖``, ``ε ~ N(0, I_C)``, of shape ``size = (..., C)``."""
-        if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)):
-            size = tuple(size[0])
-        shape = tuple(int(s) for s in size)
-        if len(shape) == 0 or shape[-1] < 2:
-            raise ValueError(f"Hypersphere.random_uniform: expected a size (..., C) with C >= 2, got {shape}")
+    ) -> "geoopt.ManifoldTensor":
+        """Uniform samples ``R·ε/‖ε‖``, ``ε ~ N(0, I_C)``, of shape ``size = (..., C)``.
+
+        Returns a :class:`geoopt.ManifoldTensor` bound to this manifold (``out.manifold is self``), as
+        geoopt's own manifolds do. It is a ``torch.Tensor`` subclass whose torch function is disabled:
+        any torch op on it (``x + 0``, a network layer, every ``Hypersphere`` method) returns a plain
+        tensor, so it can be fed to models unchanged; ``out.as_subclass(torch.Tensor)`` unwraps it.
+        """
+        shape = self._size(size, "random_uniform")
         if device is None and isinstance(self.radius, Tensor):
             device = self.radius.device
         eps = torch.randn(shape, dtype=dtype, device=device, generator=generator)
-        return self.projx(eps)
+        return self._bind(self.projx(eps))
 
     random = random_uniform
 
-    def origin(self, *size, dtype=None, device=None, seed: int = 42) -> Tensor:
-        """A fixed point ``R·e_0`` of shape ``size``."""
-        if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)):
-            size = tuple(size[0])
-        out = torch.zeros(size, dtype=dtype, device=device)
-        out[..., 0] = 1.0
-        return self.projx(out)
+    def origin(self, *size, dtype=None, device=None, seed: int = 42) -> "geoopt.ManifoldTensor":
+        """The fixed point ``R·e_0`` of shape ``size = (..., C)``, as a :class:`geoopt.ManifoldTensor`."""
+        shape = self._size(size, "origin")
+        out = torch.zeros(shape, dtype=dtype, device=device)
+        return self._bind(self.projx(out))  # projx maps 0 to R·e_0
 
     # --- geoopt checks --------------------------------------------------------------------------
     def _check_shape(self, shape: Tuple[int, ...], name: str) -> Union[Tuple[bool, Optional[str]], bool]:

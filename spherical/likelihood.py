@@ -15,10 +15,11 @@ trace of the Jacobian of any extension restricted to the tangent space:
 ``div_M V = Σ_i ⟨e_i, J e_i⟩`` over an orthonormal basis of ``T_xM``, i.e. ``tr(P J P) = tr(P J)`` with ``P``
 the block-diagonal tangent projector (``I − x̂x̂ᵀ`` per token). Because ``Ṽ`` is tangent at every ``y``,
 ``⟨y_n, Ṽ_n(y)⟩ ≡ 0`` and its derivative gives ``x̂_nᵀ J x̂_n = 0``, so ``tr(P J) = tr(J)`` as well; the
-code uses ``tr(P J)``. Check: for ``v = ∇⟨x, n⟩ = P_x n`` on ``S^{C−1}_R`` this gives
+code evaluates ``tr(P J P)`` directly. Check: for ``v = ∇⟨x, n⟩ = P_x n`` on ``S^{C−1}_R`` this gives
 ``div = −(C − 1)⟨x, n⟩/R²`` (the Laplacian of a linear function on the sphere).
 
-Estimators: ``exact`` builds ``J`` with ``D`` vector–Jacobian products per evaluation (small ``N·C``);
+Estimators: ``exact`` sums ``⟨P e_i, J P e_i⟩`` over the D coordinate vectors (D vector–Jacobian products per
+evaluation, batched in chunks of 256: for small ``N·C``);
 ``hutchinson`` uses ``E[zᵀ J z] = tr(P J P)`` for ``z = P ε`` with ``ε`` Rademacher or Gaussian
 (``E[εεᵀ] = I``), one VJP per probe. The probes ``ε`` are drawn once per call (fixed along the
 trajectory, so the augmented ODE is smooth and adaptive solvers see a deterministic field) and the
@@ -34,6 +35,7 @@ from torch import Tensor
 
 from ._normal import rk_combine, rk_stages
 from .adaptive import ADAPTIVE_METHODS, solve_adaptive
+from .distributions import Uniform
 from .hypersphere import Hypersphere
 from .integrate import _TABLEAUX, _check_grid
 
@@ -73,28 +75,36 @@ def divergence(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersphere,
         x: ``[B, ..., C]`` points on ``sphere``.
         t: 0-dim time.
         sphere: the manifold.
-        method: ``exact`` (``tr(P J)`` from the full per-sample Jacobian) or ``hutchinson``.
+        method: ``exact`` (``Σ_i ⟨P e_i, J P e_i⟩ = tr(P J P)`` over the D = N·C coordinate vectors: D
+            vector–Jacobian products, memory ``O(chunk·B·D)``) or ``hutchinson``.
         probes: for ``hutchinson``: ``[P, B, ..., C]`` ambient probe vectors ``ε`` (``E[εεᵀ] = I``);
             they are tangent-projected at ``x`` here.
 
     Returns:
         ``(v [B, ..., C] tangent at x, div [B])``, both detached.
     """
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2 or x.shape[-1] < 2:
+        raise ValueError(f"divergence: x must be a floating [B, ..., C] tensor with C >= 2, got "
+                         f"{getattr(x, 'shape', type(x))}")
+    if method not in ("exact", "hutchinson"):
+        raise ValueError(f"divergence: method must be 'exact' or 'hutchinson', got {method!r}")
+    if method == "hutchinson" and (not isinstance(probes, Tensor) or probes.dim() != x.dim() + 1
+                                   or probes.shape[1:] != x.shape):
+        raise ValueError(f"divergence: hutchinson needs probes of shape [P, *x.shape] = [P, {tuple(x.shape)}], "
+                         f"got {tuple(getattr(probes, 'shape', ())) if probes is not None else None}")
     B = x.shape[0]
     with torch.enable_grad():
         y = x.detach().requires_grad_(True)
         v = _tangent_field(velocity, sphere, y, t)
-        if method == "exact":
+        if method == "exact":  # Σ_i ⟨P e_i, J P e_i⟩ = tr(P J P), in chunks of basis vectors
             D = x[0].numel()
-            eye = torch.eye(D, dtype=x.dtype, device=x.device)
-            cots = eye.unsqueeze(1).expand(D, B, D).reshape((D,) + tuple(x.shape))  # row i of every sample
-            J = _vjps(v, y, cots).reshape(D, B, D).transpose(0, 1)  # J[b, i, :] = ∂v_i/∂x
-            C = x.shape[-1]
-            n = D // C
-            xh = (x / x.norm(dim=-1, keepdim=True)).reshape(B, n, C)
-            Jb = J.reshape(B, n, C, n, C).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)  # [B, n, C, C] token blocks
-            radial = torch.einsum("bni,bnij,bnj->b", xh, Jb, xh)
-            div = J.diagonal(dim1=1, dim2=2).sum(-1) - radial
+            div = torch.zeros(B, dtype=x.dtype, device=x.device)
+            for i0 in range(0, D, _EXACT_CHUNK):
+                k = min(_EXACT_CHUNK, D - i0)
+                e = torch.zeros(k, D, dtype=x.dtype, device=x.device)
+                e[torch.arange(k), torch.arange(i0, i0 + k)] = 1.0
+                pe = sphere.proju(x.unsqueeze(0), e.reshape((k, 1) + tuple(x.shape[1:])).expand((k,) + tuple(x.shape)))
+                div = div + (_vjps(v, y, pe) * pe).reshape(k, B, -1).sum(-1).sum(0)
         else:
             z = sphere.proju(x.unsqueeze(0), probes.to(x.dtype))
             zJ = _vjps(v, y, z)
@@ -104,8 +114,6 @@ def divergence(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersphere,
 
 def _uniform_log_prob(sphere: Hypersphere, x: Tensor) -> Tensor:
     """``Σ_tokens log Uniform(C, R).log_prob`` of ``x: [B, ..., C]`` → ``[B]``."""
-    from .distributions import Uniform
-
     r = sphere._rad(x)
     radius = r[..., 0] if isinstance(r, Tensor) else r
     lp = Uniform(x.shape[-1], radius).log_prob(x)
@@ -159,12 +167,11 @@ def log_likelihood(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersph
     eps = None
     if divergence != "exact":
         shape = (probes,) + tuple(x.shape)
-        if divergence == "hutchinson":
-            eps = torch.randint(0, 2, shape, generator=generator, device=generator.device if generator is not None else x.device)
-            eps = (2 * eps - 1).to(device=x.device, dtype=x.dtype)
+        dev = generator.device if generator is not None else x.device
+        if divergence == "hutchinson":  # Rademacher ±1
+            eps = (2 * torch.randint(0, 2, shape, generator=generator, device=dev) - 1).to(x.device, x.dtype)
         else:
-            eps = torch.randn(shape, generator=generator, dtype=x.dtype,
-                              device=generator.device if generator is not None else x.device).to(x.device)
+            eps = torch.randn(shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
     kind = "exact" if divergence == "exact" else "hutchinson"
 
     def field(y: Tensor, tt: Tensor) -> Tuple[Tensor, Tensor]:

@@ -12,6 +12,7 @@ from hypothesis import given, strategies as st
 
 from spherical import Hypersphere
 from spherical import strategies as sst
+from spherical._kernels import blocked_theta
 
 BOUND = 1e-5
 
@@ -53,6 +54,10 @@ def test_float32_dist_and_logmap_relative_error(pair):
     rel_log = ((log - log_ref).norm(dim=-1) / log_ref.norm(dim=-1)).max().item()
     assert rel_d <= BOUND, f"dist rel. error {rel_d:.2e} at θ={pair.theta:.3g}, C={pair.case.channels}, R={r:.3g}"
     assert rel_log <= BOUND, f"logmap rel. error {rel_log:.2e} at θ={pair.theta:.3g}, C={pair.case.channels}"
+    # the cache-blocked eager dist large batches take (blocks of 3 rows here) keeps the same contract
+    d_blocked = r * blocked_theta(pair.x, pair.y, r, block_elems=3 * pair.case.channels).squeeze(-1).double()
+    rel_b = ((d_blocked - d_ref).abs() / d_ref).max().item()
+    assert rel_b <= BOUND, f"blocked dist rel. error {rel_b:.2e} at θ={pair.theta:.3g}, C={pair.case.channels}"
 
 
 def test_float32_smallest_distances_are_resolved():

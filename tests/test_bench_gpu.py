@@ -45,7 +45,7 @@ def test_measure_counts_only_the_timed_steps():
 
 def test_tiny_cpu_run_of_both_training_steps(tmp_path):
     rc = bench_gpu.main(["all", "--tiny", "--device", "cpu", "--steps", "3", "--warmup", "1", "--lpips", "off",
-                         "--batch-sizes", "4", "--out", str(tmp_path)])
+                         "--batch-sizes", "4", "--out", str(tmp_path), "--dit-precisions", "fp32", "tf32"])
     assert rc == 0
     for kind in ("ae", "dit"):
         res = json.loads((tmp_path / f"gpu_{kind}_tiny.json").read_text())
@@ -57,6 +57,9 @@ def test_tiny_cpu_run_of_both_training_steps(tmp_path):
     from models import build_autoencoder
 
     ae, dit = (json.loads((tmp_path / f"gpu_{k}_tiny.json").read_text()) for k in ("ae", "dit"))
+    # the DiT is measured once per precision; the top level is the first (fp32, the training default)
+    assert list(dit["by_precision"]) == ["fp32", "tf32"] and dit["by_precision"]["fp32"]["seconds"] == dit["seconds"]
+    assert dit["by_precision"]["tf32"]["precision"] == "tf32" and dit["by_precision"]["tf32"]["losses_finite"]
     tiny = build_autoencoder("tiny", image_size=64)
     stem_and_decoder = [*tiny.stem.parameters(), *tiny.decoder.parameters()]
     assert ae["trainable_params_m"] == pytest.approx(sum(p.numel() for p in stem_and_decoder) / 1e6)

@@ -28,7 +28,7 @@ def ae_ckpt(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ae") / "ae.pt"
-    save_autoencoder(build_autoencoder("tiny", image_size=32), path, "tiny")
+    save_autoencoder(build_autoencoder("tiny", image_size=32), path, "tiny", latent_norm=7.0)
     return path
 
 
@@ -37,11 +37,12 @@ def _argv(out: Path, ae: Path, *extra: str, steps: int = 6) -> list[str]:
             "--log-every", "1", "--ckpt-every", "100", "--sample-steps", "2", "--no-progress", *extra]
 
 
-def test_loss_falls_on_a_tiny_problem(tmp_path, ae_ckpt):
+def test_loss_falls_on_a_tiny_problem(tmp_path, ae_ckpt, capsys):
     out = tmp_path / "run"
     # alpha 4 (times near the noise end) makes the drop fast; the auto alpha of 4 tokens x 32 ch is 0.18.
     assert in1k_dit.main(_argv(out, ae_ckpt, "--steps", "80", "--batch-size", "16", "--lr", "3e-3",
                                "--warmup-steps", "5", "--alpha", "4")) == 0
+    assert f"sample grids decoded at token norm 7 from latent_norm stored in {ae_ckpt}" in capsys.readouterr().out
     losses = list(_losses(out).values())
     first, last = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
     assert last < 0.75 * first, (first, last)
@@ -116,25 +117,83 @@ def test_bad_arguments_are_one_line(tmp_path, capsys):
     assert "--model" in capsys.readouterr().err
 
 
-def test_encode_batch_reprojects_only_reduced_precision_tokens():
-    """fp32 tokens from ``encode`` are returned as they are (no extra pass); bf16 ones, rounded off the
-    sphere, come back as fp32 points on it."""
-    from spherical import Hypersphere
+def test_encode_batch_gives_fp32_sphere_latents_of_the_raw_tokens():
+    """The DiT's latents are R·z/‖z‖ of the raw student tokens, in float32, whatever their dtype and norm,
+    and whatever the decoder reads (a tiny AE with raw-token decoder input)."""
+    from models import build_autoencoder
 
-    class FakeAE:
-        sphere = Hypersphere(32.0)
+    torch.manual_seed(0)
+    ae = build_autoencoder("tiny").eval()
+    img = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    raw = ae.encode(img)
+    assert (raw.norm(dim=-1) - ae.radius).abs().max() > 1e-2  # the decoder's input is off the sphere ...
+    z = cache_latents.encode_batch(ae, img)
+    assert z.dtype == torch.float32
+    torch.testing.assert_close(z, raw / raw.norm(dim=-1, keepdim=True) * ae.radius, rtol=1e-5, atol=1e-5)
 
-        def __init__(self, dtype):
-            self.dtype = dtype
+    class Bf16AE:  # tokens returned in bf16 (reduced-precision encoder): projected in fp32 all the same
+        radius = 32.0
+        to_sphere = ae.to_sphere.__func__
 
-        def encode(self, images):
-            z = self.sphere.projx(torch.randn(images.shape[0], 16, 1024, generator=torch.Generator().manual_seed(0)))
-            return z.to(self.dtype)
+        def __init__(self):
+            from spherical import Hypersphere
+            self.sphere = Hypersphere(32.0)
 
-    img = torch.zeros(2, 3, 8, 8)
-    z32 = cache_latents.encode_batch(FakeAE(torch.float32), img)
-    torch.testing.assert_close(z32, FakeAE(torch.float32).encode(img), rtol=0, atol=0)
-    zb = cache_latents.encode_batch(FakeAE(torch.bfloat16), img)
-    off = (FakeAE(torch.bfloat16).encode(img).float().norm(dim=-1) - 32.0).abs().max()
-    assert zb.dtype == torch.float32 and off > 1e-3  # bf16 rounding leaves the sphere ...
-    assert (zb.norm(dim=-1) - 32.0).abs().max() < 1e-4  # ... and encode_batch puts the tokens back on it
+        def student_tokens(self, images):
+            return (torch.randn(images.shape[0], 16, 1024, generator=torch.Generator().manual_seed(0))
+                    * 7).to(torch.bfloat16)
+
+    zb = cache_latents.encode_batch(Bf16AE(), img)
+    assert zb.dtype == torch.float32
+    assert (zb.norm(dim=-1) - 32.0).abs().max() < 1e-4  # on the sphere of radius R in float32
+
+
+def test_tf32_allowed_sets_both_flags_and_restores_what_it_found():
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, True
+        with in1k_dit.tf32_allowed(False):  # plain fp32: cuDNN's TF32 (on by default in torch) is off too
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        with pytest.raises(RuntimeError):
+            with in1k_dit.tf32_allowed(True):
+                assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+                raise RuntimeError("restored on errors too")
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def test_cache_size_is_printed_and_a_full_disk_refused(tmp_path, ae_ckpt, capsys, monkeypatch):
+    """20 images x 4 tokens x 32 ch: float16 = 20·(4·32·2 + 8) bytes, x2 payload with --flip."""
+    assert cache_latents.cache_bytes(20, 4, 32, "float16", False) == 20 * (4 * 32 * 2 + 8)
+    assert cache_latents.cache_bytes(20, 4, 32, "float32", True) == 20 * (4 * 32 * 4 * 2 + 8)
+    assert cache_latents.cache_bytes(1_281_167, 256, 1024, "bfloat16", False) / 1e9 == pytest.approx(671.7, abs=0.1)
+    argv = ["--out", str(tmp_path / "lat"), "--ae-ckpt", str(ae_ckpt), "--num-images", "20", "--device", "cpu"]
+    monkeypatch.setattr(cache_latents, "_free_bytes", lambda p: 1000)
+    assert cache_latents.main(argv) == 2
+    err = capsys.readouterr()
+    assert "20 images x 4 x 32 float16 = 5.28e-06 GB" in err.out  # the size comes first ...
+    assert err.err.count("\n") == 1 and "not enough disk" in err.err  # ... then one line, nothing written
+    # the run-folder lock may exist (taken before the check), but no latent data or index was written
+    written = [p.name for p in (tmp_path / "lat").glob("*")] if (tmp_path / "lat").exists() else []
+    assert not [n for n in written if n != ".run.lock"], written
+
+
+def test_on_the_fly_and_cache_paths_use_the_same_centre_crops(tmp_path):
+    from experiments.common.data import ImageFolderDataset
+    from test_exp_support import make_image_folder
+
+    make_image_folder(tmp_path, n_good=4, corrupt=False)
+    cache = ImageFolderDataset(tmp_path / "train", 32, train=False)  # what cache_latents encodes
+    fly = ImageFolderDataset(tmp_path / "train", 32, train=True, seed=3, augment="none")  # in1k_dit --data
+    flip = ImageFolderDataset(tmp_path / "train", 32, train=True, seed=3, augment="flip")  # ... --flip
+    for i in range(4):
+        c = cache[i]["image"]
+        assert torch.equal(fly[(5, i)]["image"], c)
+        seen = {bool(torch.equal(flip[(e, i)]["image"], c.flip(-1))) for e in range(12)}
+        assert all(torch.equal(flip[(e, i)]["image"], c) or torch.equal(flip[(e, i)]["image"], c.flip(-1))
+                   for e in range(12)) and seen == {True, False}
+    with pytest.raises(ValueError, match="augment"):
+        ImageFolderDataset(tmp_path / "train", 32, train=True, augment="zoom")

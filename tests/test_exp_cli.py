@@ -83,3 +83,22 @@ def test_paper_cli_defaults_match_the_paper_loss_weights(stage):
 
     d, w = DEFAULTS[("paper", stage)], STAGE_LOSS_WEIGHTS[stage]
     assert (d["cos_weight"], d["l1_weight"], d["lpips_weight"], d["gan_weight"]) == (w.cosine, w.l1, w.lpips, w.gan)
+
+
+def test_dit_help_shows_fp32_default_and_no_clipping_in_the_paper_presets(capsys):
+    """PAPER.md: the DiT trains in FP32; neither the paper nor LightningDiT clips gradients or uses
+    QK-norm; the AE paper presets do not clip either (the paper states none)."""
+    from experiments import in1k_dit
+    from experiments.common import ae_cli, dit_cli
+
+    with pytest.raises(SystemExit):
+        in1k_dit.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--precision {fp32,bf16}" in text and "sphere arithmetic is always fp32 (default: fp32)" in text
+    assert "paper batch_size=1024;" in text and "grad_clip=0 (off)" in text.split("paper batch_size=1024;")[1]
+    args = dit_cli.resolve(dit_cli.build_parser().parse_args(["--preset", "paper", "--steps", "1"]))
+    assert (args.precision, args.tf32, args.qk_norm, args.grad_clip) == ("fp32", False, False, 0.0)
+    assert ae_cli.DEFAULTS[("paper", 1)]["grad_clip"] == ae_cli.DEFAULTS[("paper", 2)]["grad_clip"] == 0.0
+    from models.dit import DiTConfig
+
+    assert DiTConfig().qk_norm is False

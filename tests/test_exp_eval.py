@@ -146,3 +146,34 @@ def test_rfid_branch_uses_torchmetrics_fid_when_weights_exist(tmp_path, monkeypa
     assert abs(r3["rfid"] - r8["rfid"]) <= 1e-5 * max(1.0, r3["rfid"])
     with pytest.raises(FileNotFoundError):
         eval_ae.evaluate(ae, _loader(ds, 8), torch.device("cpu"), inception_weights=str(tmp_path / "no"))
+
+
+def test_trained_ae_stores_latent_norm_and_decodes_best_near_it(tmp_path, capsys):
+    """A short tiny run (raw-token decoder) stores ``latent_norm`` = the held-out mean norm of the tokens its
+    decoder reads, prints its evaluation, and decoding sphere-normalised tokens at that norm reconstructs
+    better than at half or double it (eval_ae.py --decode-norm-sweep)."""
+    from experiments import eval_ae, in1k_ae
+    from experiments.common.distributed import DistInfo
+    from test_exp_support import final_state, tiny_argv
+
+    run = tmp_path / "run"
+    argv = tiny_argv(run, "--batch-size", "16", "--eval-every", "100", steps=100)
+    assert in1k_ae.main(argv) == 0
+    out = capsys.readouterr().out
+    state = final_state(run)
+    ln = state["latent_norm"]
+    assert isinstance(ln, float) and state["args"]["decoder_input"] == "raw"
+    assert f"latent_norm {ln:.4g}" in out and "held-out PSNR" in out and "→" in out
+    ae, _ = eval_ae.load_autoencoder(run)
+    loader = eval_ae._loader(None, "val", 32, 8, 4, 0, DistInfo())
+    assert eval_ae.mean_latent_norm(ae, loader, torch.device("cpu")) == pytest.approx(ln, rel=1e-5)
+    tokens = torch.cat([ae.encode(b["image"]).detach() for b in loader])
+    assert tokens.norm(dim=-1).std() > 0.02 * ln  # raw tokens: the norm varies from token to token
+    js = tmp_path / "sweep.json"
+    assert eval_ae.main(["--ckpt", str(run), "--decode-norm-sweep", str(ln / 2), str(ln), str(2 * ln),
+                         "--out", str(js), "--num-workers", "0", "--batch-size", "4"]) == 0
+    res = json.loads(js.read_text())
+    half, at, double = (r["psnr"] for r in res["sweep"])
+    assert at > half and at > double, res["sweep"]
+    assert res["latent_norm"] == pytest.approx(ln) and res["latent_norm_source"] == "checkpoint"
+    assert js.with_suffix(".png").is_file()

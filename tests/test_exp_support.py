@@ -9,7 +9,7 @@ import torch
 
 
 def tiny_argv(out: Path, *extra: str, steps: int = 4) -> list[str]:
-    return ["--image-size", "32", "--batch-size", "4", "--max-steps", str(steps), "--eval-images", "8",
+    return ["--preset", "tiny", "--image-size", "32", "--batch-size", "4", "--max-steps", str(steps), "--eval-images", "8",
             "--log-every", "1", "--eval-every", "0", "--ckpt-every", "100", "--no-progress",
             "--out", str(out), *extra]
 

@@ -173,6 +173,17 @@ def test_sigint_writes_checkpoint_and_exits_130(tmp_path, monkeypatch):
 
     monkeypatch.setattr(in1k_ae, "_train_step", step)
     out = tmp_path / "int"
-    assert in1k_ae.main(tiny_argv(out, steps=5)) == 128 + signal.SIGINT
+
+    def found_int(signum, frame):  # noqa: ARG001 - stands for whatever handler the caller had
+        raise AssertionError("the script's own handler must catch SIGINT while it runs")
+
+    # whatever handler the process had (Python's default, SIG_IGN under `pytest ... &`, this one) comes back
+    original = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, found_int)
+    try:
+        found = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        assert in1k_ae.main(tiny_argv(out, steps=5)) == 128 + signal.SIGINT
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == found  # restored
+    finally:
+        signal.signal(signal.SIGINT, original[0])
     assert final_state(out)["step"] == 1 and records(out, "stopped")[0]["signal"] == "SIGINT"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored

@@ -48,14 +48,45 @@ def test_image_size_must_be_a_multiple_of_the_patch(ae14) -> None:
         build_autoencoder("tiny", image_size=40)
 
 
-@settings(max_examples=20)  # each example is a full (tiny) encoder pass
+@pytest.fixture(scope="module")
+def ae16_sphere() -> DinoSphericalAutoencoder:
+    torch.manual_seed(0)
+    return build_autoencoder("tiny", decoder_input="sphere")
+
+
+@settings(max_examples=10)  # each example is two full (tiny) encoder passes
 @given(seed=st.integers(0, 2**16), scale=st.floats(1e-3, 1e3))
-def test_encoded_tokens_lie_on_the_sphere_of_radius_R(ae16, seed: int, scale: float) -> None:
+def test_encode_is_raw_by_default_and_sphere_latent_has_norm_R(ae16, ae16_sphere, seed: int,
+                                                               scale: float) -> None:
+    """Default: encode gives the raw student tokens (norms differ token to token; the decoder reads them).
+    ``decoder_input="sphere"``: encode gives R·z/‖z‖. The DiT's sphere_latent is R·z/‖z‖ in both."""
     x = (_images(2, 64, seed) * scale).clamp(-1, 1)
     with torch.no_grad():
-        z = ae16.encode(x)
-    norms = z.norm(dim=-1)
-    torch.testing.assert_close(norms, torch.full_like(norms, ae16.radius), rtol=1e-5, atol=1e-5)
+        raw, sph = ae16.encode(x), ae16_sphere.encode(x)
+        lat = ae16.sphere_latent(x)
+    torch.testing.assert_close(raw, ae16.student_tokens(x))  # same weights (seed 0) → same tokens
+    norms = raw.norm(dim=-1)
+    assert (norms.max() - norms.min()).item() > 1e-2 * norms.mean().item()  # not one common norm
+    assert (norms - ae16.radius).abs().max().item() > 1e-2  # and not projected to R
+    for z in (sph, lat):
+        assert z.dtype == torch.float32
+        torch.testing.assert_close(z.norm(dim=-1), torch.full_like(norms, ae16.radius), rtol=1e-5, atol=1e-5)
+    # the sphere latent is the raw tokens' direction, scaled to R
+    torch.testing.assert_close(lat, raw / norms.unsqueeze(-1) * ae16.radius, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sph, lat, rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_input_is_validated_and_reaches_the_decoder(ae16, ae16_sphere) -> None:
+    with pytest.raises(ValueError, match="decoder_input"):
+        build_autoencoder("tiny", decoder_input="cube")
+    assert ae16.config.decoder_input == "raw" and ae16_sphere.config.decoder_input == "sphere"
+    x = _images(1, 64)
+    with torch.no_grad():
+        tokens = ae16.student_tokens(x)
+        torch.testing.assert_close(ae16(x, with_teacher=False).recon, ae16.decode(tokens))
+        sph_tokens = ae16_sphere.student_tokens(x)
+        torch.testing.assert_close(ae16_sphere(x, with_teacher=False).recon,
+                                   ae16_sphere.decode(ae16_sphere.to_sphere(sph_tokens)), rtol=1e-5, atol=1e-5)
 
 
 def test_radius_lgamma_formula_known_values_and_monte_carlo() -> None:

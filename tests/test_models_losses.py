@@ -146,14 +146,16 @@ def test_smooth_latent_keeps_clean_at_zero_and_bounds_sigma(seed: int, tau: floa
     out = smooth_latent(z, tau, torch.Generator().manual_seed(seed))
     again = smooth_latent(z, tau, torch.Generator().manual_seed(seed))
     torch.testing.assert_close(out, again)  # reproducible with a generator
-    sigma_hat = (out - z).std(dim=(1, 2))  # per-sample σ, estimated from 2048 normals
-    assert torch.all(sigma_hat < tau * 1.15 + 1e-6)
+    sigma_hat = (out - z).std()  # the batch's σ, estimated from 6144 normals
+    assert sigma_hat < tau * 1.1 + 1e-6
 
 
-def test_smooth_latent_sigma_is_uniform_per_sample() -> None:
-    z = torch.zeros(4000, 256)
-    sig = smooth_latent(z, 1.2, torch.Generator().manual_seed(0)).std(dim=1)
-    assert sig.mean().item() == pytest.approx(0.6, abs=0.02)  # E U(0, τ) = τ/2
+def test_smooth_latent_draws_one_uniform_sigma_per_batch() -> None:
+    g = torch.Generator().manual_seed(0)
+    one = smooth_latent(torch.zeros(6, 8192), 1.2, g).std(dim=1)  # six samples of one batch
+    assert (one.max() - one.min()).item() < 0.05 * one.mean().item() + 1e-3  # one σ for all of them
+    sig = torch.stack([smooth_latent(torch.zeros(1, 2048), 1.2, g).std() for _ in range(3000)])
+    assert sig.mean().item() == pytest.approx(0.6, abs=0.02)  # E U(0, τ) = τ/2 over batches
     assert sig.std().item() == pytest.approx(1.2 / 12 ** 0.5, abs=0.02)  # sd U(0, τ) = τ/√12
     with pytest.raises(ValueError):
-        smooth_latent(z, -0.1)
+        smooth_latent(torch.zeros(2, 4), -0.1)

@@ -8,39 +8,51 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments.common.cli_common import PresetHelpFormatter, add_checkpoint_args, add_optimisation_args, add_run_control_args
+from experiments.common.cli_common import (PresetHelpFormatter, add_checkpoint_args, add_optimisation_args,
+                                          add_run_control_args, validate_args)
 from experiments.common.trainer import OneLineParser, UserError
 
+# PAPER.md "Autoencoder training (v2)". Gradient clipping is not stated by the paper: off (grad_clip 0);
+# ``--grad-clip G`` turns it on. Warm-up 0 and a constant lr are ours (not stated either).
 _PAPER_1 = dict(lr=1e-5, beta1=0.9, beta2=0.999, weight_decay=0.0, ema_decay=0.9999, ema_warmup=0,
-                batch_size=512, epochs=20, warmup_steps=0, lr_schedule="constant", grad_clip=1.0,
+                batch_size=512, epochs=20, warmup_steps=0, lr_schedule="constant", grad_clip=0.0,
                 cos_weight=0.5, l1_weight=1.0, lpips_weight=1.0, gan_weight=0.0, disc_warmup_epochs=0.0,
                 log_every=50, eval_every=2000, ckpt_every=1000, eval_images=1000)
 _PAPER_2 = dict(_PAPER_1, lr=5e-5, beta1=0.5, beta2=0.9, ema_decay=0.9975, epochs=40, cos_weight=0.0,
                 gan_weight=0.5, disc_warmup_epochs=2.0)
 # Tiny / embedded photos: a few thousand decoder parameters on 2 CPU cores in ~3 minutes: a large
-# learning rate with warm-up + cosine decay, a short-memory EMA with warm-up, small batches.
-_TINY_1 = dict(_PAPER_1, lr=4e-3, beta2=0.99, ema_decay=0.98, ema_warmup=10, batch_size=24,
+# learning rate with warm-up + cosine decay, a short-memory EMA with warm-up, small batches, clipping at 1.
+_TINY_1 = dict(_PAPER_1, lr=4e-3, beta2=0.99, ema_decay=0.98, ema_warmup=10, batch_size=24, grad_clip=1.0,
                epochs=None, max_steps=600, warmup_steps=20, lr_schedule="cosine", lpips_weight=0.0,
                log_every=10, eval_every=100, ckpt_every=200, eval_images=32)
 _TINY_2 = dict(_TINY_1, lr=1e-3, beta1=0.5, beta2=0.9, cos_weight=0.0, gan_weight=0.5,
                disc_warmup_epochs=0.1)
+# CPU demo (the embedded default): 8×8 tokens × 192 channels, a 2 M-parameter decoder, 1 thread.
+_CPU_1 = dict(_TINY_1, lr=3e-3, batch_size=16, max_steps=300, warmup_steps=20, eval_every=75, ckpt_every=100,
+              log_every=10)
+_CPU_2 = dict(_CPU_1, lr=1e-3, beta1=0.5, beta2=0.9, cos_weight=0.0, gan_weight=0.5, disc_warmup_epochs=0.1)
 DEFAULTS = {("paper", 1): _PAPER_1, ("paper", 2): _PAPER_2, ("hae-code", 1): _PAPER_1,
-            ("hae-code", 2): _PAPER_2, ("tiny", 1): _TINY_1, ("tiny", 2): _TINY_2}
-PRESETS = ("tiny", "hae-code", "paper")
+            ("hae-code", 2): _PAPER_2, ("tiny", 1): _TINY_1, ("tiny", 2): _TINY_2,
+            ("cpu", 1): _CPU_1, ("cpu", 2): _CPU_2}
+PRESETS = ("cpu", "tiny", "hae-code", "paper")
+#: Presets whose random-init encoder is by design, so they can train on the embedded photos.
+EMBEDDED_PRESETS = ("cpu", "tiny")
 
 
-def default_out(preset: str, embedded: bool, stage: int) -> str:
-    """The default ``--out``, ``runs/ae-<preset>[-embedded]-s<stage>`` (also ``dit_io.DEFAULT_AE_RUN``)."""
-    return f"runs/ae-{preset}{'-embedded' if embedded else ''}-s{stage}"
+def default_out(preset: str, embedded: bool, stage: int, stem: str = "conv") -> str:
+    """The default ``--out``, ``runs/ae-<preset>[-embedded][-patchify]-s<stage>`` (also
+    ``dit_io.DEFAULT_AE_RUN``)."""
+    return f"runs/ae-{preset}{'-embedded' if embedded else ''}{'' if stem == 'conv' else '-' + stem}-s{stage}"
 
 
 _EPILOG = "per-preset defaults (stage 1 / stage 2) of the options marked [preset]:\n" + "\n".join(
     f"  {p:8s} " + "; ".join(
         f"{k}={DEFAULTS[(p, 1)][k]}/{DEFAULTS[(p, 2)][k]}" if DEFAULTS[(p, 1)][k] != DEFAULTS[(p, 2)][k]
         else f"{k}={DEFAULTS[(p, 1)][k]}" for k in sorted(DEFAULTS[(p, 1)]))
-    for p in ("tiny", "paper")) + "\n  hae-code: as paper.\n" + (
-    "\nWithout --data: trains the tiny preset on random crops of the photos bundled in scikit-image and\n"
-    "scikit-learn (chelsea and flower held out for evaluation), random-init encoder, ~2 min on 2 cores.\n"
+    for p in ("cpu", "tiny", "paper")) + "\n  hae-code: as paper.\n" + (
+    "\nWithout --data: trains the cpu preset (8x8 tokens x 192 channels at 64 px) on random crops of the\n"
+    "photos bundled in scikit-image and scikit-learn (chelsea and flower held out for evaluation),\n"
+    "random-init encoder, a few minutes on 2 cores.\n"
     "Real run: torchrun --nproc_per_node=8 experiments/in1k_ae.py --data /imagenet --preset paper \\\n"
     "           --encoder-weights dinov3_vitl16.pth --precision bf16 --out runs/ae-paper-s1")
 
@@ -52,10 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG, formatter_class=PresetHelpFormatter)
     g = p.add_argument_group("data and model")
     g.add_argument("--data", help="ImageNet-style folder with train/ and val/ class sub-folders; "
-                   "omitted: embedded scikit-image/scikit-learn photos (tiny preset)")
-    g.add_argument("--preset", choices=PRESETS, default="tiny", help="autoencoder preset")
+                   "omitted: embedded scikit-image/scikit-learn photos (cpu or tiny preset)")
+    g.add_argument("--preset", choices=PRESETS, default="cpu", help="autoencoder preset")
+    g.add_argument("--stem", choices=("conv", "patchify"), default="conv",
+                   help="student stem: the hierarchical conv stem (paper) or the ViT's linear patchify "
+                   "(initialised from the teacher's; paper Table 5)")
     g.add_argument("--stage", type=int, choices=(1, 2), default=1, help="training stage")
     g.add_argument("--image-size", type=int, help="input side in pixels (default: the preset's)")
+    g.add_argument("--decoder-input", choices=("raw", "sphere"), default="raw",
+                   help="what the decoder reads: the raw student tokens (paper) or R*z/|z| (ablation)")
     g.add_argument("--encoder-weights", help="local DINO checkpoint (.pth / .safetensors)")
     g.add_argument("--random-encoder", action="store_true", help="explicitly use a random-init DINO encoder")
     g.add_argument("--pretrained", action="store_true", help="download the DINO weights via timm (online)")
@@ -68,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                           ema_decay_help="EMA decay of the trained weights [preset]")
     g = p.add_argument_group("run")
     g.add_argument("--out", help="run folder; re-running with the same folder resumes "
-                   "(default: runs/ae-<preset>[-embedded]-s<stage>)")
+                   "(default: runs/ae-<preset>[-embedded][-patchify]-s<stage>)")
     g.add_argument("--seed", type=int, default=0, help="global seed (model init, data order, crops)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda")
     g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
@@ -108,8 +125,9 @@ def _loss_args(g) -> None:
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Fill preset defaults, derive paths, validate; raises :class:`UserError` on bad input."""
     args.embedded = args.data is None
-    if args.embedded and args.preset != "tiny":
-        raise UserError(f"--preset {args.preset} needs --data PATH (the embedded photos are for 'tiny')")
+    if args.embedded and args.preset not in EMBEDDED_PRESETS:
+        raise UserError(f"--preset {args.preset} needs --data PATH (the embedded photos are for "
+                        f"{' and '.join(EMBEDDED_PRESETS)})")
     defaults = DEFAULTS[(args.preset, args.stage)]
     for k, v in defaults.items():
         if k not in ("epochs", "max_steps") and getattr(args, k, None) is None:
@@ -117,6 +135,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.max_steps is None and args.epochs is None:  # neither given: the preset's length
         args.max_steps, args.epochs = defaults.get("max_steps"), defaults.get("epochs")
     # --max-steps wins over --epochs; max_steps None = computed from --epochs and the dataset length
+    validate_args(args)  # ranges of every numeric option, --device
     if args.no_lpips:
         args.lpips_weight = 0.0
     if args.num_workers is None:
@@ -124,7 +143,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
         args.num_workers = 0 if args.embedded else min(8, os.cpu_count() or 1)
     if args.out is None:
-        args.out = default_out(args.preset, args.embedded, args.stage)
+        args.out = default_out(args.preset, args.embedded, args.stage, args.stem)
     for name in ("batch_size", "grad_accum"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")

@@ -5,12 +5,13 @@ Stage 1 (alignment), trains stem + decoder::
     L = w_cos·mean(1 − cos(z, z_teacher)) + w_l1·|x̂ − x|₁ + w_lpips·LPIPS(x̂, x)
 
 Stage 2 (adversarial + latent smoothing), trains decoder + discriminator; the encoder runs without grad and
-the decoder sees z' = z + σε, σ ~ U(0, τ(epoch))::
+the decoder sees z' = z + σε, σ ~ U(0, τ(epoch)) drawn once per batch, z = ``ae.encode(x)`` (the raw student
+tokens by default; R·z/‖z‖ with ``decoder_input="sphere"``)::
 
     L_G = w_l1·|x̂ − x|₁ + w_lpips·LPIPS(x̂, x) + w_gan·(−D(x̂))          (after the D-only warm-up)
     L_D = mean relu(1 − D(x)) + mean relu(1 + D(x̂.detach()))
 
-The sphere arithmetic (projection, cosine, smoothing) runs in fp32 even under bf16 autocast.
+The latent arithmetic (projection, cosine, smoothing) runs in fp32 even under bf16 autocast.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def build_discriminator(preset: str, weights: str | None, pretrained: bool, rand
     """The DINO-feature discriminator (frozen DINO ViT-S/8 + trainable spectral-norm heads)."""
     from models.discriminator import build_discriminator as build
 
-    tiny = preset == "tiny"
+    tiny = preset in ("tiny", "cpu")
     if not (tiny or weights or pretrained or random_init):
         raise UserError("stage 2 needs the discriminator's DINO ViT-S/8 weights: pass --disc-weights PATH, "
                         "--pretrained (online) or --random-encoder")

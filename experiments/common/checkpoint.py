@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from experiments.common.trainer import UserError
+
 LAST = "last.pt"
 
 
@@ -55,9 +57,34 @@ def in_run(path: str | os.PathLike) -> Path:
     return p / "checkpoints" / LAST if p.is_dir() else p
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint written by :func:`save_atomic` (full pickle: our own files only)."""
-    return torch.load(path, map_location=map_location, weights_only=False)
+class CheckpointError(UserError):
+    """A checkpoint file that cannot be read back (empty, truncated, not ours); the message names it."""
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", *, hint: str = "") -> dict:
+    """Load a checkpoint written by :func:`save_atomic` (full pickle: our own files only).
+
+    Raises:
+        CheckpointError: one line naming ``path`` when the file is empty, truncated, not a torch file or
+            not a dict (``hint`` is appended: what to do about it).
+    """
+    p = Path(path)
+    try:
+        if p.is_file() and p.stat().st_size == 0:
+            raise EOFError("empty file")
+        state = torch.load(p, map_location=map_location, weights_only=False)
+    except OSError as e:
+        if e.errno is not None:  # a real I/O error (permission, missing file): not a bad checkpoint
+            raise
+        state = e
+    except Exception as e:  # noqa: BLE001 - pickle / zip / EOF errors of a damaged file
+        state = e
+    if isinstance(state, BaseException) or not isinstance(state, dict):
+        what = (f"{type(state).__name__}: {str(state).splitlines()[0] if str(state) else ''}"
+                if isinstance(state, BaseException) else f"holds a {type(state).__name__}, not a checkpoint dict")
+        raise CheckpointError(f"{p} is not a readable checkpoint (empty, truncated or not written by this "
+                              f"project: {what})" + (f"; {hint}" if hint else "")) from None
+    return state
 
 
 def capture_rng() -> dict:
@@ -108,8 +135,19 @@ class CheckpointDir:
             save_atomic(state, self.folder / f"step_{step:07d}.pt")
         return path
 
-    def load_latest(self, map_location: str | torch.device = "cpu") -> dict | None:
-        return load(self.last, map_location) if self.exists() else None
+    def load_latest(self, map_location: str | torch.device = "cpu", required: tuple[str, ...] = ("step",)
+                    ) -> dict | None:
+        """The newest checkpoint, or ``None``; :class:`CheckpointError` (one line saying that
+        ``--no-resume`` starts over) when ``last.pt`` is damaged or lacks one of the ``required`` keys."""
+        if not self.exists():
+            return None
+        hint = "re-run with --no-resume to start over (the old run is moved aside)"
+        state = load(self.last, map_location, hint=hint)
+        missing = [k for k in required if k not in state]
+        if missing:
+            raise CheckpointError(f"{self.last} is not a resumable training checkpoint (no "
+                                  f"{', '.join(map(repr, missing))}); {hint}")
+        return state
 
 
 class StopSignals:

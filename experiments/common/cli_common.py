@@ -1,4 +1,5 @@
-"""Argument groups shared by the training command lines (``ae_cli.py``, ``dit_cli.py``).
+"""Argument groups shared by the training command lines (``ae_cli.py``, ``dit_cli.py``), and the one
+argument validator of every command line (:func:`validate_args`, :func:`check_device`).
 
 Options whose default depends on the preset are ``None`` here (help marked ``[preset]``) and filled in by
 each script's ``resolve`` from its ``DEFAULTS`` table.
@@ -6,7 +7,10 @@ each script's ``resolve`` from its ``DEFAULTS`` table.
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Callable
+
+from experiments.common.trainer import UserError
 
 AddArgs = Callable[[argparse._ArgumentGroup], None]
 
@@ -72,3 +76,145 @@ def add_checkpoint_args(g: argparse._ArgumentGroup) -> None:
     """``--ckpt-every`` [preset] and ``--keep-every``."""
     g.add_argument("--ckpt-every", type=int, help="steps between checkpoints [preset]")
     g.add_argument("--keep-every", type=int, default=0, help="also keep step_N.pt every N steps (0 = off)")
+
+
+# --------------------------------------------------------------------------------------------------------
+# One argument validator for every command line (training scripts, sample.py, cache_latents.py, ...).
+
+Check = Callable[[object], bool]
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def at_least(lo: int) -> tuple[Check, str]:
+    """An integer ``>= lo``."""
+    return (lambda v: isinstance(v, int) and v >= lo), f"an integer >= {lo}"
+
+
+def positive() -> tuple[Check, str]:
+    """A finite number ``> 0``."""
+    return (lambda v: _finite(v) and v > 0), "a finite number > 0"
+
+
+def non_negative() -> tuple[Check, str]:
+    """A finite number ``>= 0``."""
+    return (lambda v: _finite(v) and v >= 0), "a finite number >= 0"
+
+
+def finite() -> tuple[Check, str]:
+    return _finite, "a finite number"
+
+
+def interval(lo: float, hi: float, *, hi_open: bool = False) -> tuple[Check, str]:
+    """A number in ``[lo, hi]`` (``[lo, hi)`` with ``hi_open``)."""
+    return ((lambda v: _finite(v) and lo <= v and (v < hi if hi_open else v <= hi)),
+            f"a number in [{lo}, {hi}{')' if hi_open else ']'}")
+
+
+#: Largest accepted ``--image-size`` (the paper trains at 256; 4096 px images already need ~200 GB of
+#: activations in the autoencoder).
+MAX_IMAGE_SIZE = 4096
+
+#: dest -> (check, what is expected). Options a script does not have, or left at ``None``, are skipped.
+RULES: dict[str, tuple[Check, str]] = {
+    "batch_size": at_least(1), "grad_accum": at_least(1), "max_steps": at_least(0), "steps": at_least(0),
+    "epochs": positive(), "lr": positive(), "beta1": interval(0.0, 1.0, hi_open=True),
+    "beta2": interval(0.0, 1.0, hi_open=True), "weight_decay": non_negative(), "warmup_steps": at_least(0),
+    "grad_clip": non_negative(), "ema_decay": interval(0.0, 1.0), "ema_warmup": at_least(0),
+    "max_nonfinite": at_least(0), "ckpt_every": at_least(1), "keep_every": at_least(0),
+    "log_every": at_least(1), "eval_every": at_least(0), "eval_images": at_least(1), "threads": at_least(1),
+    "num_workers": at_least(0), "stop_after": at_least(1),
+    "image_size": ((lambda v: isinstance(v, int) and 1 <= v <= MAX_IMAGE_SIZE),
+                   f"an integer in [1, {MAX_IMAGE_SIZE}]"),
+    "cos_weight": non_negative(), "l1_weight": non_negative(), "lpips_weight": non_negative(),
+    "gan_weight": non_negative(), "disc_warmup_epochs": non_negative(), "tau_start": non_negative(),
+    "tau_end": non_negative(), "tau_ramp_epochs": non_negative(), "lambda_rad": non_negative(),
+    "alpha": positive(), "time_loc": finite(), "time_scale": positive(), "cfg_dropout": interval(0.0, 1.0, hi_open=True),
+    "sample_every": at_least(0), "sample_steps": at_least(1), "num_classes": at_least(1),
+    "num_samples": at_least(1), "shard_size": at_least(1), "num_images": at_least(1), "splits": at_least(1),
+}
+
+
+def check_device(spec: str) -> None:
+    """``--device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and the accelerator must exist.
+
+    Raises:
+        UserError: one line saying what was expected, or that no such GPU is visible.
+    """
+    import torch
+
+    if spec == "auto":
+        return
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise UserError(f"--device {spec}: no CUDA GPU is visible (torch.cuda.is_available() is False); "
+                            f"use --device cpu or auto")
+        if dev.index is not None and dev.index >= n:
+            raise UserError(f"--device {spec}: only {n} CUDA GPU(s) visible (cuda:0 .. cuda:{n - 1})")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UserError(f"--device {spec}: MPS is not available here; use --device cpu or auto")
+    elif dev.type != "cpu":
+        raise UserError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or mps")
+
+
+def validate_args(args: argparse.Namespace, rules: dict[str, tuple[Check, str]] | None = None) -> None:
+    """Check every option of ``args`` that has a rule (:data:`RULES`, updated by ``rules``) and
+    ``--device``; the first bad one raises :class:`UserError`: ``--lr must be a finite number > 0, got nan``.
+    """
+    table = dict(RULES, **(rules or {}))
+    for dest, (ok, expected) in table.items():
+        v = getattr(args, dest, None)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not ok(v):
+            raise UserError(f"--{dest.replace('_', '-')} must be {expected}, got {v}")
+    if getattr(args, "device", None) is not None:
+        check_device(args.device)
+
+
+#: Rules of ``sample.py`` that differ from :data:`RULES` (its ``--steps`` are integration steps).
+SAMPLE_RULES: dict[str, tuple[Check, str]] = {
+    "steps": at_least(1), "decode_norm": positive(), "grid": at_least(1), "nrow": at_least(1),
+    "cfg": finite(), "rtol": positive(), "atol": positive(),
+}
+
+
+def validate_sample_args(args: argparse.Namespace) -> None:
+    """``sample.py``'s options: :func:`validate_args` with :data:`SAMPLE_RULES`, ``--cfg-interval LO HI``
+    with ``0 <= LO <= HI <= 1``, and the solver of ``--method odeint:SOLVER`` known to torchdiffeq."""
+    validate_args(args, SAMPLE_RULES)
+    iv = getattr(args, "cfg_interval", None)
+    if iv is not None and not (all(_finite(v) for v in iv) and 0.0 <= iv[0] <= iv[1] <= 1.0):
+        raise UserError(f"--cfg-interval LO HI must satisfy 0 <= LO <= HI <= 1 (t runs from 1 = noise to "
+                        f"0 = data), got {iv[0]} {iv[1]}")
+    method = getattr(args, "method", "") or ""
+    if method.startswith("odeint:"):
+        from torchdiffeq._impl.odeint import SOLVERS
+
+        solver = method.partition(":")[2]
+        if solver not in SOLVERS:
+            raise UserError(f"--method {method}: unknown torchdiffeq solver {solver!r}; expected odeint:SOLVER "
+                            f"with SOLVER one of {', '.join(sorted(SOLVERS))}")
+
+
+def require_finite(what: str, **tensors) -> None:
+    """Raise :class:`experiments.common.trainer.NonFiniteError` (one line, exit 3 through ``run_cli``)
+    naming ``what`` and the first tensor among ``tensors`` (name → tensor) holding NaN or ±Inf."""
+    import torch
+
+    from experiments.common.trainer import NonFiniteError
+
+    for name, t in tensors.items():
+        if t is not None and not bool(torch.isfinite(t).all()):
+            n_bad = int((~torch.isfinite(t)).sum())
+            raise NonFiniteError(f"non-finite {name} ({n_bad} of {t.numel()} values NaN/Inf) in {what}; "
+                                 f"nothing written (check --cfg and the other sampling settings, or the "
+                                 f"checkpoint)")

@@ -15,6 +15,7 @@ import functools
 import math
 import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -67,12 +68,25 @@ def _as_rgb_u8(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
+#: Pillow modes holding more than 8 bits per sample, and the value that maps to 255.
+_WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
+
+
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to uint8 RGB ``[H, W, 3]``; raises on unreadable / corrupt files."""
+    """Decode an image file to uint8 RGB ``[H, W, 3]``; raises on unreadable / corrupt files.
+
+    16-bit grey images (Pillow modes ``I;16``, ``I;16B``, ``I;16L``, ``I;16N``; ``I`` as Pillow opens 16-bit
+    PNGs) are scaled ``round(v · 255 / 65535)`` (Pillow's own conversion would clip them to 255: white).
+    """
     from PIL import Image
 
     with Image.open(path) as im:
         im.load()  # forces full decode: truncated files fail here, not later
+        top = _WIDE_MODES.get(im.mode)
+        if top is not None:
+            v = np.asarray(im).astype(np.float64)
+            grey = np.clip(np.rint(v * (255.0 / top)), 0, 255).astype(np.uint8)
+            return np.repeat(grey[..., None], 3, axis=-1)
         return np.asarray(im.convert("RGB"))
 
 
@@ -111,13 +125,19 @@ class ImageFolderDataset(Dataset):
     Args:
         root: folder with one sub-folder per class.
         image_size: output side S.
-        train: random crop + flip (seeded by ``(seed, epoch, index)``) if True, else centre crop.
+        train: augment (seeded by ``(seed, epoch, index)``) as ``augment`` says if True, else centre crop.
         seed: base seed of the augmentation.
         max_retries: how many following files to try when a file cannot be decoded.
+        augment: with ``train``: ``"crop_flip"`` random crop + random flip (the autoencoder's),
+            ``"flip"`` centre crop + random flip, ``"none"`` centre crop (the DiT's on-the-fly path, the
+            crop policy of its latent cache).
     """
 
     def __init__(self, root: str | os.PathLike, image_size: int, *, train: bool, seed: int = 0,
-                 max_retries: int = 16):
+                 max_retries: int = 16, augment: str = "crop_flip"):
+        if augment not in ("crop_flip", "flip", "none"):
+            raise ValueError(f"augment must be crop_flip, flip or none, got {augment!r}")
+        self.augment = augment
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"dataset folder not found: {self.root}")
@@ -143,14 +163,19 @@ class ImageFolderDataset(Dataset):
             try:
                 img = load_rgb(path)
                 break
-            except Exception:  # noqa: BLE001 - any decode failure is a skipped file
+            except Exception as e:  # noqa: BLE001 - any decode failure is a skipped file
                 bad.append(path)
+                err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         else:
-            raise RuntimeError(f"{self.max_retries + 1} unreadable files in a row near {path}")
-        if self.train:
-            img = random_crop_flip(img, self.image_size, random.Random(mix_seed(self.seed, epoch, idx)))
+            raise DataError(f"{self.max_retries + 1} unreadable image files in a row near {path} "
+                            f"(last error: {err}); check that {self.root} holds readable images")
+        rng = random.Random(mix_seed(self.seed, epoch, idx))
+        if self.train and self.augment == "crop_flip":
+            img = random_crop_flip(img, self.image_size, rng)
         else:
             img = center_crop(img, self.image_size)
+            if self.train and self.augment == "flip" and rng.random() < 0.5:
+                img = img[:, ::-1]
         return {"image": to_model_range(img), "label": label, "bad": bad}
 
 
@@ -217,13 +242,69 @@ class EmbeddedPhotos(Dataset):
         return {"image": crop.contiguous(), "label": label, "bad": []}
 
 
-def worker_init(worker_id: int) -> None:  # noqa: ARG001
-    """DataLoader ``worker_init_fn``: workers ignore SIGINT/SIGTERM; the main process decides when to stop
-    (it writes a checkpoint first) and shuts the workers down itself."""
+#: Seconds a data-loader worker keeps serving after a SIGTERM while its main process lives (time for the
+#: main process, which got the same signal from a scheduler, to finish its step and shut the workers down).
+WORKER_TERM_GRACE_S = 10
+
+
+def _worker_sigterm(signum, frame):  # noqa: ARG001
+    """Worker SIGTERM: exit at once when the main process is gone; else exit ``WORKER_TERM_GRACE_S`` later
+    (SIGALRM's default action) unless the main process shuts the worker down first."""
+    if os.getppid() != _PARENT_PID[0]:
+        os._exit(128 + signum)
     import signal
 
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(WORKER_TERM_GRACE_S)
+
+
+_PARENT_PID = [0]
+
+
+def worker_init(worker_id: int) -> None:  # noqa: ARG001
+    """DataLoader ``worker_init_fn`` for training loaders.
+
+    * SIGINT (Ctrl-C reaches the whole foreground process group) is ignored: the main process decides when
+      to stop, writes a checkpoint first and shuts the workers down itself.
+    * SIGTERM is honoured, never ignored: a worker whose main process is gone exits at once; otherwise it
+      exits within :data:`WORKER_TERM_GRACE_S` seconds (a scheduler's SIGTERM to every process of the job
+      leaves the main process that long to finish its step).
+    * On Linux the worker asks for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``), so a ``kill -9`` of
+      the main process leaves no orphans.
+    """
+    import signal
+
+    _PARENT_PID[0] = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_sigterm)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != _PARENT_PID[0]:  # the parent died before prctl took effect
+        os._exit(128 + signal.SIGTERM)
+
+
+def close_loader(it) -> None:
+    """Shut a DataLoader iterator's workers down now (idempotent; no-op without workers).
+
+    torch's own shutdown (done event, then join, then SIGTERM); any worker still alive after that is
+    killed, so the caller never waits for a stuck worker. Call it in a ``finally`` around the training loop
+    and before the final checkpoint of a stopped run.
+    """
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is None:
+        return
+    try:
+        shutdown()
+    finally:
+        for w in getattr(it, "_workers", ()):
+            if w.is_alive():
+                w.kill()
+                w.join(timeout=2.0)
 
 
 def collate(samples: list[dict]) -> dict:

@@ -12,19 +12,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 from experiments.common.ae_cli import default_out as ae_default_out
-from experiments.common.cli_common import PresetHelpFormatter, add_checkpoint_args, add_optimisation_args, add_run_control_args
+from experiments.common.cli_common import (PresetHelpFormatter, add_checkpoint_args, add_optimisation_args,
+                                          add_run_control_args, validate_args)
 from experiments.common.trainer import OneLineParser, UserError
 
 # PAPER.md "Riemannian flow matching": LightningDiT-XL/1, AdamW lr 2e-4, β (0.9, 0.95), batch 1024,
-# EMA 0.9995, 80 epochs, λ_rad 0.1, label dropout 0.1.
+# EMA 0.9995, 80 epochs, λ_rad 0.1, FP32. Not stated by the paper, taken from LightningDiT's configs: no
+# gradient clipping (grad_clip 0 = off), no QK-norm, weight decay 0, constant lr; label dropout 0.1 (ours/DiT).
+# Decoding generated latents: the paper's s_vae = 14 for DINOv3-L (App. C), i.e. its raw-token norm; the
+# scripts read it from the AE checkpoint's latent_norm (--decode-norm 14 forces the paper's number).
 _PAPER = dict(model="LightningDiT-XL/1", lr=2e-4, beta1=0.9, beta2=0.95, weight_decay=0.0, batch_size=1024,
               epochs=80.0, steps=None, ema_decay=0.9995, ema_warmup=0, warmup_steps=0, lr_schedule="constant",
-              grad_clip=1.0, log_every=100, ckpt_every=5000, sample_every=0)
+              grad_clip=0.0, log_every=100, ckpt_every=5000, sample_every=0)
 # Embedded photos on a 2-core CPU in ~2 minutes: a 0.73 M-parameter DiT on 1 thread, larger lr with
 # warm-up + cosine decay, short-memory EMA with warm-up.
+# The toy run keeps clipping at 1.0 (our choice, a guard for its large lr on 2 CPU cores).
 _TINY = dict(_PAPER, model="LightningDiT-T/1", lr=1e-3, batch_size=32, epochs=None, steps=1000,
              ema_decay=0.999, ema_warmup=50, warmup_steps=50, lr_schedule="cosine", log_every=25,
-             ckpt_every=250)
+             ckpt_every=250, grad_clip=1.0)
 DEFAULTS = {"paper": _PAPER, "tiny": _TINY}
 
 
@@ -42,20 +47,24 @@ def dit_registry() -> dict[str, Callable[..., Any]]:
     return {"LightningDiT-T/1": _tiny_dit, **LightningDiT_models}
 
 
-def default_out(preset: str, embedded: bool) -> str:
-    """The default ``--out``: ``runs/dit-<preset>[-embedded]`` (``dit_io.DEFAULT_DIT_RUN`` for tiny)."""
-    return f"runs/dit-{preset}{'-embedded' if embedded else ''}"
+def default_out(preset: str, embedded: bool, flow: str = "riemannian") -> str:
+    """The default ``--out``: ``runs/dit-<preset>[-embedded][-euclidean]`` (``dit_io.DEFAULT_DIT_RUN`` for
+    tiny)."""
+    return f"runs/dit-{preset}{'-embedded' if embedded else ''}{'' if flow == 'riemannian' else '-' + flow}"
 
 
 _EPILOG = "per-preset defaults of the options marked [preset]:\n" + "\n".join(
-    f"  {p:6s} " + "; ".join(f"{k}={v}" for k, v in sorted(d.items())) for p, d in DEFAULTS.items()) + (
+    f"  {p:6s} " + "; ".join(f"{k}={'0 (off)' if k == 'grad_clip' and not v else v}" for k, v in sorted(d.items()))
+    for p, d in DEFAULTS.items()) + (
     "\n\nData sources (one of):\n"
-    "  (none)           embedded scikit-image/scikit-learn photos, encoded on the fly by the tiny AE of\n"
-    f"                   {ae_default_out('tiny', True, 1)} (or a fresh random-init tiny AE if that run does "
+    "  (none)           embedded scikit-image/scikit-learn photos, encoded on the fly by the cpu AE of\n"
+    f"                   {ae_default_out('cpu', True, 1)} (or a fresh random-init cpu AE if that run does "
     "not exist)\n"
     "  --data DIR       ImageNet-style DIR/train/<class>/<img>, encoded on the fly by --ae-ckpt\n"
     "  --data DIR --cache-latents   encode once to OUT/latents (safetensors shards, resumable), train on them\n"
     "  --latents DIR    shards written by experiments/cache_latents.py\n"
+    "Decode norm: generated tokens are rescaled to the autoencoder checkpoint's latent_norm before decoding\n"
+    "  (--decode-norm overrides). The paper's s_vae for DINOv3-L is 14 (App. C sweep over 8..20).\n"
     "Real run: torchrun --nproc_per_node=8 experiments/in1k_dit.py --preset paper --data /imagenet \\\n"
     "          --ae-ckpt runs/ae-paper-s2 --cache-latents --out runs/dit-xl")
 
@@ -69,28 +78,41 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--latents", help="folder of cached latent shards (experiments/cache_latents.py)")
     g.add_argument("--cache-latents", action="store_true",
                    help="with --data: encode the training set once to OUT/latents, then train on it")
-    g.add_argument("--flip", action="store_true", help="with --cache-latents: also cache flipped images")
+    g.add_argument("--flip", action="store_true", help="horizontal flips with probability 1/2: on the fly, or "
+                   "with --cache-latents a cached flipped copy (2x the size); both paths use centre crops")
+    g.add_argument("--cache-dtype", choices=("float16", "bfloat16", "float32"), default="float16",
+                   help="storage dtype of --cache-latents (rounding per token: float16 ~2e-4 rad, bfloat16 "
+                        "~1.7e-3 rad; read back in float32 and re-projected)")
     g.add_argument("--ae-ckpt", help="in1k_ae.py run folder or checkpoint (EMA weights are used)")
     g.add_argument("--preset", choices=tuple(DEFAULTS), default=None,
                    help="hyper-parameter preset (default: tiny without --data/--latents, else paper)")
     g.add_argument("--model", help="DiT name (LightningDiT-T/1, -S/1, -B/1, -L/1, -XL/1) [preset]")
     g.add_argument("--ddt-head", action="store_true", help="add the wide DDT head (DiT^DH)")
+    g.add_argument("--qk-norm", action="store_true", help="RMS-normalise queries and keys (off by default, "
+                   "as in LightningDiT's configs)")
     g.add_argument("--num-classes", type=int, help="number of classes (default: from the data)")
     g.add_argument("--image-size", type=int, help="on-the-fly encoding: image side (default: the AE's)")
     g = p.add_argument_group("flow matching")
-    g.add_argument("--lambda-rad", type=float, default=0.1, help="weight of the radial penalty λ_rad")
+    g.add_argument("--flow", choices=("riemannian", "euclidean"), default="riemannian",
+                   help="riemannian: uniform noise on the sphere, slerp, rfm_loss, Riemannian Euler (paper); "
+                   "euclidean: flat flow matching on the same latents (Gaussian noise, straight path, "
+                   "ambient Euler; paper Table 4's ablation); stored in the checkpoint for sample.py")
+    g.add_argument("--lambda-rad", type=float, default=0.1, help="weight of the radial penalty λ_rad "
+                   "(riemannian only)")
     g.add_argument("--alpha", type=float, help="time shift α (default: auto = sqrt(N·C/4096))")
     g.add_argument("--time-loc", type=float, default=0.0, help="logit-normal location of t")
     g.add_argument("--time-scale", type=float, default=1.0, help="logit-normal scale of t")
     g.add_argument("--cfg-dropout", type=float, default=0.1, help="label dropout to the null class")
     add_optimisation_args(p, length=_length_args, ema_decay_help="EMA decay [preset]")
     g = p.add_argument_group("run")
-    g.add_argument("--out", help="run folder (default: runs/dit-<preset>[-embedded])")
+    g.add_argument("--out", help="run folder (default: runs/dit-<preset>[-embedded][-euclidean])")
     g.add_argument("--seed", type=int, default=0, help="global seed (init, data order, noise, times)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="bf16 autocast around the DiT only, on CUDA (auto: bf16 on CUDA, fp32 on CPU); "
-                        "sphere arithmetic is always fp32")
+    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="fp32 (the paper trains the DiT in FP32 and reports BF16 as unstable) or bf16 "
+                        "autocast around the DiT only, on CUDA; sphere arithmetic is always fp32")
+    g.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions on CUDA with fp32 "
+                   "(faster on Ampere+, 10-bit mantissa); off by default")
     g.add_argument("--compile", action="store_true", help="torch.compile the DiT")
     g.add_argument("--threads", type=int, help="CPU intra-op threads (default: 1 for the tiny preset on "
                    "CPU, where more threads are slower; else torch's)")
@@ -100,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample-every", type=int, help="steps between EMA sample grids, 0 = only at the "
                    "end [preset]")
     g.add_argument("--sample-steps", type=int, default=50, help="Euler steps of those sample grids")
+    g.add_argument("--decode-norm", type=float, help="token norm before decoding those grids (default: "
+                   "the autoencoder checkpoint's latent_norm; the paper's s_vae for DINOv3-L is 14)")
     add_run_control_args(g, folder="OUT", tensorboard_help="also log to OUT/tb",
                          inject_nan_help="(testing) comma list of steps with NaN loss", inject_nan_default="")
     return p
@@ -118,6 +142,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     for k, v in DEFAULTS[args.preset].items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
+    validate_args(args)  # ranges of every numeric option, --device
     if args.model not in dit_registry():
         raise UserError(f"unknown --model {args.model!r}; choose from {', '.join(dit_registry())}")
     if args.steps is None and args.epochs is None:
@@ -126,6 +151,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("--data and --latents are exclusive (cached latents already hold the data)")
     if args.cache_latents and args.data is None:
         raise UserError("--cache-latents needs --data DIR")
+    if args.flip and args.embedded:
+        raise UserError("--flip is for --data (the embedded photos are random crops, flipped already)")
     if args.data is not None:
         if not (Path(args.data) / "train").is_dir():
             raise UserError(f"{args.data} has no train/ sub-folder (expected {args.data}/train/<class>/<image>)")
@@ -143,6 +170,6 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.num_workers is None:
         args.num_workers = 0 if args.embedded else min(8, os.cpu_count() or 1)
     if args.out is None:
-        args.out = default_out(args.preset, args.embedded)
+        args.out = default_out(args.preset, args.embedded, args.flow)
     args.inject_nan_steps = sorted({int(s) for s in str(args.inject_nan_steps).split(",") if s.strip()})
     return args

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import math
 import random
 import sys
 import warnings
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NoReturn, Sequence
 
 import numpy as np
 import torch
@@ -41,15 +42,118 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def error_line(e: BaseException) -> str:
+    """The one line that states ``e``: its first line, or, for an error re-raised from a DataLoader worker
+    ("Caught X in DataLoader worker process k." + the worker's traceback), the worker's own message."""
+    text = str(e).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = [ln for ln in text.splitlines() if ln.strip()][-1].strip()
+        head, sep, msg = last.partition(": ")
+        text = msg if sep and " " not in head else last
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+#: errno -> (words, exit code) of the I/O failures that get one line instead of a traceback.
+_IO_ERRORS = {errno.ENOSPC: ("no space left on device", 1), errno.EDQUOT: ("disk quota exceeded", 1),
+              errno.EROFS: ("read-only file system", 2), errno.EACCES: ("permission denied", 2),
+              errno.EPERM: ("operation not permitted", 2)}
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None,
             prog: str = "", one_line: tuple[type[BaseException], ...] = ()) -> int:
-    """Call ``main(argv)``; turn :class:`UserError` (and the ``one_line`` exception types) into one line."""
+    """Call ``main(argv)`` and turn failures into exit codes with one line on stderr.
+
+    :class:`UserError` and the ``one_line`` types → exit 2; :class:`NonFiniteError` → 3; a full disk
+    (ENOSPC / EDQUOT) → 1, a read-only or forbidden path → 2, both naming the file; any other exception
+    keeps its traceback, then one ``prog: error:`` line, exit 1. Data-loader workers still alive are shut
+    down before returning, so an error never leaves the process waiting for them.
+    """
     try:
         return int(main(argv) or 0)
     except (UserError, *one_line) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"{prog}: error: {msg}", file=sys.stderr)
+        _say(prog, error_line(e))
         return 2
+    except NonFiniteError as e:
+        _say(prog, error_line(e))
+        return 3
+    except OSError as e:
+        if e.errno not in _IO_ERRORS:
+            return _unexpected(prog, e)
+        words, code = _IO_ERRORS[e.errno]
+        where = f" writing {e.filename}" if e.filename else ""
+        _say(prog, f"{words}{where}" + ("; free space (the last complete checkpoint is kept) and re-run the "
+                                        "same command" if code == 1 else "; pass a writable --out"))
+        return code
+    except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: traceback, then one line
+        return _unexpected(prog, e)
+    finally:
+        reap_loader_workers()
+
+
+def _unexpected(prog: str, e: BaseException) -> int:
+    import traceback
+
+    traceback.print_exc()
+    _say(prog, f"{type(e).__name__}: {error_line(e)} (traceback above)")
+    return 1
+
+
+def _say(prog: str, msg: str) -> None:
+    print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+
+
+def reap_loader_workers(timeout: float = 3.0) -> int:
+    """Shut down DataLoader workers of this process that are still alive; returns how many there were.
+
+    Cheap when there are none. Otherwise every live ``_MultiProcessingDataLoaderIter`` is closed through
+    :func:`experiments.common.data.close_loader` (which unregisters its workers from torch's SIGCHLD check
+    first), and any worker left is terminated, then killed after ``timeout`` seconds. Only torch's worker
+    processes (target ``_worker_loop``) are touched, never other children.
+    """
+    import gc
+    import multiprocessing as mp
+    import time
+
+    from torch.utils.data._utils.worker import _worker_loop
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    def live():
+        return [p for p in mp.active_children() if getattr(p, "_target", None) is _worker_loop]
+
+    found = live()
+    if not found:
+        return 0
+    from experiments.common.data import close_loader
+
+    for obj in gc.get_objects():
+        if isinstance(obj, _MultiProcessingDataLoaderIter):
+            close_loader(obj)
+    rest = live()
+    for p in rest:
+        p.terminate()
+    deadline = time.monotonic() + timeout
+    for p in rest:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=1.0)
+    return len(found)
+
+
+def script_exit(code: int, grace_s: float = 20.0) -> NoReturn:
+    """End a script (``if __name__ == "__main__": script_exit(main())``): flush, reap loader workers, then
+    ``sys.exit(code)``; a daemon timer calls ``os._exit(code)`` if interpreter shutdown is still running
+    ``grace_s`` seconds later (an exit handler waiting for a process that will not end)."""
+    import os
+    import threading
+
+    reap_loader_workers()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    t = threading.Timer(grace_s, os._exit, args=(int(code),))
+    t.daemon = True
+    t.start()
+    sys.exit(code)
 
 
 @contextlib.contextmanager
@@ -66,12 +170,12 @@ def cpu_threads(n: int | None):
 
 @contextlib.contextmanager
 def training_session(args: argparse.Namespace):
-    """``distributed.setup(args.device)``, then CPU threads ``--threads`` (default: 1 for the tiny preset on
-    CPU, whose small kernels only lose to OpenMP sync); yields the ``DistInfo``. Undone on exit."""
+    """``distributed.setup(args.device)``, then CPU threads ``--threads`` (default: 1 for the tiny and cpu
+    presets on CPU, whose small kernels only lose to OpenMP sync); yields the ``DistInfo``. Undone on exit."""
     from experiments.common import distributed as D
 
     info = D.setup(args.device)
-    tiny_cpu = args.preset == "tiny" and info.device.type == "cpu"
+    tiny_cpu = args.preset in ("tiny", "cpu") and info.device.type == "cpu"
     try:
         with cpu_threads(args.threads or (1 if tiny_cpu else None)):
             yield info

@@ -1,0 +1,93 @@
+"""The CPU demo preset (paper-ratio latent) and the --stem patchify baseline (paper Table 5)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from experiments.common.ae_cli import build_parser, resolve
+from models import build_autoencoder
+from models.stem import HierarchicalConvPatchEmbed, LinearPatchEmbed, TRMS2d, stem_depth
+
+
+def _images(b: int, size: int) -> torch.Tensor:
+    return torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def cpu_ae():
+    torch.manual_seed(0)
+    return build_autoencoder("cpu")
+
+
+def test_cpu_preset_latent_has_the_paper_ratio_of_numbers_to_pixel_values(cpu_ae) -> None:
+    x = _images(2, cpu_ae.image_size)
+    with torch.no_grad():
+        z = cpu_ae.encode(x)
+    ratio = z[0].numel() / x[0].numel()  # latent numbers per pixel value, measured on the built model
+    assert 0.5 <= ratio <= 1.5, ratio
+    assert ratio == pytest.approx(cpu_ae.latent_ratio)
+    assert z.shape[1] == cpu_ae.num_tokens and z.shape[1] > 16  # more tokens than the tiny preset's 4×4
+    # the paper's own latent, for comparison: 256 tokens × 1024 for 256² px
+    assert 0.5 <= 256 * 1024 / (3 * 256 ** 2) <= 1.5
+
+
+def test_cpu_preset_is_the_paper_design_at_small_scale(cpu_ae) -> None:
+    vit = cpu_ae.backbone.vit
+    assert type(vit).__name__ == "Eva" and vit.num_prefix_tokens == 5  # DINOv3 architecture: RoPE, 4 registers
+    assert not any(p.requires_grad for p in vit.parameters())  # frozen
+    assert isinstance(cpu_ae.stem, HierarchicalConvPatchEmbed)
+    convs = [m for m in cpu_ae.stem.modules() if isinstance(m, torch.nn.Conv2d)]
+    # patch 8 = 2³: three stride-2 layers, 7×7 first, the last maps to C without norm/act
+    assert [(c.kernel_size[0], c.stride[0]) for c in convs] == [(7, 2), (3, 2), (3, 2)]
+    assert convs[-1].out_channels == cpu_ae.latent_dim
+    assert [any(isinstance(m, TRMS2d) for m in layer) for layer in cpu_ae.stem.layers] == [True, True, False]
+
+
+@pytest.mark.parametrize("patch,layers", [(2, 1), (4, 2), (8, 3), (14, 4), (16, 4)])
+def test_conv_stem_depth_is_ceil_log2_patch(patch: int, layers: int) -> None:
+    assert stem_depth(patch) == layers
+    stem = HierarchicalConvPatchEmbed(8, patch, widths=(4,) * (layers - 1))
+    size = 4 * patch
+    assert stem(torch.randn(1, 3, size, size)).shape == (1, 8, 4, 4)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in stem.modules()) == layers
+
+
+def test_conv_stem_rejects_a_width_list_of_the_wrong_length() -> None:
+    with pytest.raises(ValueError, match="2 hidden widths"):
+        HierarchicalConvPatchEmbed(8, 8, widths=(4, 4, 4))
+    with pytest.raises(ValueError, match="patch size >= 2"):
+        stem_depth(1)
+
+
+def test_stem_patchify_builds_a_single_linear_patchify_initialised_from_the_teacher(tmp_path) -> None:
+    from experiments.in1k_ae import build_model
+
+    args = resolve(build_parser().parse_args(["--stem", "patchify", "--out", str(tmp_path)]))
+    torch.manual_seed(0)
+    ae = build_model(args, None)
+    assert args.preset == "cpu" and isinstance(ae.stem, LinearPatchEmbed)
+    layers = [m for m in ae.stem.modules() if list(m.parameters(recurse=False))]
+    assert len(layers) == 1 and isinstance(layers[0], torch.nn.Conv2d)
+    conv, p = layers[0], ae.patch_size
+    assert conv.kernel_size == (p, p) and conv.stride == (p, p) and conv.in_channels == 3
+    # the same affine map of every flattened p×p×3 patch
+    x = _images(2, ae.image_size)
+    patches = torch.nn.functional.unfold(x, p, stride=p).transpose(1, 2)  # [B, N, 3p²]
+    ref = patches @ conv.weight.reshape(conv.out_channels, -1).T + conv.bias
+    torch.testing.assert_close(ae.stem.forward_nhwc(x).flatten(1, 2), ref, rtol=1e-4, atol=1e-4)
+    # initialised from the teacher's patchify: student tokens == teacher tokens at step 0, cosine loss 0
+    with torch.no_grad():
+        torch.testing.assert_close(ae.student_tokens(x), ae.teacher_tokens(x), rtol=1e-5, atol=1e-5)
+    assert ae.stem.proj.weight.requires_grad and ae.stem.proj.weight is not ae.backbone.vit.patch_embed.proj.weight
+    assert args.out == str(tmp_path)
+    assert resolve(build_parser().parse_args(["--stem", "patchify"])).out == "runs/ae-cpu-embedded-patchify-s1"
+
+
+def test_embedded_default_is_the_cpu_preset_and_tiny_stays_available() -> None:
+    args = resolve(build_parser().parse_args([]))
+    assert args.preset == "cpu" and args.stem == "conv" and args.out == "runs/ae-cpu-embedded-s1"
+    tiny = resolve(build_parser().parse_args(["--preset", "tiny"]))
+    assert tiny.out == "runs/ae-tiny-embedded-s1" and tiny.max_steps == 600
+    assert math.isclose(build_autoencoder("tiny").latent_ratio, 16 * 32 / (3 * 64 * 64))

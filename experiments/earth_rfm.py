@@ -1,0 +1,286 @@
+"""Riemannian flow matching density estimation on the earth-event datasets (S²), test NLL in nats/point.
+
+    python experiments/earth_rfm.py --dataset fire                 # one dataset, seed 0, < 15 min on 2 CPUs
+    python experiments/earth_rfm.py --dataset all --seeds 0 1 2    # the table -> benchmarks/results/earth_nll.*
+    python experiments/earth_rfm.py --preset paper --device cuda --dataset all --seeds 0 1 2 3 4
+
+Data (``experiments.common.earth``): lat/lon events → unit vectors, random 80/10/10 split of each seed.
+One step: x₀ = a batch of training points (data, t = 0), x₁ = uniform on S² (noise, t = 1), t = u^p with
+u ~ U(0, 1) and p = ``--time-power``,
+(x_t, u_t) = ``geodesic_flow(x₀, x₁, t)``, loss = ``rfm_loss(v(x_t, t), x_t, u_t)``; Adam with warm-up and
+cosine decay, EMA weights. The model is :class:`models.sphere_mlp.SphereVelocityMLP` (tangent output).
+Every ``--eval-every`` steps the EMA model's validation NLL (a fixed subset, a coarse rk4 grid) is
+measured; the best EMA weights are kept and training stops after ``--patience`` evaluations without
+improvement. The test NLL of the best weights is then computed with ``spherical.log_likelihood``
+(exact divergence, rk4 on the grid t_k = (k/K)², K = ``--test-steps``) and again with K doubled: both are
+reported, the finer one is the result. Run folder ``--out/<dataset>/seed<k>/``: ``metrics.jsonl``,
+``checkpoints/last.pt``, ``result.json`` and ``density.png`` (log-density on a lat/lon grid, test points
+overlaid). Re-running the same command resumes an interrupted run and skips finished ones;
+``--dataset all`` then writes ``earth_nll.{json,md}`` and ``earth_density_<dataset>.png`` to ``--results``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from experiments.common import checkpoint  # noqa: E402
+from experiments.common.data import mix_seed  # noqa: E402
+from experiments.common.earth import FILES, EarthDataError, load_earth, split, xyz_to_latlon  # noqa: E402
+from experiments.common.earth_eval import (LOG_4PI, grid_mass, latlon_grid, log_density, nll,  # noqa: E402
+                                           plot_density, write_table)
+from experiments.common.ema import EMA  # noqa: E402
+from experiments.common.logging_utils import MetricsLogger, Progress, truncate_after  # noqa: E402
+from experiments.common.trainer import (NonFiniteError, NonFiniteGuard, OneLineParser, StepBookkeeper,  # noqa: E402
+                                        UserError, abort_nonfinite, build_adamw, check_resume_args, cpu_threads,
+                                        grads_finite_norm, lr_lambda, run_cli, seed_everything)
+from models.sphere_mlp import SphereMLPConfig, SphereVelocityMLP  # noqa: E402
+from spherical import Hypersphere, geodesic_flow, rfm_loss  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+_S2 = Hypersphere(1.0)
+PRESETS = {
+    # CPU default: one dataset and seed in 5–12 min measured on a shared, loaded 2-core box (early stopping).
+    "default": dict(width=256, depth=4, x_features=128, x_scale=64.0, time_power=3.0, steps=8000, batch_size=512,
+                    lr=2e-3, warmup_steps=100, ema_decay=0.995, eval_every=250, patience=4, val_points=256,
+                    val_steps=8, test_steps=32, plot_lat=60, plot_steps=16, threads=0),
+    # The published scale (Chen & Lipman: 512×6 MLP, long training) for a GPU.
+    "paper": dict(width=512, depth=6, x_features=256, x_scale=64.0, time_power=3.0, steps=100_000, batch_size=2048,
+                  lr=1e-3, warmup_steps=1000, ema_decay=0.9995, eval_every=2000, patience=10, val_points=0,
+                  val_steps=32, test_steps=128, plot_lat=180, plot_steps=64, threads=0),
+    # Seconds: tests and smoke runs.
+    "tiny": dict(width=32, depth=2, x_features=8, x_scale=4.0, time_power=1.0, steps=60, batch_size=128, lr=3e-3,
+                 warmup_steps=5, ema_decay=0.9, eval_every=20, patience=2, val_points=64, val_steps=2, test_steps=2,
+                 plot_lat=8, plot_steps=2, threads=1),
+}
+_RESUME_KEYS = ("preset", "width", "depth", "x_features", "x_scale", "time_power", "steps", "batch_size", "lr",
+                "warmup_steps", "ema_decay", "eval_every", "patience", "val_points", "val_steps", "lambda_rad")
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog="earth_rfm.py", description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", default="fire", choices=(*FILES, "all"), help="which dataset(s)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="split/training seeds (published: 0-4)")
+    p.add_argument("--preset", default="default", choices=tuple(PRESETS), help="model/training scale")
+    p.add_argument("--out", default=str(ROOT / "runs" / "earth"), help="run folders <out>/<dataset>/seed<k>")
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"),
+                   help="where --dataset all writes earth_nll.{json,md} and the density PNGs")
+    p.add_argument("--data-dir", default=None, help="folder of the CSVs (default: benchmarks/data/earth)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    for k, v in PRESETS["default"].items():
+        p.add_argument("--" + k.replace("_", "-"), type=type(v), default=None, help=f"[preset: {v} by default]")
+    p.add_argument("--lambda-rad", type=float, default=0.1, help="rfm_loss radial weight (0 effect: tangent output)")
+    p.add_argument("--no-plot", action="store_true", help="skip the density plot")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints and results")
+    p.add_argument("--stop-after", type=int, default=None, help="(testing) stop like SIGTERM after this step")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill preset defaults, validate, and pick the device."""
+    for k, v in PRESETS[args.preset].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.x_features < 0 or args.x_scale <= 0 or args.time_power <= 0:
+        raise UserError("expected --x-features >= 0, --x-scale > 0 and --time-power > 0")
+    for k in ("width", "depth", "steps", "batch_size", "eval_every", "val_steps", "test_steps", "plot_lat",
+              "plot_steps"):
+        if getattr(args, k) < 1:
+            raise UserError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(args, k)}")
+    if args.lr <= 0 or not 0 <= args.ema_decay < 1 or args.patience < 1 or min(args.seeds) < 0:
+        raise UserError("expected --lr > 0, 0 <= --ema-decay < 1, --patience >= 1 and seeds >= 0")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device} asked but CUDA is not available; use --device cpu")
+    args.seeds = list(dict.fromkeys(args.seeds))
+    return args
+
+
+def batch_loss(model: torch.nn.Module, data: torch.Tensor, batch_size: int, gen: torch.Generator, *,
+               time_power: float = 1.0, lambda_rad: float = 0.1):
+    """RFM loss of one batch: x₀ drawn with replacement from ``data`` ``[n, 3]``, x₁ uniform on S²,
+    ``t = u^time_power`` with u ~ U(0, 1) (a power > 1 puts more steps near the data end, where the
+    flow of a peaked density is sharpest), ``(x_t, u_t) = geodesic_flow(x₀, x₁, t)``.
+    Returns :class:`spherical.RFMLoss`."""
+    dev = data.device
+    x0 = data[torch.randint(len(data), (batch_size,), generator=gen, device=dev)]
+    x1 = _S2.random_uniform(batch_size, data.shape[-1], generator=gen, device=dev, dtype=data.dtype)
+    t = torch.rand(batch_size, 1, generator=gen, device=dev, dtype=data.dtype) ** time_power
+    xt, ut = geodesic_flow(x0, x1, t)
+    return rfm_loss(model(xt, t.squeeze(-1)), xt, ut, lambda_rad=lambda_rad)
+
+
+def train_one(args, dataset: str, seed: int) -> dict:
+    """Train (or resume) one dataset × seed; returns its ``result.json`` content."""
+    dev = torch.device(args.device)
+    run = Path(args.out) / dataset / f"seed{seed}"
+    res_path, ckpts = run / "result.json", checkpoint.CheckpointDir(run / "checkpoints")
+    if not args.no_resume and res_path.is_file():
+        res = json.loads(res_path.read_text())
+        if all(res["args"].get(k) == getattr(args, k) for k in _RESUME_KEYS):
+            print(f"earth_rfm: {dataset} seed {seed}: done before, test NLL {res['test_nll']:.4f} ({res_path})")
+            return res
+    data = split(load_earth(dataset, args.data_dir), seed)
+    train_x, val_x, test_x = (d.to(dev) for d in data)
+    val_sub = val_x[:args.val_points] if args.val_points > 0 else val_x
+    seed_everything(seed)
+    model = SphereVelocityMLP(SphereMLPConfig(width=args.width, depth=args.depth, x_features=args.x_features,
+                                              x_scale=args.x_scale)).to(dev)
+    ema = EMA(model, args.ema_decay)
+    opt = build_adamw(model.parameters(), args.lr, (0.9, 0.999), 0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda("cosine", args.warmup_steps, args.steps))
+    guard, logger = NonFiniteGuard(5), MetricsLogger(run)
+    state = {"step": 0, "best_nll": math.inf, "best_step": 0, "best_ema": None, "bad_evals": 0,
+             "wall_s": 0.0, "stopped_early": False}
+    resume = None if args.no_resume else ckpts.load_latest()
+    if resume is not None:
+        check_resume_args(resume["args"], args, _RESUME_KEYS, ckpts.last)
+        checkpoint.restore_training(resume, 0, 1, model=model, ema=ema, optimizer=opt, scheduler=sched, guard=guard)
+        state = resume["state"]
+        truncate_after(logger.path, state["step"])
+        print(f"earth_rfm: {dataset} seed {seed}: resuming from {ckpts.last} at step {state['step']}")
+    else:
+        logger.log("start", 0, **{k: v for k, v in vars(args).items() if k not in ("seeds", "dataset")},
+                   dataset=dataset, seed=seed, n_train=len(train_x), n_val=len(val_x), n_test=len(test_x))
+    n_par = sum(p.numel() for p in model.parameters())
+    print(f"earth_rfm: {dataset} seed {seed}: {len(train_x)}/{len(val_x)}/{len(test_x)} points, MLP "
+          f"{args.width}x{args.depth} ({n_par / 1e3:.0f} k params), up to {args.steps} steps of {args.batch_size}, "
+          f"{dev.type} -> {run}", flush=True)
+
+    def save() -> None:
+        ckpts.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "guard": guard.state_dict(), "rng": [checkpoint.capture_rng()],
+                    "step": state["step"], "state": state, "args": vars(args)})
+
+    book, code, stopped = StepBookkeeper(guard, ema, model, logger, sched), 0, False
+    progress = Progress(args.steps, state["step"], enabled=not args.no_progress, desc=f"{dataset}/s{seed}")
+    t_start = time.time() - state["wall_s"]
+    with checkpoint.StopSignals() as stop:
+        try:
+            while state["step"] < args.steps and not state["stopped_early"]:
+                step = state["step"]
+                gen = torch.Generator(dev).manual_seed(mix_seed(seed, step))
+                opt.zero_grad(set_to_none=True)
+                loss = batch_loss(model, train_x, args.batch_size, gen, time_power=args.time_power,
+                                  lambda_rad=args.lambda_rad)
+                loss.total.backward()
+                gnorm = float(grads_finite_norm(list(model.parameters()), 0.0))
+                lval = float(loss.total.detach())
+                finite = math.isfinite(lval) and math.isfinite(gnorm)
+                if finite:
+                    opt.step()
+                book.record(step, {"loss": lval}, finite)
+                state["step"] = step = step + 1
+                progress.update(1, loss=lval, best=state["best_nll"])
+                if step % args.eval_every == 0 or step == args.steps:
+                    with ema.applied(model):
+                        v_nll = nll(model, val_sub, steps=args.val_steps)
+                    if v_nll < state["best_nll"] - 1e-3:
+                        state.update(best_nll=v_nll, best_step=step, bad_evals=0,
+                                     best_ema={k: t.clone() for k, t in ema.shadow.items()})
+                    else:
+                        state["bad_evals"] += 1
+                        state["stopped_early"] = state["bad_evals"] >= args.patience
+                    logger.log("train", step, **book.pop_means(), lr=sched.get_last_lr()[0], grad_norm=gnorm)
+                    logger.log("eval", step, val_nll=v_nll, best_val_nll=state["best_nll"],
+                               best_step=state["best_step"], bad_evals=state["bad_evals"])
+                    state["wall_s"] = time.time() - t_start
+                    save()
+                if stop.requested or step == args.stop_after:
+                    state["wall_s"] = time.time() - t_start
+                    save()
+                    sig = stop.signum or signal.SIGTERM
+                    logger.log("stopped", step, signal=signal.Signals(sig).name)
+                    progress.write(f"earth_rfm: stopped at step {step}; re-run the same command to continue")
+                    code, stopped = (0 if stop.signum is None else 128 + sig), True
+                    break
+        except NonFiniteError as e:
+            abort_nonfinite("earth_rfm", e, state["step"], logger, progress, ckpts)
+            raise UserError(f"{dataset} seed {seed}: training diverged ({e})") from None
+    progress.close()
+    if stopped:
+        return {"stopped": True, "code": code}
+    return finish(args, dataset, seed, run, model, ema, state, data, logger, t_start)
+
+
+def finish(args, dataset, seed, run, model, ema, state, data, logger, t_start) -> dict:
+    """Test NLL of the best EMA weights at ``--test-steps`` and twice that, the density plot, result.json."""
+    if state["best_ema"] is not None:
+        ema.shadow = {k: t.clone() for k, t in state["best_ema"].items()}
+    dev = next(model.parameters()).device
+    t0 = time.time()
+    with ema.applied(model):
+        coarse = nll(model, data.test.to(dev), steps=args.test_steps)
+        fine = nll(model, data.test.to(dev), steps=2 * args.test_steps)
+        mass, plot = None, None
+        if not args.no_plot:
+            lat, lon, grid = latlon_grid(args.plot_lat)
+            logp = log_density(model, grid.reshape(-1, 3).to(data.test), steps=args.plot_steps).cpu()
+            logp = logp.reshape(grid.shape[:-1])
+            mass = grid_mass(logp, lat)
+            plot = plot_density(run / "density.png", lat, lon, logp, xyz_to_latlon(data.test.cpu().double()),
+                                f"{dataset} (seed {seed}): test NLL {fine:.3f} nats, best step {state['best_step']}")
+    res = {"dataset": dataset, "seed": seed, "test_nll": fine, "test_nll_coarse": coarse,
+           "test_steps": 2 * args.test_steps, "coarse_steps": args.test_steps,
+           "best_val_nll_subset": state["best_nll"], "best_step": state["best_step"], "steps_run": state["step"],
+           "stopped_early": state["stopped_early"], "train_s": round(state["wall_s"], 1),
+           "eval_s": round(time.time() - t0, 1), "wall_s": round(time.time() - t_start, 1),
+           "grid_mass": mass, "density_png": str(plot) if plot else None, "uniform_nll": LOG_4PI,
+           "args": {k: v for k, v in vars(args).items() if k != "seeds"}}
+    logger.log("test", state["step"], **{k: v for k, v in res.items() if k != "args"})
+    tmp = run / "result.json.tmp"
+    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    tmp.replace(run / "result.json")
+    print(f"earth_rfm: {dataset} seed {seed}: test NLL {fine:.4f} nats/point (rk4 {2 * args.test_steps} steps; "
+          f"{coarse:.4f} with {args.test_steps}), best val {state['best_nll']:.4f} at step {state['best_step']}, "
+          f"{res['wall_s']:.0f} s" + (f", grid mass {mass:.3f}" if mass is not None else ""), flush=True)
+    return res
+
+
+def _main(argv=None) -> int:
+    args = resolve(build_parser().parse_args(argv))
+    datasets = list(FILES) if args.dataset == "all" else [args.dataset]
+    results: dict[str, list[dict]] = {d: [] for d in datasets}
+    with cpu_threads(args.threads or None):
+        for d in datasets:
+            for s in args.seeds:
+                res = train_one(args, d, s)
+                if res.get("stopped"):
+                    return res["code"]
+                results[d].append(res)
+    if args.dataset == "all":
+        out = Path(args.results)
+        settings = {k: v for k, v in vars(args).items() if k not in ("out", "results", "data_dir")}
+        summ = write_table(results, settings, out / "earth_nll.json", out / "earth_nll.md")
+        for d in datasets:
+            png = Path(args.out) / d / f"seed{results[d][0]['seed']}" / "density.png"  # the run folder's own
+            if png.is_file():
+                shutil.copyfile(png, out / f"earth_density_{d}.png")
+        print((out / "earth_nll.md").read_text())
+        for d, s in summ.items():
+            print(f"earth_rfm: {d}: {s['mean']:.3f} ± {s['std']:.3f} over seeds {s['seeds']}; beats "
+                  + (", ".join(f"{m} by {g:.2f}" for m, g in s["beats"].items()) or "no published row"))
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 user error, 128+sig when stopped by a signal)."""
+    return run_cli(_main, argv, prog="earth_rfm.py", one_line=(EarthDataError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

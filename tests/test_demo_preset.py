@@ -91,3 +91,23 @@ def test_embedded_default_is_the_cpu_preset_and_tiny_stays_available() -> None:
     tiny = resolve(build_parser().parse_args(["--preset", "tiny"]))
     assert tiny.out == "runs/ae-tiny-embedded-s1" and tiny.max_steps == 600
     assert math.isclose(build_autoencoder("tiny").latent_ratio, 16 * 32 / (3 * 64 * 64))
+
+
+def test_cpu_preset_stem_starts_from_the_teachers_patch_bias_and_keeps_brightness(cpu_ae) -> None:
+    """The cpu preset's random ViT has a patch-embed bias of std 1 (the size of W·x), so its LayerNorm no
+    longer maps a patch and a brighter copy to the same token; the conv stem's last conv starts from it."""
+    import dataclasses
+    import json
+
+    cfg = cpu_ae.config
+    assert cfg.random_embed_bias == 1.0 and cfg.stem_bias_from_teacher
+    assert type(cfg)(**json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
+    bias = cpu_ae.backbone.vit.patch_embed.proj.bias
+    torch.testing.assert_close(cpu_ae.stem.layers[-1][0].bias, bias, rtol=0, atol=0)
+    assert 0.75 < float(bias.std()) < 1.25  # 192 draws of N(0, 1)
+    # flat grey patches 0.6 and 0.9 (both above the ImageNet mean): distinct tokens, not one direction
+    with torch.no_grad():
+        a = cpu_ae.teacher_tokens(torch.full((1, 3, 64, 64), 0.2))[0, 0]
+        b = cpu_ae.teacher_tokens(torch.full((1, 3, 64, 64), 0.8))[0, 0]
+    assert float(torch.nn.functional.cosine_similarity(a, b, dim=0)) < 0.95
+    assert not build_autoencoder("tiny").config.stem_bias_from_teacher

@@ -205,7 +205,7 @@ def test_random_embed_bias_never_touches_loaded_weights_nor_the_tiny_preset(tmp_
     ae = build_autoencoder("tiny", weights=path, random_embed_bias=3.0)
     torch.testing.assert_close(ae.backbone.vit.patch_embed.proj.bias, src.patch_embed.proj.bias, rtol=0, atol=0)
     # the tiny preset (tests) keeps timm's bias: same weights as before the option existed
-    assert AE_CONFIGS["tiny"].random_embed_bias == 0.0 and AE_CONFIGS["cpu"].random_embed_bias > 0.0
+    assert AE_CONFIGS["tiny"].random_embed_bias == 0.0 == AE_CONFIGS["cpu"].random_embed_bias
     torch.manual_seed(6)
     tiny = build_autoencoder("tiny")
     torch.manual_seed(6)

@@ -116,3 +116,16 @@ def test_biased_stand_in_keeps_patch_brightness_and_the_stem_starts_from_its_bia
         return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
     assert cos_grey(cpu_ae) > 0.98 and cos_grey(biased) < 0.95
+
+
+def test_linear_probe_patch_layout_round_trips_and_an_exact_readout_scores_high() -> None:
+    """benchmarks/linear_probe_latent.py: unpatch(patches(x)) == x, and patch k is token k's pixels."""
+    from benchmarks.linear_probe_latent import patches, psnr, unpatch
+
+    x = _images(2, 16)
+    rows = patches(x, 8)
+    assert rows.shape == (2 * 2 * 2, 3 * 64)
+    torch.testing.assert_close(unpatch(rows, 2, 16, 16, 8), x, rtol=0, atol=0)
+    torch.testing.assert_close(rows[3].reshape(3, 8, 8), x[0, :, 8:, 8:], rtol=0, atol=0)  # token (1, 1)
+    noisy = x + 0.01
+    assert psnr(noisy, x) == pytest.approx(10 * math.log10(4 / 1e-4), rel=1e-4)

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["EncoderWeightsError", "DinoBackbone", "create_dino_vit", "load_dino_weights",
+__all__ = ["EncoderWeightsError", "DinoBackbone", "create_dino_vit", "load_dino_weights", "randomize_patch_embed_bias",
            "read_checkpoint", "convert_checkpoint"]
 
 _HELP = ("Pass a local checkpoint with `--encoder-weights PATH` (Python: `weights=PATH`; Meta's "
@@ -121,7 +121,7 @@ def create_dino_vit(name: str, *, weights: str | Path | None = None, pretrained:
 
 
 def create_dino_vit_for_build(name: str, *, weights: str | Path | None, pretrained: bool, random_init: bool,
-                              random_by_design: bool, img_size: int | None,
+                              random_by_design: bool, img_size: int | None, random_embed_bias: float = 0.0,
                               **timm_kwargs: Any) -> tuple[nn.Module, bool]:
     """The weight-source rule shared by the ``build_*`` entry points; returns ``(vit, ready)``.
 
@@ -129,13 +129,20 @@ def create_dino_vit_for_build(name: str, *, weights: str | Path | None, pretrain
     network was asked for (``random_init``, or a preset that is random by design such as ``tiny``).
     Otherwise the network is built with random weights for construction only and ``ready`` is False,
     so the caller can refuse to run it until weights are loaded.
+
+    A ViT without real weights gets :func:`randomize_final_norm` and, when ``random_embed_bias > 0``,
+    :func:`randomize_patch_embed_bias` with that standard deviation (never on the pretrained path).
     """
+    if not (random_embed_bias >= 0.0 and random_embed_bias < float("inf")):
+        raise ValueError(f"random_embed_bias must be a finite number >= 0, got {random_embed_bias!r}")
     random = random_init or random_by_design
     ready = weights is not None or pretrained or random
     vit = create_dino_vit(name, weights=weights, pretrained=pretrained and weights is None,
                           random_init=not ready or random, img_size=img_size, **timm_kwargs)
     if weights is None and not pretrained:
         randomize_final_norm(vit)
+        if random_embed_bias > 0.0:
+            randomize_patch_embed_bias(vit, random_embed_bias)
     return vit, ready
 
 
@@ -155,6 +162,30 @@ def randomize_final_norm(vit: nn.Module) -> None:
     norm.weight.copy_(torch.exp(0.5 * torch.randn_like(norm.weight)))
     if getattr(norm, "bias", None) is not None:
         norm.bias.copy_(0.5 * torch.randn_like(norm.bias))
+
+
+@torch.no_grad()
+def randomize_patch_embed_bias(vit: nn.Module, std: float) -> None:
+    """Draws a random ViT's patch-embedding bias as b_c ~ N(0, std²) (torch's global RNG).
+
+    Why: a patch token of a random trunk is t = W·vec(patch) + b, and the blocks of a random DINOv3 ViT
+    are near the identity (layer scale 1e-5), so the final LayerNorm sees ≈ t. LayerNorm is invariant
+    to t ↦ α·t, so with timm's tiny bias (std ≈ 0.04 against |W·x| ≈ 0.75 per channel) a flat patch and
+    the same patch α times brighter (relative to the ImageNet mean) give the same token: the teacher,
+    and a student that copies it through the cosine loss, lose each patch's brightness and colour
+    saturation. A trained DINO has large biases, position and register terms, so its tokens are not
+    scale-invariant in the pixels. With b of the size of W·x, LN(α·W·x + b) changes direction with α.
+    Real weights loaded later overwrite the bias.
+
+    Raises:
+        ValueError: ``std`` is not a finite number > 0, or the ViT's patch embedding has no bias.
+    """
+    if not (std > 0.0 and std < float("inf")):
+        raise ValueError(f"patch-embed bias std must be a finite number > 0, got {std!r}")
+    bias = getattr(getattr(getattr(vit, "patch_embed", None), "proj", None), "bias", None)
+    if bias is None:
+        raise ValueError(f"{type(vit).__name__} has no patch_embed.proj.bias to randomise")
+    bias.copy_(std * torch.randn_like(bias))
 
 
 class DinoBackbone(nn.Module):

@@ -91,3 +91,41 @@ def test_embedded_default_is_the_cpu_preset_and_tiny_stays_available() -> None:
     tiny = resolve(build_parser().parse_args(["--preset", "tiny"]))
     assert tiny.out == "runs/ae-tiny-embedded-s1" and tiny.max_steps == 600
     assert math.isclose(build_autoencoder("tiny").latent_ratio, 16 * 32 / (3 * 64 * 64))
+
+
+def test_biased_stand_in_keeps_patch_brightness_and_the_stem_starts_from_its_bias(cpu_ae) -> None:
+    """``random_embed_bias=1`` (the size of W·x) gives the cpu ViT's patch embedding a N(0, 1) bias, so its
+    LayerNorm no longer maps a flat patch and a brighter one to nearly one direction; with
+    ``stem_bias_from_teacher`` the conv stem's last conv starts from that bias. The preset keeps timm's."""
+    import dataclasses
+    import json
+
+    assert cpu_ae.config.random_embed_bias == 0.0 and not cpu_ae.config.stem_bias_from_teacher
+    torch.manual_seed(0)
+    biased = build_autoencoder("cpu", random_embed_bias=1.0, stem_bias_from_teacher=True)
+    cfg = biased.config
+    assert type(cfg)(**json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
+    bias = biased.backbone.vit.patch_embed.proj.bias
+    torch.testing.assert_close(biased.stem.layers[-1][0].bias, bias, rtol=0, atol=0)
+    assert 0.75 < float(bias.std()) < 1.25  # 192 draws of N(0, 1)
+
+    def cos_grey(ae) -> float:  # flat grey 0.6 vs 0.9 (in [0, 1]), both above the ImageNet mean
+        with torch.no_grad():
+            a = ae.teacher_tokens(torch.full((1, 3, 64, 64), 0.2))[0, 0]
+            b = ae.teacher_tokens(torch.full((1, 3, 64, 64), 0.8))[0, 0]
+        return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+    assert cos_grey(cpu_ae) > 0.98 and cos_grey(biased) < 0.95
+
+
+def test_linear_probe_patch_layout_round_trips_and_an_exact_readout_scores_high() -> None:
+    """benchmarks/linear_probe_latent.py: unpatch(patches(x)) == x, and patch k is token k's pixels."""
+    from benchmarks.linear_probe_latent import patches, psnr, unpatch
+
+    x = _images(2, 16)
+    rows = patches(x, 8)
+    assert rows.shape == (2 * 2 * 2, 3 * 64)
+    torch.testing.assert_close(unpatch(rows, 2, 16, 16, 8), x, rtol=0, atol=0)
+    torch.testing.assert_close(rows[3].reshape(3, 8, 8), x[0, :, 8:, 8:], rtol=0, atol=0)  # token (1, 1)
+    noisy = x + 0.01
+    assert psnr(noisy, x) == pytest.approx(10 * math.log10(4 / 1e-4), rel=1e-4)

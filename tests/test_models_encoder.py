@@ -140,3 +140,74 @@ def test_construction_only_autoencoder_refuses_to_encode_until_weights_load(tmp_
     # and build_autoencoder(weights=...) loads directly
     direct = build_autoencoder("tiny", weights=path, random_encoder=False)
     torch.testing.assert_close(direct.teacher_tokens(x), ae.teacher_tokens(x))
+
+
+# ---------------------------------------------------------------- random patch-embedding bias (cpu preset)
+def _flat_pair_cos(vit: torch.nn.Module, size: int) -> float:
+    """Cosine between the teacher tokens of δ and 2·δ (normalised input, a smooth colour pattern δ)."""
+    bb = DinoBackbone(vit)
+    g = torch.Generator().manual_seed(3)
+    delta = torch.nn.functional.interpolate(torch.randn(1, 3, 2, 2, generator=g), size=(size, size),
+                                            mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        a, b = bb.teacher(delta), bb.teacher(2.0 * delta)
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min())
+
+
+def test_layernorm_erases_patch_scale_without_bias_and_the_random_bias_restores_it() -> None:
+    """Token t = W·x + b feeds blocks ≈ identity (layer scale 1e-5) and LayerNorm, which is invariant to
+    t ↦ α·t: with b = 0 the tokens of x and 2·x are parallel; with b ~ N(0, 0.5²), of the size of W·x here, they are not."""
+    from models.encoder import create_dino_vit_for_build
+
+    torch.manual_seed(0)
+    vit, ready = create_dino_vit_for_build(V3, weights=None, pretrained=False, random_init=True,
+                                           random_by_design=False, img_size=64, **TINY)
+    with torch.no_grad():
+        vit.patch_embed.proj.bias.zero_()
+    assert ready and _flat_pair_cos(vit, 64) > 0.999
+    torch.manual_seed(0)
+    biased, _ = create_dino_vit_for_build(V3, weights=None, pretrained=False, random_init=True,
+                                          random_by_design=False, img_size=64, random_embed_bias=0.5, **TINY)
+    assert _flat_pair_cos(biased, 64) < 0.99
+
+
+@pytest.mark.parametrize("std", [0.5, 2.0])
+def test_random_embed_bias_has_the_requested_spread(std: float) -> None:
+    from models.encoder import randomize_patch_embed_bias
+
+    torch.manual_seed(1)
+    vit = create_dino_vit(V3, random_init=True, img_size=64, embed_dim=192, depth=1, num_heads=3)
+    randomize_patch_embed_bias(vit, std)
+    bias = vit.patch_embed.proj.bias
+    # sample std of 192 N(0, std²) draws: relative spread ≈ 1/√384 = 5 %, so ±25 % is a 5σ band
+    assert abs(float(bias.std()) / std - 1.0) < 0.25 and abs(float(bias.mean())) < 5 * std / 192 ** 0.5
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_random_embed_bias_rejects_non_positive_or_non_finite_std(bad: float) -> None:
+    from models.encoder import randomize_patch_embed_bias
+
+    vit = create_dino_vit(V3, random_init=True, img_size=64, **TINY)
+    with pytest.raises(ValueError, match="finite number > 0"):
+        randomize_patch_embed_bias(vit, bad)
+    if bad != 0.0:
+        with pytest.raises(ValueError, match="random_embed_bias must be a finite number >= 0"):
+            build_autoencoder("tiny", random_embed_bias=bad)
+
+
+def test_random_embed_bias_never_touches_loaded_weights_nor_the_tiny_preset(tmp_path) -> None:
+    from models.autoencoder import AE_CONFIGS
+
+    src = _vit(V3, 4, 64)
+    path = tmp_path / "dino_timm.pth"
+    torch.save({"model": {k: v for k, v in src.state_dict().items() if "rope" not in k}}, path)
+    torch.manual_seed(5)
+    ae = build_autoencoder("tiny", weights=path, random_embed_bias=3.0)
+    torch.testing.assert_close(ae.backbone.vit.patch_embed.proj.bias, src.patch_embed.proj.bias, rtol=0, atol=0)
+    # the tiny preset (tests) keeps timm's bias: same weights as before the option existed
+    assert AE_CONFIGS["tiny"].random_embed_bias == 0.0 == AE_CONFIGS["cpu"].random_embed_bias
+    torch.manual_seed(6)
+    tiny = build_autoencoder("tiny")
+    torch.manual_seed(6)
+    ref = create_dino_vit(V3, random_init=True, img_size=64, **TINY)
+    torch.testing.assert_close(tiny.backbone.vit.patch_embed.proj.bias, ref.patch_embed.proj.bias, rtol=0, atol=0)

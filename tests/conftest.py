@@ -8,7 +8,9 @@ Profiles (select with ``pytest --hypothesis-profile=NAME``):
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -24,3 +26,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 # Test tensors are tiny: one intra-op thread is fastest and avoids OpenMP contention on a shared
 # 2-core box (measured ~30x slower tiny convolutions with 2 threads under load).
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def ae_ckpt(tmp_path_factory) -> Path:
+    """A random-init tiny autoencoder at 32 px (2x2 tokens x 32 channels) in the in1k_ae checkpoint layout,
+    with a stored ``latent_norm`` of 7.0 (the DiT training and Euclidean-flow tests share it)."""
+    from experiments.common.dit_io import save_autoencoder
+    from models import build_autoencoder
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ae") / "ae.pt"
+    save_autoencoder(build_autoencoder("tiny", image_size=32), path, "tiny", latent_norm=7.0)
+    return path

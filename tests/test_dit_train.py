@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from experiments import cache_latents, in1k_dit
-from experiments.common.dit_io import load_dit, save_autoencoder
+from experiments.common.dit_io import load_dit
 
 
 def _losses(out: Path) -> dict[int, float]:
@@ -19,17 +19,6 @@ def _losses(out: Path) -> dict[int, float]:
 def _events(out: Path, event: str) -> list[dict]:
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [r for r in recs if r["event"] == event]
-
-
-@pytest.fixture(scope="module")
-def ae_ckpt(tmp_path_factory) -> Path:
-    """A random-init tiny autoencoder at 32 px (2x2 tokens x 32 channels) in the in1k_ae checkpoint layout."""
-    from models import build_autoencoder
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ae") / "ae.pt"
-    save_autoencoder(build_autoencoder("tiny", image_size=32), path, "tiny", latent_norm=7.0)
-    return path
 
 
 def _argv(out: Path, ae: Path, *extra: str, steps: int = 6) -> list[str]:

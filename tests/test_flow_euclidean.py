@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from experiments import in1k_dit, sample
-from experiments.common.dit_io import load_autoencoder, load_dit, save_autoencoder
+from experiments.common.dit_io import load_autoencoder, load_dit
 from experiments.common.flows import (check_flow, euclidean_euler, euclidean_fm_loss, euclidean_path,
                                       flow_noise)
 from models.latent import gaussian_norm_radius
@@ -70,16 +70,6 @@ def test_euclidean_euler_is_ambient_and_never_projects() -> None:
     out = euclidean_euler(lambda x, t: (seen.append(float(t)), x)[1], x1, grid)  # dx/dt = x
     torch.testing.assert_close(out, x1 * 0.7 * (1 - 0.5) * (1 - 0.2))  # Π (1 + Δt), no renormalisation
     assert seen == pytest.approx([1.0, 0.7, 0.2])
-
-
-@pytest.fixture(scope="module")
-def ae_ckpt(tmp_path_factory) -> Path:
-    from models import build_autoencoder
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ae") / "ae.pt"
-    save_autoencoder(build_autoencoder("tiny", image_size=32), path, "tiny", latent_norm=7.0)
-    return path
 
 
 def test_train_flow_loss_is_the_straight_path_one(ae_ckpt) -> None:

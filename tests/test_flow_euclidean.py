@@ -3,7 +3,6 @@ end to end at tiny scale including sample.py on its checkpoint."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

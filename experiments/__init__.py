@@ -27,5 +27,5 @@ Plumbing in :mod:`experiments.common` (every script reuses it):
     ``validate_args`` (the one argument validator of every CLI), ``require_finite``.
   * :mod:`experiments.common.rundir` - one run per folder: ``RunLock``, ``clean_tmp``, ``set_aside``, ``run_folder``.
   * :mod:`experiments.common.metrics` - float64 ``FrechetStats`` / ``frechet_distance``, PSNR/SSIM, grids.
-  * :func:`experiments.eval_ae.load_autoencoder` - rebuild a trained autoencoder from a checkpoint.
+  * :func:`experiments.common.dit_io.load_autoencoder` - rebuild a trained autoencoder from a checkpoint.
 """

@@ -30,8 +30,7 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from experiments.common import checkpoint, distributed as D  # noqa: E402
-from experiments.common.ema import load_ema_weights  # noqa: E402
+from experiments.common import distributed as D  # noqa: E402
 from experiments.common.metrics import (FrechetStats, fd_from_stats, find_inception_weights, make_fid,  # noqa: E402
                                  psnr_per_image, save_grid, ssim_per_image, to_unit)
 from experiments.common.trainer import OneLineParser, UserError, autocast, cpu_threads, run_cli  # noqa: E402
@@ -190,23 +189,12 @@ def load_autoencoder(ckpt: str | Path, *, use_ema: bool = True, device: str | to
     """Rebuild an autoencoder from an ``in1k_ae.py`` checkpoint (file or run folder).
 
     The checkpoint holds the full model (DINO trunk included), so no encoder weights are needed.
-    Returns ``(ae, state)``; ``ae`` is in eval mode with the EMA weights when ``use_ema``.
+    Returns ``(ae, state)``; ``ae`` is in eval mode with the EMA weights when ``use_ema``
+    (:func:`experiments.common.dit_io.load_autoencoder_state`).
     """
-    from models import build_autoencoder
+    from experiments.common.dit_io import load_autoencoder_state
 
-    p = checkpoint.in_run(ckpt)
-    if not p.is_file():
-        raise UserError(f"checkpoint not found: {p}")
-    state = checkpoint.load(p)
-    a = state["args"]
-    from experiments.common.dit_io import ckpt_decoder_input
-
-    ae = build_autoencoder(a["preset"], random_init=True, image_size=a["image_size"],
-                           decoder_input=ckpt_decoder_input(a), stem=a.get("stem", "conv"))
-    ae.load_state_dict(state["model"])
-    if use_ema:
-        load_ema_weights(ae, state)
-    return ae.to(device).eval(), state
+    return load_autoencoder_state(ckpt, device, ema=use_ema, flag="--ckpt")
 
 
 def _loader(data: str | None, split: str, image_size: int, n: int, batch_size: int, workers: int,

@@ -36,7 +36,8 @@ def resolve_ckpt(path: str | os.PathLike, what: str, flag: str) -> Path:
 
 
 def load_autoencoder(path: str | os.PathLike, device: torch.device | str = "cpu", *, ema: bool = True):
-    """The autoencoder of an ``in1k_ae.py`` checkpoint, EMA weights applied, in eval mode, frozen.
+    """The autoencoder of an ``in1k_ae.py`` checkpoint, EMA weights applied, in eval mode, frozen
+    (:func:`load_autoencoder_state` without the state).
 
     Args:
         path: run folder or checkpoint file; the file holds ``{"model": state_dict, "args": {"preset",
@@ -49,14 +50,21 @@ def load_autoencoder(path: str | os.PathLike, device: torch.device | str = "cpu"
         of the tokens its decoder reads, or None in checkpoints written before it was stored) and
         ``ckpt_path`` (the resolved file).
     """
+    return load_autoencoder_state(path, device, ema=ema)[0]
+
+
+def load_autoencoder_state(path: str | os.PathLike, device: torch.device | str = "cpu", *, ema: bool = True,
+                           flag: str = "--ae-ckpt") -> tuple[torch.nn.Module, dict]:
+    """:func:`load_autoencoder` and the checkpoint dict it was read from; ``flag`` names the option in the
+    one-line errors."""
     from models import build_autoencoder
 
-    p = resolve_ckpt(path, "autoencoder", "--ae-ckpt")
+    p = resolve_ckpt(path, "autoencoder", flag)
     state = checkpoint.load(p)
     if "dit_config" in state or "model" not in state:
         raise UserError(f"{p} is " + ("an in1k_dit.py (DiT) checkpoint" if "dit_config" in state else
                                       "not an in1k_ae.py checkpoint (no 'model')")
-                        + ", not an autoencoder: pass an in1k_ae.py run folder or checkpoint as --ae-ckpt")
+                        + f", not an autoencoder: pass an in1k_ae.py run folder or checkpoint as {flag}")
     args = state.get("args", {})
     ae = build_autoencoder(args.get("preset", "tiny"), random_init=True, image_size=args.get("image_size"),
                            stem=args.get("stem", "conv"), decoder_input=ckpt_decoder_input(args))
@@ -66,7 +74,7 @@ def load_autoencoder(path: str | os.PathLike, device: torch.device | str = "cpu"
     ae.requires_grad_(False)
     ae.latent_norm = float(state["latent_norm"]) if state.get("latent_norm") is not None else None
     ae.ckpt_path = p
-    return ae.to(device).eval()
+    return ae.to(device).eval(), state
 
 
 def load_weights(model: torch.nn.Module, weights: dict, path: Path, what: str) -> None:

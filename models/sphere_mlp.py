@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from spherical import Hypersphere
+
 __all__ = ["SphereMLPConfig", "SphereVelocityMLP"]
 
 
@@ -90,4 +92,4 @@ class SphereVelocityMLP(nn.Module):
         xp = x @ self.x_proj.to(x.dtype)
         h = torch.cat([x, xp.sin(), xp.cos(), self.time_features(t, x.shape[:-1]).to(x.dtype)], dim=-1)
         u = self.net(h)
-        return u - (u * x).sum(-1, keepdim=True) / (x * x).sum(-1, keepdim=True) * x
+        return Hypersphere(1.0).proju(x, u)  # proju does not depend on the radius

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ._kernels import _norm
-from ._normal import JointField, _dexp_inv, rk_combine, rk_stages
+from ._normal import JointField, _combo, _dexp_inv, rk_combine, rk_stages
 from .hypersphere import Hypersphere
 
 __all__ = ["ADAPTIVE_METHODS", "Tableau", "SolverStats", "solve_adaptive"]
@@ -47,7 +47,6 @@ class Tableau:
     b: Tuple[float, ...]
     b_hat: Tuple[float, ...]
     c: Tuple[float, ...]
-    order: int
     error_order: int
 
 
@@ -61,14 +60,14 @@ _DOPRI5 = Tableau(
     b=(35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0),
     b_hat=(5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40),
     c=(0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0),
-    order=5, error_order=4,
+    error_order=4,
 )
 _BOSH3 = Tableau(
     a=((1 / 2,), (0.0, 3 / 4), (2 / 9, 1 / 3, 4 / 9)),
     b=(2 / 9, 1 / 3, 4 / 9, 0.0),
     b_hat=(7 / 24, 1 / 4, 1 / 3, 1 / 8),
     c=(0.0, 1 / 2, 3 / 4, 1.0),
-    order=3, error_order=2,
+    error_order=2,
 )
 TABLEAUX: Dict[str, Tableau] = {"dopri5": _DOPRI5, "bosh3": _BOSH3}
 ADAPTIVE_METHODS: Tuple[str, ...] = tuple(TABLEAUX)
@@ -194,10 +193,8 @@ def solve_adaptive(field: JointField, sphere: Hypersphere, x: Tensor, t: Tensor,
             h = h64.to(dt)
             ks, gs, out = rk_stages(f, sphere, x, tk.to(dt), h, tab.a, tab.c, first=fk)
             x1, aux1 = rk_combine(sphere, x, aux, h, tab.b, ks[:len(tab.b)], gs[:len(tab.b)])
-            e = h * torch.stack([c * k for c, k in zip(db, ks) if c != 0.0]).sum(0)
-            ea = None
-            if aux is not None:
-                ea = h * torch.stack([c * g for c, g in zip(db, gs) if c != 0.0]).sum(0)
+            e = _combo(h, db, ks)
+            ea = None if aux is None else _combo(h, db, gs)
             err = float(scale(e, ea, aux, aux1).detach())
             if not err == err:  # NaN: shrink hard
                 err = float("inf")

@@ -238,8 +238,7 @@ class VonMisesFisher(_Directional):
     @property
     def mean(self) -> Tensor:
         """``E[x] = A_C(κ)·R·μ``, ``A_C(κ) = I_{C/2}(κ)/I_{C/2−1}(κ)`` (mean resultant length)."""
-        a = bessel_ratio(self._nu, self.concentration)
-        return (a * self.radius).unsqueeze(-1) * self.loc
+        return (self.mean_resultant_length() * self.radius).unsqueeze(-1) * self.loc
 
     def mean_resultant_length(self) -> Tensor:
         """``A_C(κ) = ‖E[x]‖/R ∈ [0, 1)``, ``batch_shape``."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments.common.cli_common import (PresetHelpFormatter, add_checkpoint_args, add_optimisation_args,
+from experiments.common.cli_common import (PresetHelpFormatter, parse_step_list, add_checkpoint_args, add_optimisation_args,
                                           add_run_control_args, validate_args)
 from experiments.common.trainer import OneLineParser, UserError
 
@@ -145,13 +145,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.num_workers = 0 if args.embedded else min(8, os.cpu_count() or 1)
     if args.out is None:
         args.out = default_out(args.preset, args.embedded, args.stage, args.stem)
-    for name in ("batch_size", "grad_accum"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     if args.batch_size % args.grad_accum:
         raise UserError(f"--batch-size {args.batch_size} not divisible by --grad-accum {args.grad_accum}")
-    if args.max_steps is not None and args.max_steps < 0:
-        raise UserError("--max-steps must be >= 0")
     if args.data is not None:
         root = Path(args.data)
         if not root.is_dir():
@@ -166,8 +161,5 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             raise UserError(f"--{name.replace('_', '-')} file not found: {path}")
     if args.stage == 2 and args.init_from is None and not args.eval_only:
         print("note: stage 2 without --init-from starts from untrained stem/decoder weights")
-    try:
-        args.inject_nan_steps = {int(s) for s in (args.inject_nan_steps or "").split(",") if s.strip()}
-    except ValueError:
-        raise UserError(f"--inject-nan-steps expects comma-separated integers, got {args.inject_nan_steps!r}") from None
+    args.inject_nan_steps = parse_step_list(args.inject_nan_steps)
     return args

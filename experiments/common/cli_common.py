@@ -180,6 +180,14 @@ def validate_args(args: argparse.Namespace, rules: dict[str, tuple[Check, str]] 
         check_device(args.device)
 
 
+def parse_step_list(text: str | None) -> set[int]:
+    """``"3,7"`` → ``{3, 7}`` (``--inject-nan-steps``); anything else is one :class:`UserError` line."""
+    try:
+        return {int(v) for v in str(text or "").split(",") if v.strip()}
+    except ValueError:
+        raise UserError(f"--inject-nan-steps expects comma-separated integers, got {text!r}") from None
+
+
 #: Rules of ``sample.py`` that differ from :data:`RULES` (its ``--steps`` are integration steps).
 SAMPLE_RULES: dict[str, tuple[Check, str]] = {
     "steps": at_least(1), "decode_norm": positive(), "grid": at_least(1), "nrow": at_least(1),

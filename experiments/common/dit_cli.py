@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from experiments.common.ae_cli import default_out as ae_default_out
-from experiments.common.cli_common import (PresetHelpFormatter, add_checkpoint_args, add_optimisation_args,
+from experiments.common.cli_common import (PresetHelpFormatter, parse_step_list, add_checkpoint_args, add_optimisation_args,
                                           add_run_control_args, validate_args)
 from experiments.common.trainer import OneLineParser, UserError
 
@@ -160,16 +160,9 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             raise UserError("--data needs --ae-ckpt (an in1k_ae.py run folder or checkpoint)")
     if args.latents is not None and not (Path(args.latents) / "index.json").is_file():
         raise UserError(f"{args.latents}/index.json not found: write it with experiments/cache_latents.py")
-    for name in ("batch_size", "log_every", "ckpt_every"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
-    if not 0.0 <= args.cfg_dropout < 1.0:
-        raise UserError("--cfg-dropout must be in [0, 1)")
-    if args.alpha is not None and not args.alpha > 0:
-        raise UserError("--alpha must be > 0")
     if args.num_workers is None:
         args.num_workers = 0 if args.embedded else min(8, os.cpu_count() or 1)
     if args.out is None:
         args.out = default_out(args.preset, args.embedded, args.flow)
-    args.inject_nan_steps = sorted({int(s) for s in str(args.inject_nan_steps).split(",") if s.strip()})
+    args.inject_nan_steps = sorted(parse_step_list(args.inject_nan_steps))
     return args

@@ -86,8 +86,7 @@ def load_earth(name: str, data_dir: Optional[Union[str, os.PathLike]] = None,
     """Dataset ``name`` (one of :data:`FILES`) as ``[N, 3]`` unit vectors in ``dtype``."""
     if name not in FILES:
         raise EarthDataError(f"unknown earth dataset {name!r}; expected one of {', '.join(FILES)}")
-    xyz = latlon_to_xyz(read_latlon(Path(data_dir or DATA_DIR) / FILES[name]))
-    return (xyz / torch.linalg.vector_norm(xyz, dim=-1, keepdim=True)).to(dtype)
+    return latlon_to_xyz(read_latlon(Path(data_dir or DATA_DIR) / FILES[name])).to(dtype)  # already unit
 
 
 class Split(NamedTuple):

@@ -74,12 +74,10 @@ def euclidean_fm_loss(v: Tensor, xt: Tensor, ut: Tensor) -> RFMLoss:
                          f"{tuple(v.shape)}, xt {tuple(xt.shape)}, ut {tuple(ut.shape)}")
     dtype = torch.promote_types(v.dtype, torch.float32)
     err = v.to(dtype) - ut.to(dtype)
-    xt = xt.to(dtype)
-    nx = torch.linalg.vector_norm(xt, dim=-1, keepdim=True)
-    xhat = xt / torch.where(nx > 0, nx, torch.ones_like(nx))
-    er = (err * xhat).sum(-1, keepdim=True)
     total = err.square().sum(-1).mean()
-    return RFMLoss(total, (err - er * xhat).square().sum(-1).mean(), er.square().mean())
+    with torch.no_grad():  # the split is logged only: radial along x̂_t, tangent = total − radial (Pythagoras)
+        radial = (err.detach() * Hypersphere(1.0).projx(xt.to(dtype))).sum(-1).square().mean()
+    return RFMLoss(total, total.detach() - radial, radial)
 
 
 def euclidean_euler(v: Callable[[Tensor, Tensor], Tensor], x1: Tensor, grid: Tensor) -> Tensor:

@@ -83,6 +83,8 @@ def test_gradients_are_the_recurrence_identities(nu, x, dtype):
     torch.testing.assert_close(g.double(), a - 1.0, rtol=1e-6, atol=1e-7)
     (da,) = torch.autograd.grad(bessel_ratio(nu, xt).sum(), xt)
     assert torch.isfinite(da).all() and float(da) >= -1e-6
+    ref = 1.0 - a * a - (2 * nu + 1) * a / x  # the recurrence identity itself
+    torch.testing.assert_close(da.double(), ref, rtol=1e-4, atol=1e-6)
 
 
 def test_gradcheck_float64():

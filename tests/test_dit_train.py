@@ -135,6 +135,8 @@ def test_encode_batch_gives_fp32_sphere_latents_of_the_raw_tokens():
     zb = cache_latents.encode_batch(Bf16AE(), img)
     assert zb.dtype == torch.float32
     assert (zb.norm(dim=-1) - 32.0).abs().max() < 1e-4  # on the sphere of radius R in float32
+    t = Bf16AE().student_tokens(img).float()  # ... and it is the projection of those very tokens
+    torch.testing.assert_close(zb, t / t.norm(dim=-1, keepdim=True) * 32.0, rtol=1e-5, atol=1e-5)
 
 
 def test_tf32_allowed_sets_both_flags_and_restores_what_it_found():

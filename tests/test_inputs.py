@@ -30,13 +30,18 @@ def test_non_finite_coordinate_gives_nan_not_a_distance(bad, where, dtype):
         assert torch.isnan(out).all(), (name, out)
 
 
-def test_large_blocked_dist_is_nan_for_infinite_input_too():
+def test_large_blocked_dist_is_nan_for_infinite_input_too(monkeypatch):
+    import spherical.hypersphere as H
+
+    calls, real = [], H.split_theta
+    monkeypatch.setattr(H, "split_theta", lambda *a, **k: calls.append(1) or real(*a, **k))
     S = Hypersphere(1.0)
     x = S.random_uniform(2100, 1024, generator=torch.Generator().manual_seed(1))
     y = x.clone()
     y[5, 3] = math.inf
     d = S.dist(x, y)
     assert torch.isnan(d[5]) and bool((d[:5] == 0).all()) and bool(torch.isfinite(d[6:]).all())
+    assert calls == [1]  # the large-batch eager path was really taken
 
 
 # ---------------------------------------------------------------------------------------------- radius

@@ -197,6 +197,12 @@ def load_autoencoder(ckpt: str | Path, *, use_ema: bool = True, device: str | to
     return load_autoencoder_state(ckpt, device, ema=use_ema, flag="--ckpt")
 
 
+def _eval_threads(a: dict, info) -> int | None:
+    """CPU threads for evaluating a checkpoint trained with args ``a``: 1 for the small embedded presets (their
+    kernels only lose to OpenMP sync), else torch's default."""
+    return 1 if a["preset"] in ("tiny", "cpu") and info.device.type == "cpu" else None
+
+
 def _loader(data: str | None, split: str, image_size: int, n: int, batch_size: int, workers: int,
             info, seed: int = 0):
     from experiments.common.data import EmbeddedPhotos, ImageFolderDataset, ShardedEvalSampler, collate
@@ -217,7 +223,7 @@ def run_eval(ckpt, *, data, out_json, info, batch_size=50, num_images=0, num_wor
     ae, state = load_autoencoder(ckpt, use_ema=use_ema, device=info.device)
     a = state["args"]
     # tiny convolutions on CPU: OpenMP sync costs more than it gains
-    with cpu_threads(1 if a["preset"] in ("tiny", "cpu") and info.device.type == "cpu" else None):
+    with cpu_threads(_eval_threads(a, info)):
         return _run_eval(ae, state, a, ckpt, data=data, out_json=out_json, info=info, batch_size=batch_size,
                          num_images=num_images, num_workers=num_workers, inception_weights=inception_weights,
                          lpips_weights=lpips_weights, no_lpips=no_lpips, fd=fd, precision=precision,
@@ -256,7 +262,7 @@ def run_sweep(ckpt, norms: list[float], *, data, out_json, info, batch_size=50, 
     data = data if data is not None else a.get("data")
     loader = _loader(data, split, ae.image_size, num_images or (a.get("eval_images") if data is None else 0),
                      batch_size, num_workers, info, a.get("seed", 0))
-    with cpu_threads(1 if a["preset"] == "tiny" and info.device.type == "cpu" else None):
+    with cpu_threads(_eval_threads(a, info)):
         stored = state.get("latent_norm")
         ref = float(stored) if stored is not None else mean_latent_norm(ae, loader, info.device,
                                                                          precision=precision)

@@ -236,7 +236,7 @@ def run(args, info) -> int:
     for s in range(lo, hi, args.batch_size):
         idx = list(range(s, min(hi, s + args.batch_size)))
         noise = sample_noise(idx, latent["num_tokens"], latent["channels"], latent["radius"], args.seed, dev,
-                             flow=latent.get("flow", "riemannian"))
+                             flow=flow)
         z, img = generate(model, ae, labels[idx].to(dev), latent, decode_norm=s_vae, noise=noise,
                           **kw)
         require_finite(f"samples {idx[0]}..{idx[-1]}", latents=z, images=img)  # never write garbage

@@ -146,3 +146,20 @@ def test_all_datasets_write_the_table_and_rerun_is_a_no_op(tmp_path):
     assert md.count("(n=1)") == 4
     assert main(argv) == 0
     assert json.loads((tmp_path / "res" / "earth_nll.json").read_text())["summary"] == table["summary"]
+
+
+def test_solver_check_reloads_the_best_ema_weights_of_a_run(tmp_path):
+    """benchmarks/earth_solver_check.py re-evaluates the weights result.json was computed with: at the run's
+    own K it reproduces the reported test NLL, and a finer K stays close on the tiny preset."""
+    from benchmarks.earth_solver_check import main as check
+
+    assert main(["--preset", "tiny", "--dataset", "volcano", "--no-progress", "--no-plot",
+                 "--out", str(tmp_path / "runs")]) == 0
+    res = json.loads((tmp_path / "runs" / "volcano" / "seed0" / "result.json").read_text())
+    out = tmp_path / "check.json"
+    assert check(["--runs", str(tmp_path / "runs"), "--dataset", "volcano", "--seeds", "0", "--steps",
+                  str(res["test_steps"]), "16", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["volcano/seed0"]
+    assert row[f"test_K{res['test_steps']}"] == pytest.approx(res["test_nll"], abs=1e-9)
+    assert abs(row["test_K16"] - res["test_nll"]) < 0.05
+    assert check(["--runs", str(tmp_path / "none"), "--dataset", "fire", "--out", str(out)]) == 2

@@ -23,6 +23,7 @@ import torch  # noqa: E402
 
 from experiments.common.earth import load_earth, split  # noqa: E402
 from experiments.common.earth_eval import nll  # noqa: E402
+from experiments.common.ema import load_ema_weights  # noqa: E402
 from models.sphere_mlp import SphereMLPConfig, SphereVelocityMLP  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,10 +35,9 @@ def best_model(run: Path) -> SphereVelocityMLP:
     a = ckpt["args"]
     model = SphereVelocityMLP(SphereMLPConfig(width=a["width"], depth=a["depth"], x_features=a["x_features"],
                                               x_scale=a["x_scale"]))
-    state = model.state_dict()
-    best = ckpt["state"]["best_ema"] or ckpt["ema"]["shadow"]
-    state.update({k: v for k, v in best.items() if k in state})
-    model.load_state_dict(state)
+    model.load_state_dict(ckpt["model"])
+    best = ckpt["state"]["best_ema"]  # None when no evaluation ran: then the final EMA, as earth_rfm.finish
+    load_ema_weights(model, {"ema": {"shadow": best}} if best is not None else ckpt)
     return model.eval()
 
 

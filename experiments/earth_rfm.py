@@ -179,8 +179,8 @@ def train_one(args, dataset: str, seed: int) -> dict:
                 loss = batch_loss(model, train_x, args.batch_size, gen, time_power=args.time_power,
                                   lambda_rad=args.lambda_rad)
                 loss.total.backward()
-                gnorm = float(grads_finite_norm(list(model.parameters()), 0.0))
-                lval = float(loss.total.detach())
+                gnorm_t = grads_finite_norm(list(model.parameters()), 0.0)
+                lval, gnorm = torch.stack([loss.total.detach().double(), gnorm_t.double()]).tolist()  # one sync
                 finite = math.isfinite(lval) and math.isfinite(gnorm)
                 if finite:
                     opt.step()

@@ -45,3 +45,22 @@ def make_image_folder(root: Path, n_good: int = 6, corrupt: bool = True) -> list
         (root / "train" / "b" / "truncated.png").write_bytes(full[: len(full) // 3])
         bad = [root / "train" / "a" / "garbage.jpg", root / "train" / "b" / "truncated.png"]
     return bad
+
+
+def test_resume_check_reads_options_a_checkpoint_predates_as_their_old_value():
+    """A checkpoint written before --stem / --flow existed resumes under the value it was written with
+    (conv, riemannian) and refuses any other; a key it does hold is compared as written."""
+    import argparse
+
+    import pytest
+
+    from experiments.common.trainer import UserError, check_resume_args
+
+    old = {"preset": "cpu"}  # written before "stem" and "flow" were recorded
+    ns = argparse.Namespace(preset="cpu", stem="conv", flow="riemannian")
+    check_resume_args(old, ns, ("preset", "stem", "flow"), "last.pt")
+    for k, v in (("stem", "patchify"), ("flow", "euclidean"), ("preset", "tiny")):
+        with pytest.raises(UserError, match="--" + k):
+            check_resume_args(old, argparse.Namespace(**{**vars(ns), k: v}), ("preset", "stem", "flow"), "last.pt")
+    with pytest.raises(UserError, match="--stem"):
+        check_resume_args({"preset": "cpu", "stem": "patchify"}, ns, ("preset", "stem"), "last.pt")

@@ -60,7 +60,7 @@ def log_density(velocity: Velocity, x: Tensor, *, steps: int, method: str = "rk4
     from spherical import log_likelihood
 
     t = time_grid(steps, x.dtype, power).to(x.device)
-    out = [log_likelihood(velocity, xb, t, sphere=_S2, method=method, divergence="exact").detach()
+    out = [log_likelihood(velocity, xb, t, sphere=_S2, method=method, divergence="exact")
            for xb in x.split(chunk)]
     return torch.cat(out)
 

@@ -187,9 +187,16 @@ def training_session(args: argparse.Namespace):
         D.cleanup()
 
 
+#: Options added after checkpoints already existed, with the value every older checkpoint was written with
+#: (the loaders read them the same way: ``args.get("stem", "conv")``, ``latent.get("flow", "riemannian")``).
+RESUME_LEGACY_DEFAULTS = {"stem": "conv", "flow": "riemannian"}
+
+
 def check_resume_args(old: dict, args: argparse.Namespace, keys: Sequence[str], ckpt) -> None:
-    """Raise :class:`UserError` when checkpoint ``ckpt`` was written with other values of ``keys``."""
-    diff = ", ".join("--" + k.replace("_", "-") for k in keys if old.get(k) != getattr(args, k))
+    """Raise :class:`UserError` when checkpoint ``ckpt`` was written with other values of ``keys`` (a key the
+    checkpoint predates counts as its :data:`RESUME_LEGACY_DEFAULTS` value)."""
+    diff = ", ".join("--" + k.replace("_", "-") for k in keys
+                     if old.get(k, RESUME_LEGACY_DEFAULTS.get(k)) != getattr(args, k))
     if diff:
         raise UserError(f"{ckpt} was written with different {diff}; "
                         f"use the same arguments, another --out, or --no-resume")

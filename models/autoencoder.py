@@ -147,15 +147,9 @@ class DinoSphericalAutoencoder(nn.Module):
         c, p = self.backbone.embed_dim, self.backbone.patch_size
         if config.image_size % p:
             raise ValueError(f"image_size {config.image_size} is not a multiple of the patch size {p}")
-        if config.stem == "conv":
-            self.stem: nn.Module = HierarchicalConvPatchEmbed(c, p, config.stem_widths)
-            if config.stem_bias_from_teacher:
-                with torch.no_grad():
-                    self.stem.layers[-1][0].bias.copy_(self.backbone.vit.patch_embed.proj.bias)
-        else:
-            self.stem = LinearPatchEmbed(c, p)
-            with torch.no_grad():  # start from the teacher's own patchify (student == teacher at step 0)
-                self.stem.proj.load_state_dict(self.backbone.vit.patch_embed.proj.state_dict())
+        self.stem: nn.Module = (HierarchicalConvPatchEmbed(c, p, config.stem_widths) if config.stem == "conv"
+                                else LinearPatchEmbed(c, p))
+        self._init_stem_from_teacher()
         self.decoder = ConvDecoder(c, p, config.decoder)
         self.radius: float = gaussian_norm_radius(c)
         self.register_buffer("encoder_ready", torch.tensor(bool(encoder_ready)))
@@ -199,10 +193,22 @@ class DinoSphericalAutoencoder(nn.Module):
         module._ready = bool(module.encoder_ready)
 
     def load_encoder_weights(self, path: str | Path) -> None:
-        """Loads a DINO checkpoint (Meta or timm format, .pth or .safetensors) into the frozen ViT."""
+        """Loads a DINO checkpoint (Meta or timm format, .pth or .safetensors) into the frozen ViT, and
+        re-derives the stem's teacher-initialised part from it (see :meth:`_init_stem_from_teacher`)."""
         load_dino_weights(self.backbone.vit, path)
+        self._init_stem_from_teacher()  # the student starts from *these* weights, not the construction-time ones
         self.encoder_ready.fill_(True)
         self._ready = True
+
+    @torch.no_grad()
+    def _init_stem_from_teacher(self) -> None:
+        """The parts of the stem that start from the teacher's patchify: the whole linear patchify
+        (student == teacher at step 0), or the conv stem's last bias with ``stem_bias_from_teacher``."""
+        proj = self.backbone.vit.patch_embed.proj
+        if isinstance(self.stem, LinearPatchEmbed):
+            self.stem.proj.load_state_dict(proj.state_dict())
+        elif self.config.stem_bias_from_teacher:
+            self.stem.layers[-1][0].bias.copy_(proj.bias)
 
     def _check_ready(self) -> None:
         if not self._ready:

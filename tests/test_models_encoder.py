@@ -211,3 +211,17 @@ def test_random_embed_bias_never_touches_loaded_weights_nor_the_tiny_preset(tmp_
     torch.manual_seed(6)
     ref = create_dino_vit(V3, random_init=True, img_size=64, **TINY)
     torch.testing.assert_close(tiny.backbone.vit.patch_embed.proj.bias, ref.patch_embed.proj.bias, rtol=0, atol=0)
+
+
+def test_patchify_stem_starts_from_the_weights_loaded_after_construction(tmp_path) -> None:
+    """--stem patchify promises student == teacher at step 0; that must hold for the weights loaded by
+    load_encoder_weights, not for the random ViT the model was constructed with."""
+    src = _vit(V3, 3, 64)
+    path = tmp_path / "w.pth"
+    torch.save(src.state_dict(), path)
+    ae = build_autoencoder("tiny", random_encoder=False, stem="patchify")
+    ae.load_encoder_weights(path)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    torch.testing.assert_close(ae.stem.proj.weight, src.patch_embed.proj.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(ae.encode(x), ae.teacher_tokens(x))

@@ -51,18 +51,13 @@ METRICS = ("fd_dir", "mmd_dir", "fd_norm", "mmd_norm", "off_sphere", "norm_dev")
 # ----------------------------------------------------------------------------------------- metrics
 def frechet(x: np.ndarray, y: np.ndarray) -> float:
     """Fréchet distance between Gaussian fits of samples ``x [n, d]`` and ``y [m, d]`` (float64):
-    ‖μx − μy‖² + tr(Σx + Σy − 2(Σx^½ Σy Σx^½)^½), the square root through symmetric eigen-decompositions."""
+    ‖μx − μy‖² + tr(Σx + Σy − 2(Σx^½ Σy Σx^½)^½), by :func:`experiments.common.metrics.frechet_distance`."""
+    from experiments.common.metrics import frechet_distance
+
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     mx, my = x.mean(0), y.mean(0)
     sx, sy = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
-
-    def sqrtm_psd(a: np.ndarray) -> np.ndarray:
-        w, v = np.linalg.eigh((a + a.T) / 2)
-        return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-    r = sqrtm_psd(sx)
-    cross = np.sqrt(np.clip(np.linalg.eigvalsh((r @ sy @ r + (r @ sy @ r).T) / 2), 0, None)).sum()
-    return float(((mx - my) ** 2).sum() + np.trace(sx) + np.trace(sy) - 2 * cross)
+    return frechet_distance(*(torch.from_numpy(a) for a in (mx, sx, my, sy)))
 
 
 def mmd2_unbiased(kxx: Tensor, kyy: Tensor, kxy: Tensor) -> float:

@@ -40,6 +40,11 @@ def test_fm_loss_is_mean_squared_error_per_token_and_splits_exactly(seed: int) -
     ref = sum(float(((v[b, n] - ut[b, n]) ** 2).sum()) for b in range(3) for n in range(5)) / 15
     assert float(loss.total) == pytest.approx(ref, rel=1e-12)
     assert float(loss.tangent + loss.radial) == pytest.approx(ref, rel=1e-10)  # Pythagoras at x̂_t
+    # each part on its own (the sum above holds for any radial, since tangent is logged as total − radial)
+    e, xh = v - ut, xt / xt.norm(dim=-1, keepdim=True)
+    along = (e * xh).sum(-1, keepdim=True)
+    assert float(loss.radial) == pytest.approx(float(along.square().sum(-1).mean()), rel=1e-10)
+    assert float(loss.tangent) == pytest.approx(float((e - along * xh).square().sum(-1).mean()), rel=1e-9)
     assert float(euclidean_fm_loss(ut, xt, ut).total) == 0.0
     with pytest.raises(ValueError, match="one shape"):
         euclidean_fm_loss(v, xt, ut[..., :3])

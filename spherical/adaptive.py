@@ -165,34 +165,36 @@ def solve_adaptive(field: JointField, sphere: Hypersphere, x: Tensor, t: Tensor,
         return field(y, tt)
 
     dt = x.dtype if x.is_floating_point() else torch.float32
-    t = t.to(device=x.device, dtype=torch.float64)  # times in float64: exact landing on grid points
+    ts = t.double().tolist()  # step bookkeeping in Python float64: exact landing, no device syncs
+
+    def at(v: float) -> Tensor:  # a time or step on the device, in the field's dtype
+        return torch.tensor(v, dtype=dt, device=x.device)
+
     scale = _Scale(sphere, x, rtol, atol)
     expo = 1.0 / (tab.error_order + 1)
     db = [bi - bh for bi, bh in zip(tab.b, tab.b_hat)]
     xs: List[Tensor] = [x]
     auxs: List[Optional[Tensor]] = [aux]
-    tk = t[0]
-    fk = f(x, tk.to(dt))
+    tk = ts[0]
+    fk = f(x, at(tk))
     if first_step is not None:
-        h_abs = torch.tensor(float(first_step), dtype=torch.float64)
+        h_abs = float(first_step)
     else:
-        h_abs = _first_step(f, sphere, x, aux, tk.to(dt), (t[-1] - t[0]).to(dt), fk, scale,
-                            tab.error_order).to(torch.float64)
+        h_abs = float(_first_step(f, sphere, x, aux, at(tk), at(ts[-1] - ts[0]), fk, scale, tab.error_order))
     accepted = rejected = 0
     err_prev, after_reject = 1e-4 if beta > 0 else 1.0, False
-    for j in range(1, t.numel()):
-        t_end = t[j]
-        sign = 1.0 if bool(t_end > tk) else -1.0
-        while bool((t_end - tk) * sign > 0):
+    for t_end in ts[1:]:
+        sign = 1.0 if t_end > tk else -1.0
+        while (t_end - tk) * sign > 0:
             if accepted + rejected >= max_steps:
-                raise RuntimeError(f"solve_adaptive: more than max_steps={max_steps} steps before t={float(t_end)}; "
+                raise RuntimeError(f"solve_adaptive: more than max_steps={max_steps} steps before t={t_end}; "
                                    f"loosen rtol/atol or raise max_steps")
-            remaining = (t_end - tk).abs()
-            last = bool(h_abs >= remaining)
+            remaining = abs(t_end - tk)
+            last = h_abs >= remaining
             h64 = sign * (remaining if last else h_abs)
-            h = h64.to(dt)
-            ks, gs, out = rk_stages(f, sphere, x, tk.to(dt), h, tab.a, tab.c, first=fk)
-            x1, aux1 = rk_combine(sphere, x, aux, h, tab.b, ks[:len(tab.b)], gs[:len(tab.b)])
+            h = at(h64)
+            ks, gs, out = rk_stages(f, sphere, x, at(tk), h, tab.a, tab.c, first=fk)
+            x1, aux1 = rk_combine(sphere, x, aux, h, tab.b, ks, gs)
             e = _combo(h, db, ks)
             ea = None if aux is None else _combo(h, db, gs)
             err = float(scale(e, ea, aux, aux1).detach())
@@ -210,15 +212,15 @@ def solve_adaptive(field: JointField, sphere: Hypersphere, x: Tensor, t: Tensor,
                 if after_reject:
                     grow = min(grow, 1.0)
                 err_prev, after_reject = max(err, 1e-4), False
-                new = h64.abs() * grow
-                h_abs = torch.maximum(h_abs, new) if last else new  # a step shortened to land keeps its proposal
+                new = abs(h64) * grow
+                h_abs = max(h_abs, new) if last else new  # a step shortened to land keeps its proposal
             else:
                 rejected += 1
                 after_reject = True
                 shrink = min_factor if err == float("inf") else min(1.0, max(min_factor, safety * err ** -expo))
-                h_abs = h64.abs() * shrink
-                if bool(h_abs <= 1e-14 * (t[-1] - t[0]).abs()):
-                    raise RuntimeError(f"solve_adaptive: step size underflow at t={float(tk)}")
+                h_abs = abs(h64) * shrink
+                if h_abs <= 1e-14 * abs(ts[-1] - ts[0]):
+                    raise RuntimeError(f"solve_adaptive: step size underflow at t={tk}")
         xs.append(x)
         auxs.append(aux)
     stats = SolverStats(nfe[0], accepted, rejected)

@@ -79,6 +79,19 @@ def test_rotation_flow_keeps_the_uniform_density(method, divergence_):
     lp = log_likelihood(rotation(C), x, GRID, sphere=S, method=method, divergence=divergence_,
                         generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(lp, torch.full((5,), -log_area(C, R), dtype=F64), rtol=0, atol=1e-12)
+    # The uniform base hides where the flow ends; a non-uniform base does not: divergence 0, so
+    # log p(x) = log p_base(x₁) with x₁ = exp(∫₀¹(1+t)dt · A) x = exp(1.5·A) x (A from rotation(C, seed 0)).
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(C, C, dtype=F64, generator=g)
+    A = A - A.T
+    mu = torch.zeros(C, dtype=F64)
+    mu[0] = R
+    base = lambda y: 3.0 * (y @ mu) / R**2  # an unnormalised vMF-like log-density: only x₁ matters
+    lp_b = log_likelihood(rotation(C), x, GRID, sphere=S, method=method, divergence=divergence_, base=base,
+                          generator=torch.Generator().manual_seed(0))
+    x1 = x @ torch.linalg.matrix_exp(1.5 * A).T
+    tol = {"euler": 1.0, "rk4": 2e-4, "dopri5": 1e-4}[method]  # euler: 16 first-order steps (error 0.64)
+    torch.testing.assert_close(lp_b, base(x1), rtol=0, atol=tol)
 
 
 @pytest.mark.parametrize("C,R,method,tol", [

@@ -21,20 +21,20 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
+from experiments.common import checkpoint  # noqa: E402
 from experiments.common.earth import load_earth, split  # noqa: E402
 from experiments.common.earth_eval import nll  # noqa: E402
 from experiments.common.ema import load_ema_weights  # noqa: E402
-from models.sphere_mlp import SphereMLPConfig, SphereVelocityMLP  # noqa: E402
+from experiments.earth_rfm import build_model  # noqa: E402
+from models.sphere_mlp import SphereVelocityMLP  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def best_model(run: Path) -> SphereVelocityMLP:
     """The run's MLP with the best EMA weights (those the test NLL of ``result.json`` used)."""
-    ckpt = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
-    a = ckpt["args"]
-    model = SphereVelocityMLP(SphereMLPConfig(width=a["width"], depth=a["depth"], x_features=a["x_features"],
-                                              x_scale=a["x_scale"]))
+    ckpt = checkpoint.load(run / "checkpoints" / "last.pt", hint="re-run experiments/earth_rfm.py")
+    model = build_model(ckpt["args"])
     model.load_state_dict(ckpt["model"])
     best = ckpt["state"]["best_ema"]  # None when no evaluation ran: then the final EMA, as earth_rfm.finish
     load_ema_weights(model, {"ema": {"shadow": best}} if best is not None else ckpt)

@@ -111,6 +111,12 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def build_model(args: dict) -> SphereVelocityMLP:
+    """The velocity MLP of a run's arguments (``vars(args)``, or the ``args`` stored in its checkpoint)."""
+    return SphereVelocityMLP(SphereMLPConfig(width=args["width"], depth=args["depth"],
+                                             x_features=args["x_features"], x_scale=args["x_scale"]))
+
+
 def batch_loss(model: torch.nn.Module, data: torch.Tensor, batch_size: int, gen: torch.Generator, *,
                time_power: float = 1.0, lambda_rad: float = 0.1):
     """RFM loss of one batch: x₀ drawn with replacement from ``data`` ``[n, 3]``, x₁ uniform on S²,
@@ -139,8 +145,7 @@ def train_one(args, dataset: str, seed: int) -> dict:
     train_x, val_x, test_x = (d.to(dev) for d in data)
     val_sub = val_x[:args.val_points] if args.val_points > 0 else val_x
     seed_everything(seed)
-    model = SphereVelocityMLP(SphereMLPConfig(width=args.width, depth=args.depth, x_features=args.x_features,
-                                              x_scale=args.x_scale)).to(dev)
+    model = build_model(vars(args)).to(dev)
     ema = EMA(model, args.ema_decay)
     opt = build_adamw(model.parameters(), args.lr, (0.9, 0.999), 0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda("cosine", args.warmup_steps, args.steps))

@@ -27,7 +27,7 @@ Methods: ``dopri5`` (Dormand–Prince 5(4), 7 stages) and ``bosh3`` (Bogacki–S
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor

@@ -196,7 +196,10 @@ def split_theta(x: Tensor, y: Tensor, r: Radius, block_elems: Optional[int] = No
     p = p / rf
     theta = torch.atan2(safe_sqrt(q - p * p), p)
     ill = ~(p.abs() <= 0.5 * torch.sqrt(q))  # near 0 or π, or NaN / Inf anywhere in the row
-    if bool(ill.any()):
+    n_ill = int(ill.sum())
+    if n_ill == ill.numel():  # every row: the exact pass on the original views (no gathered copies)
+        return blocked_theta(xf.view(-1, C), yf.view(-1, C), rf, block_elems).view(x.shape[:-1] + (1,))
+    if n_ill:
         rows = ill.view(-1).nonzero().squeeze(1)
         r_ill = rf if isinstance(rf, float) else rf[rows]
         theta[rows] = blocked_theta(xf[rows, 0], yf[rows, :, 0], r_ill, block_elems)

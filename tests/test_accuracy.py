@@ -88,6 +88,13 @@ def test_split_dist_takes_the_reductions_only_where_well_conditioned(monkeypatch
     out = split_theta(xf, yf, 3.0)
     assert torch.isnan(out[0, 0]).all() and out[1, 0].item() == blocked_theta(xf[1, :1], yf[1, :1], 3.0).item()
     assert torch.isfinite(out[2:]).all()
+    # every row ill-conditioned (near-identical points): one exact pass over the whole batch, same values
+    near = S.projx(xf + 1e-4 * torch.randn_like(xf))
+    rows.clear()
+    monkeypatch.setattr(K, "blocked_theta", lambda a, b, r, be=None: rows.append(a.shape[0]) or real(a, b, r, be))
+    got = split_theta(xf, near, 3.0)
+    monkeypatch.setattr(K, "blocked_theta", real)
+    assert rows == [6 * 257] and torch.equal(got, real(xf, near, 3.0))
 
 
 def _unit_tangent(S, x):

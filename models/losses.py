@@ -26,7 +26,8 @@ def cosine_alignment_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch
     """Mean over tokens of 1 − cos(student, teacher) (direction only; magnitudes are free).
 
     Args:
-        student, teacher: ``[..., C]`` (e.g. ``[B, N, C]``); teacher is detached.
+        student: ``[..., C]`` (e.g. ``[B, N, C]``).
+        teacher: ``[..., C]``, same shape; detached.
 
     Returns:
         A scalar in [0, 2]: 0 for parallel tokens, 1 for orthogonal, 2 for opposite. Computed in float32.
@@ -187,8 +188,12 @@ def autoencoder_losses(recon: torch.Tensor, images: torch.Tensor, z: torch.Tenso
     """Reconstruction objective w_cos·mean(1 − cos(z, z_teacher)) + w_l1·|x̂ − x|₁ + w_lpips·LPIPS(x̂, x).
 
     Args:
-        recon, images: ``[B, 3, H, W]`` in [-1, 1]; z, z_teacher: ``[B, N, C]`` student / teacher tokens.
-        weights: the term weights; lpips_fn: ``(x̂, x) -> scalar or [B]`` (averaged), or ``None``.
+        recon: ``[B, 3, H, W]`` reconstructions in [-1, 1].
+        images: ``[B, 3, H, W]`` targets in [-1, 1].
+        z: ``[B, N, C]`` student tokens (or ``None``).
+        z_teacher: ``[B, N, C]`` teacher tokens (or ``None``).
+        weights: the term weights.
+        lpips_fn: ``(x̂, x) -> scalar or [B]`` (averaged), or ``None``.
 
     The GAN term is added by the trainer with :func:`hinge_g_loss` (and, optionally,
     :func:`adaptive_gan_weight`). Terms with weight 0, no LPIPS module or no teacher are not computed

@@ -139,10 +139,13 @@ def solve_adaptive(field: JointField, sphere: Hypersphere, x: Tensor, t: Tensor,
         x: ``[..., C]`` start points at ``t[0]``.
         t: ``[K]`` strictly monotone grid (either direction), ``K ≥ 2``; a 0-dim float tensor per entry.
         method: ``dopri5`` or ``bosh3``.
-        rtol, atol: tolerances of the error ratio (module docstring); positive, not both zero.
+        rtol: relative tolerance of the error ratio (module docstring); rtol, atol ≥ 0, not both zero.
+        atol: absolute tolerance of the error ratio.
         aux: optional auxiliary Euclidean state at ``t[0]`` (any shape); requires ``field`` to return ``g``.
         first_step: initial step magnitude; ``None`` selects it automatically.
-        safety, min_factor, max_factor: step-size controller constants.
+        safety: step-size controller safety factor.
+        min_factor: smallest step-size factor per step.
+        max_factor: largest step-size factor per step.
         beta: weight of the previous error in the PI controller (Hairer's DOPRI5 default 0.04; 0 is the
             classical I controller ``safety·E^(−1/(q+1))``).
         max_steps: raises ``RuntimeError`` after this many attempted steps.

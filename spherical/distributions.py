@@ -132,7 +132,7 @@ class _Directional(Distribution):
     arg_constraints = {"loc": constraints.real_vector, "concentration": constraints.nonnegative,
                        "radius": constraints.positive}
 
-    def __init__(self, loc: Tensor, concentration, radius: RadiusLike = 1.0,
+    def __init__(self, loc: Tensor, concentration: Tensor | float, radius: RadiusLike = 1.0,
                  validate_args: Optional[bool] = None):
         loc = as_float_tensor(loc)
         if loc.dtype in (torch.float16, torch.bfloat16):                 # half types: computed in float32

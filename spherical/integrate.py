@@ -111,7 +111,8 @@ def integrate(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersphere, 
             coordinates; ``t`` then only lists the times to report, two end points suffice).
         return_path: return all grid points ``[K, ..., C]`` instead of the end point ``[..., C]``.
         return_nfe: also return the number of velocity evaluations.
-        rtol, atol: tolerances of the adaptive methods (ignored by the fixed-grid ones).
+        rtol: relative tolerance of the adaptive methods (ignored by the fixed-grid ones).
+        atol: absolute tolerance of the adaptive methods (ignored by the fixed-grid ones).
         return_stats: also return :class:`SolverStats` ``(nfe, accepted, rejected)`` (fixed grids:
             ``(nfe, K − 1, 0)``); not together with ``return_nfe``.
 
@@ -152,12 +153,16 @@ def odeint(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersphere, met
     exact flow preserves ``‖y‖``; in addition the state is re-projected at every grid point of ``t``.
 
     Args:
-        velocity, x, t, sphere: as in :func:`integrate` (``t`` may have just its two end points).
+        velocity: as in :func:`integrate`.
+        x: as in :func:`integrate`.
+        t: as in :func:`integrate` (it may have just its two end points).
+        sphere: as in :func:`integrate`.
         method: any torchdiffeq method (``dopri5``, ``dopri8``, ``bosh3``, ``rk4``, ...).
-        rtol, atol: solver tolerances.
+        rtol: relative solver tolerance.
+        atol: absolute solver tolerance.
         return_path: return ``[K, ..., C]`` at all grid points.
         return_nfe: also return the number of velocity evaluations.
-        **options: forwarded to ``torchdiffeq.odeint`` as ``options``.
+        **options (Any): forwarded to ``torchdiffeq.odeint`` as ``options``.
     """
     t = _check_grid(t, "odeint").to(device=x.device, dtype=x.dtype)
     f = _Counted(velocity, sphere)

@@ -146,7 +146,8 @@ def log_likelihood(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersph
         base: ``x_1 [B, ..., C] -> [B]`` log-density at ``t[-1]``; ``None``: uniform on every token's sphere,
             ``Σ_tokens spherical.distributions.Uniform(C, R).log_prob``.
         generator: RNG for the probes.
-        rtol, atol: tolerances of the adaptive methods.
+        rtol: relative tolerance of the adaptive methods.
+        atol: absolute tolerance of the adaptive methods.
 
     Returns:
         ``[B]`` log-densities, in ``x``'s dtype, without autograd history.

@@ -212,18 +212,18 @@ def test_decode_norm_of_checkpoints_without_latent_norm(tmp_path):
 
 
 def test_readme_log_likelihood_of_dit_samples_runs_verbatim(run_dir, monkeypatch):
-    """README's block (log p of DiT samples) on the fixture run: [8] finite values; with the exact trace in
+    """The flows guide's block (log p of DiT samples) on the fixture run: [8] finite values; with the exact trace in
     place of Hutchinson the estimate agrees within 4 standard errors of the probe average."""
     import re
 
     import experiments.common.dit_io as dit_io
     from spherical import log_likelihood
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "flows.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "load_dit(DEFAULT_DIT_RUN)" in b)
     monkeypatch.setattr(dit_io, "DEFAULT_DIT_RUN", str(run_dir))
     ns: dict = {}
-    exec(compile(block, "README.md", "exec"), ns)
+    exec(compile(block, "docs/flows.md", "exec"), ns)
     lp = ns["lp"]
     assert lp.shape == (8,) and bool(torch.isfinite(lp).all())
     v, z, S = ns["guided_velocity"](ns["model"], ns["labels"]), ns["z"], ns["Hypersphere"](ns["latent"]["radius"])

@@ -44,7 +44,17 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _norm(a: Tensor) -> Tensor:
-    """‖a‖ over the last axis, ``[..., C] -> [..., 1]``; its gradient at ``a = 0`` is 0."""
+    """‖a‖ over the last axis, ``[..., C] -> [..., 1]``; its gradient at ``a = 0`` is 0.
+
+    Under eager autograd the rows with ``a = 0`` go through a constant branch: the double backward of
+    ``vector_norm`` is 0/0 = NaN there (torch.func's rule gives 0), which made the second derivative of
+    ``logmap(x, y)`` at ``y = x`` NaN. Costs a second pass only when a gradient is being recorded.
+    """
+    if eager_mode() and torch.is_grad_enabled() and a.requires_grad:
+        with torch.no_grad():
+            nz = torch.linalg.vector_norm(a, dim=-1, keepdim=True) > 0
+        n = torch.linalg.vector_norm(torch.where(nz, a, torch.ones_like(a)), dim=-1, keepdim=True)
+        return torch.where(nz, n, torch.zeros_like(n))
     return torch.linalg.vector_norm(a, dim=-1, keepdim=True)
 
 

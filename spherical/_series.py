@@ -17,6 +17,7 @@ _SERIES_THRESHOLD = 0.1
 # Taylor coefficients in powers of θ² (c0 + c1 θ² + c2 θ⁴ + c3 θ⁶ + c4 θ⁸).
 _SINC = (1.0, -1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0, 1.0 / 362880.0)          # sin θ / θ
 _THETA_OVER_SIN = (1.0, 1.0 / 6.0, 7.0 / 360.0, 31.0 / 15120.0, 127.0 / 604800.0)  # θ / sin θ
+_COS = (1.0, -1.0 / 2.0, 1.0 / 24.0, -1.0 / 720.0, 1.0 / 40320.0)                 # cos θ
 
 
 def _poly_theta2(theta: Tensor, coeffs: tuple[float, ...]) -> Tensor:
@@ -47,6 +48,29 @@ def sinc(theta: Tensor) -> Tensor:
 def theta_over_sin(theta: Tensor) -> Tensor:
     """θ / sin θ for θ ∈ [0, π/2] (callers clamp); equal to 1 at θ = 0."""
     return _switch(theta, _THETA_OVER_SIN, lambda t: t / torch.sin(t))
+
+
+def cos_sinc_sq(s: Tensor) -> tuple[Tensor, Tensor]:
+    """``(cos θ, sin θ / θ)`` from ``s = θ² ≥ 0``: smooth in ``s`` (so in ``u`` when ``s = ‖u‖²/R²``).
+
+    A function of ``θ = ‖u‖/R`` through ``‖u‖`` has a correct first derivative at ``u = 0`` but a wrong
+    second one (the norm's derivative ``u/‖u‖`` is 0/0 there: autograd gives NaN, torch.func 0); both
+    factors are even in θ, so below the threshold they are taken as polynomials in ``s`` itself and every
+    derivative is the true one (e.g. ``∂²cos(‖u‖/R)/∂u² = −I/R²`` at 0). Above it ``θ = √s``.
+    """
+    small = s < _SERIES_THRESHOLD**2
+    s_small = torch.where(small, s, torch.zeros_like(s))
+    theta = safe_sqrt(torch.where(small, torch.ones_like(s), s))
+    return (torch.where(small, _poly_theta2_sq(s_small, _COS), torch.cos(theta)),
+            torch.where(small, _poly_theta2_sq(s_small, _SINC), torch.sin(theta) / theta))
+
+
+def _poly_theta2_sq(s: Tensor, coeffs: tuple[float, ...]) -> Tensor:
+    """Horner evaluation of Σ_k coeffs[k]·s^k."""
+    out = torch.full_like(s, coeffs[-1])
+    for c in reversed(coeffs[:-1]):
+        out = out * s + c
+    return out
 
 
 def safe_sqrt(s: Tensor) -> Tensor:

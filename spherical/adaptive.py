@@ -26,6 +26,7 @@ Methods: ``dopri5`` (Dormand–Prince 5(4), 7 stages) and ``bosh3`` (Bogacki–S
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
@@ -101,6 +102,16 @@ class _Scale:
         return r
 
 
+def _which(ks: List[Tensor], gs: List[Optional[Tensor]]) -> str:
+    """Names the first stage whose velocity (or auxiliary derivative) is not finite (diagnostics only)."""
+    for i, (k, g) in enumerate(zip(ks, gs)):
+        if not bool(torch.isfinite(k).all()):
+            return f"velocity of stage {i + 1}"
+        if g is not None and not bool(torch.isfinite(g).all()):
+            return f"auxiliary derivative of stage {i + 1}"
+    return "error estimate"
+
+
 def _first_step(field: JointField, sphere: Hypersphere, x: Tensor, aux: Optional[Tensor], t0: Tensor,
                 span: Tensor, f0: Tuple[Tensor, Optional[Tensor]], scale: _Scale, q: int) -> Tensor:
     """Hairer's initial step size (magnitude) from ``f0 = field(x, t0)`` and one Euler trial step."""
@@ -149,6 +160,10 @@ def solve_adaptive(field: JointField, sphere: Hypersphere, x: Tensor, t: Tensor,
         beta: weight of the previous error in the PI controller (Hairer's DOPRI5 default 0.04; 0 is the
             classical I controller ``safety·E^(−1/(q+1))``).
         max_steps: raises ``RuntimeError`` after this many attempted steps.
+
+    Raises:
+        FloatingPointError: at the first step whose stages or error estimate hold NaN/Inf (a non-finite
+            velocity cannot be cured by a smaller step: the solver stops at once, naming the times).
         return_path: stack the states at all grid points (``[K, ...]``) instead of the last one.
 
     Returns:
@@ -179,11 +194,16 @@ def solve_adaptive(field: JointField, sphere: Hypersphere, x: Tensor, t: Tensor,
     xs: List[Tensor] = [x]
     auxs: List[Optional[Tensor]] = [aux]
     tk = ts[0]
+    if not bool(torch.isfinite(x).all()) or (aux is not None and not bool(torch.isfinite(aux).all())):
+        raise FloatingPointError(f"solve_adaptive: the start state at t={tk:.6g} holds NaN/Inf")
     fk = f(x, at(tk))
     if first_step is not None:
         h_abs = float(first_step)
     else:
         h_abs = float(_first_step(f, sphere, x, aux, at(tk), at(ts[-1] - ts[0]), fk, scale, tab.error_order))
+    if not math.isfinite(h_abs):  # only a NaN/Inf velocity at t0 or at the Euler trial point gives this
+        raise FloatingPointError(f"solve_adaptive: non-finite velocity at or just after t={tk:.6g} (while "
+                                 f"choosing the first step); the velocity field returned NaN/Inf")
     accepted = rejected = 0
     err_prev, after_reject = 1e-4 if beta > 0 else 1.0, False
     for t_end in ts[1:]:
@@ -201,8 +221,10 @@ def solve_adaptive(field: JointField, sphere: Hypersphere, x: Tensor, t: Tensor,
             e = _combo(h, db, ks)
             ea = None if aux is None else _combo(h, db, gs)
             err = float(scale(e, ea, aux, aux1).detach())
-            if not err == err:  # NaN: shrink hard
-                err = float("inf")
+            if not math.isfinite(err):  # a NaN/Inf stage: no step size makes it finite, so stop here
+                raise FloatingPointError(
+                    f"solve_adaptive: non-finite velocity or error estimate in the step from t={tk:.6g} to "
+                    f"t={tk + h64:.6g} ({_which(ks, gs)}); the velocity field returned NaN/Inf")
             if err <= 1.0:
                 accepted += 1
                 tk = t_end if last else tk + h64
@@ -220,7 +242,7 @@ def solve_adaptive(field: JointField, sphere: Hypersphere, x: Tensor, t: Tensor,
             else:
                 rejected += 1
                 after_reject = True
-                shrink = min_factor if err == float("inf") else min(1.0, max(min_factor, safety * err ** -expo))
+                shrink = min(1.0, max(min_factor, safety * err ** -expo))
                 h_abs = abs(h64) * shrink
                 if h_abs <= 1e-14 * abs(ts[-1] - ts[0]):
                     raise RuntimeError(f"solve_adaptive: step size underflow at t={tk}")

@@ -96,6 +96,8 @@ def rfm_loss(v: Tensor, xt: Tensor, ut: Tensor, *, lambda_rad: float = 0.1) -> R
     if not ok:
         raise ValueError(f"rfm_loss: expected v and ut of the same shape [..., C] with xt broadcastable, "
                          f"got v {tuple(v.shape)}, xt {tuple(xt.shape)}, ut {tuple(ut.shape)}")
+    if isinstance(lambda_rad, bool) or not isinstance(lambda_rad, numbers.Real) or not 0 <= lambda_rad < math.inf:
+        raise ValueError(f"rfm_loss: lambda_rad must be a finite number >= 0 (paper: 0.1), got {lambda_rad!r}")
     if v.numel() == 0:
         raise ValueError(f"rfm_loss: empty batch (v has shape {tuple(v.shape)}); expected at least one point")
     dtype = torch.promote_types(v.dtype, torch.float32)

@@ -38,6 +38,7 @@ Points are assumed to lie on the sphere (``‖x‖ = R`` to round-off); use :met
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Optional, Sequence, Tuple, Union
 
@@ -50,7 +51,7 @@ with warnings.catch_warnings():  # geoopt 0.5 calls torch.jit.script at import: 
 
 from ._kernels import (BLOCK_ELEMS, Radius, _add_first_two, _addcmul_fresh, _angle, _combine, _dot, _fallback,
                        _fold_fallback, _frame, _Frame, _norm, eager_mode, split_theta)
-from ._series import safe_div, sinc, theta_over_sin
+from ._series import cos_sinc_sq, safe_div, sinc, theta_over_sin
 
 __all__ = ["Hypersphere"]
 
@@ -86,8 +87,8 @@ class Hypersphere(geoopt.Manifold):
     def __init__(self, radius: Radius = 1.0) -> None:
         super().__init__()
         radius = self._checked_radius(radius)
-        if isinstance(radius, Tensor):
-            self.register_buffer("radius", radius.detach().clone())
+        if isinstance(radius, Tensor):  # a radius that requires grad is kept (d/dR flows to it), else a copy
+            self.register_buffer("radius", radius if radius.requires_grad else radius.detach().clone())
         else:
             self.radius = radius
 
@@ -96,6 +97,9 @@ class Hypersphere(geoopt.Manifold):
         """The radius as a float or floating tensor, or ValueError unless every entry is in the range."""
         lo, hi = _RADIUS_RANGE
         if isinstance(radius, Tensor):
+            if radius.dtype == torch.bool or radius.is_complex():
+                raise ValueError(f"Hypersphere: radius must be a real number or a real tensor, got a {radius.dtype} "
+                                 f"tensor")
             if not radius.is_floating_point():
                 radius = radius.to(torch.get_default_dtype())
             ok = radius.numel() > 0 and bool(((radius >= lo) & (radius <= hi)).all())
@@ -103,10 +107,10 @@ class Hypersphere(geoopt.Manifold):
                 raise ValueError(f"Hypersphere: radius must be positive and finite, within [2^-60, 2^60] "
                                  f"everywhere, got {radius}")
             return radius
-        try:
-            value = float(radius)
-        except (TypeError, ValueError):
-            raise ValueError(f"Hypersphere: radius must be a float or a tensor, got {radius!r}") from None
+        if isinstance(radius, bool) or not isinstance(radius, numbers.Real):  # "2", True, None, arrays
+            raise ValueError(f"Hypersphere: radius must be a real number (float) or a floating tensor, got "
+                             f"{type(radius).__name__} {radius!r}")
+        value = float(radius)
         if not lo <= value <= hi:  # also rejects NaN
             raise ValueError(f"Hypersphere: radius must be positive and finite, within [2^-60, 2^60], got {radius!r}")
         return value
@@ -233,8 +237,8 @@ class Hypersphere(geoopt.Manifold):
         """``exp_x(u) = cos(‖u‖/R)·x + sinc(‖u‖/R)·u`` for ``x, u: [..., C]`` (u tangent at x)."""
         (x, u), dt = self._prep(x, u)
         r = self._rad(x)
-        theta = _norm(u) / r
-        return _combine(x, torch.cos(theta), u, sinc(theta)).to(dt)
+        cos_t, sinc_t = cos_sinc_sq(_dot(u, u) / (r * r))  # θ² = ‖u‖²/R²: smooth at u = 0 (2nd derivative)
+        return _combine(x, cos_t, u, sinc_t).to(dt)
 
     def retr(self, x: Tensor, u: Tensor) -> Tensor:
         """Projective retraction ``projx(x + u)`` (first-order agreement with expmap)."""

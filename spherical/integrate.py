@@ -94,6 +94,17 @@ def _check_grid(t: Tensor, name: str) -> Tensor:
     return t
 
 
+def _check_finite(x: Tensor, name: str, t: Tensor, k: int) -> None:
+    """FloatingPointError naming the step ``t[k] → t[k+1]`` when the state after it holds NaN/Inf.
+
+    A non-finite velocity (or one large enough to overflow) makes the next state non-finite, so one
+    check of the state per step (one host sync) stops at the first bad step instead of carrying NaN on.
+    """
+    if not bool(torch.isfinite(x).all()):
+        raise FloatingPointError(f"{name}: the state became non-finite in the step from t={float(t[k]):.6g} to "
+                                 f"t={float(t[k + 1]):.6g}; the velocity field returned NaN/Inf")
+
+
 def integrate(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersphere, method: str = "euler",
               return_path: bool = False, return_nfe: bool = False, rtol: float = 1e-5, atol: float = 1e-5,
               return_stats: bool = False) -> Union[Tensor, Tuple[Tensor, int], Tuple[Tensor, SolverStats]]:
@@ -119,6 +130,11 @@ def integrate(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersphere, 
     Returns:
         The end point (or the path), and the evaluation count if ``return_nfe`` / the stats if
         ``return_stats``.
+
+    Raises:
+        FloatingPointError: the velocity returned NaN/Inf; raised at the first step it happens in, naming
+            that step's times (fixed grids check the state after every step; the adaptive pairs check every
+            step's stages and error estimate, so a NaN field costs one step, not ``max_steps`` rejections).
     """
     if method not in _STEPS and method not in ADAPTIVE_METHODS:
         raise ValueError(f"integrate: unknown method {method!r}; expected one of {METHODS + ADAPTIVE_METHODS}")
@@ -135,6 +151,7 @@ def integrate(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersphere, 
         for k in range(t.numel() - 1):
             tk = t[k].to(x.dtype if x.is_floating_point() else torch.float32)
             x = step(f, x, tk, (t[k + 1] - t[k]).to(tk.dtype))
+            _check_finite(x, "integrate", t, k)
             if return_path:
                 path.append(x)
         out = torch.stack(path) if return_path else x
@@ -167,14 +184,26 @@ def odeint(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersphere, met
     t = _check_grid(t, "odeint").to(device=x.device, dtype=x.dtype)
     f = _Counted(velocity, sphere)
 
+    last: List[Tuple[Tensor, Tensor]] = []
+
     def field(tt: Tensor, y: Tensor) -> Tensor:
-        return f(sphere.projx(y), tt)
+        v = f(sphere.projx(y), tt)
+        last[:] = [(tt, v)]  # kept to name a NaN velocity if torchdiffeq fails ("underflow in dt")
+        return v
 
     path = [x]
     for k in range(t.numel() - 1):
-        seg = torchdiffeq.odeint(field, x, t[k:k + 2], method=method, rtol=rtol, atol=atol,
-                                 options=options or None)
+        try:
+            seg = torchdiffeq.odeint(field, x, t[k:k + 2], method=method, rtol=rtol, atol=atol,
+                                     options=options or None)
+        except AssertionError:
+            if last and not bool(torch.isfinite(last[0][1]).all()):
+                raise FloatingPointError(f"odeint: the velocity returned NaN/Inf between t={float(t[k]):.6g} and "
+                                         f"t={float(t[k + 1]):.6g} (torchdiffeq stopped with a step-size "
+                                         f"underflow)") from None
+            raise
         x = sphere.projx(seg[-1])
+        _check_finite(x, "odeint", t, k)
         if return_path:
             path.append(x)
     out = torch.stack(path) if return_path else x

@@ -37,7 +37,7 @@ from ._normal import rk_combine, rk_stages
 from .adaptive import ADAPTIVE_METHODS, solve_adaptive
 from .distributions import Uniform
 from .hypersphere import Hypersphere
-from .integrate import _TABLEAUX, _check_grid
+from .integrate import _TABLEAUX, _check_finite, _check_grid
 
 __all__ = ["log_likelihood", "LIKELIHOOD_METHODS", "divergence"]
 
@@ -189,6 +189,7 @@ def log_likelihood(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersph
             h = (t[k + 1] - t[k]).to(x.dtype)
             ks, gs, _ = rk_stages(field, sphere, x1, tk, h, a, c)
             x1, a1 = rk_combine(sphere, x1, a1, h, b, ks, gs)
+            _check_finite(torch.cat([x1.reshape(-1), a1.reshape(-1)]), "log_likelihood", t, k)
     lp = _uniform_log_prob(sphere, x1) if base is None else base(x1)
     if not isinstance(lp, Tensor) or lp.shape != (x.shape[0],):
         raise ValueError(f"log_likelihood: base(x) must return [B] = [{x.shape[0]}] log-densities, got "

@@ -14,7 +14,6 @@ from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch.distributions import Beta
 
 from ._series import safe_sqrt
 
@@ -70,7 +69,25 @@ def normalise_loc(loc: Tensor, validate: bool = True) -> Tensor:
     return scaled / scaled.norm(dim=-1, keepdim=True)
 
 
-def place_on_sphere(w: Tensor, r: Tensor, loc: Tensor, radius: Tensor) -> Tensor:
+def beta_pair(a: Tensor, b: Tensor, sample_shape: torch.Size,
+              generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
+    """``(z, 1 − z)`` with ``z ~ Beta(a, b)``, reparameterised: ``z = X/(X+Y)``, ``X ~ Γ(a)``, ``Y ~ Γ(b)``.
+
+    ``a, b``: broadcastable floating tensors (the batch); the result has ``sample_shape + batch``.
+    ``1 − z = Y/(X+Y)`` is formed without cancellation. Gradients reach ``a`` and ``b`` through
+    ``torch._standard_gamma`` (implicit reparameterisation, as :class:`torch.distributions.Gamma`),
+    and ``generator`` drives both draws (``torch.distributions.Beta`` takes none).
+    """
+    shape = torch.Size(sample_shape) + torch.broadcast_shapes(a.shape, b.shape)
+    x = torch._standard_gamma(a.expand(shape), generator=generator)
+    y = torch._standard_gamma(b.expand(shape), generator=generator)
+    tiny = torch.finfo(x.dtype).tiny
+    s = (x + y).clamp_min(tiny)
+    return (x / s).clamp_min(tiny), (y / s).clamp_min(tiny)
+
+
+def place_on_sphere(w: Tensor, r: Tensor, loc: Tensor, radius: Tensor,
+                    generator: Optional[torch.Generator] = None) -> Tensor:
     """Points ``R·(w·μ + r·t)`` with ``t`` uniform on the unit sphere of ``μ^⊥`` (so ``r = √(1−w²)``).
 
     Args:
@@ -90,7 +107,7 @@ def place_on_sphere(w: Tensor, r: Tensor, loc: Tensor, radius: Tensor) -> Tensor
     dtype = loc.dtype
     rad = radius.unsqueeze(-1)
     w, r = w.to(dtype).unsqueeze(-1) * rad, r.to(dtype).unsqueeze(-1) * rad
-    v = torch.randn(w.shape[:-1] + loc.shape[-1:], dtype=dtype, device=loc.device)
+    v = torch.randn(w.shape[:-1] + loc.shape[-1:], dtype=dtype, device=loc.device, generator=generator)
     v[..., 0] = 0.0                                                     # (0, ε): ε/‖ε‖ uniform on S^{C−2}
     r = r / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
     sign = torch.where(loc[..., :1] >= 0, 1.0, -1.0).to(dtype)
@@ -99,7 +116,8 @@ def place_on_sphere(w: Tensor, r: Tensor, loc: Tensor, radius: Tensor) -> Tensor
     return torch.addcmul(torch.addcmul(r * v, w, loc), -(r * coef), u)
 
 
-def wood_component(kappa: Tensor, channels: int, sample_shape: torch.Size) -> Tuple[Tensor, Tensor]:
+def wood_component(kappa: Tensor, channels: int, sample_shape: torch.Size,
+                   generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
     """``(w, √(1−w²))`` in float64, ``w = ⟨x̂, μ⟩`` under vMF(μ, κ) on ``S^{C−1}`` (Wood 1994).
 
     With ``m = C``, ``b = (m−1)/(2κ + √(4κ² + (m−1)²))``, ``x₀ = (1−b)/(1+b)``: propose
@@ -117,20 +135,20 @@ def wood_component(kappa: Tensor, channels: int, sample_shape: torch.Size) -> Tu
     one_m_x0 = 2.0 * b / (1.0 + b)
     x0 = 1.0 - one_m_x0
     log_1mx0sq = torch.log(one_m_x0) + math.log(2.0) - torch.log1p(b)  # log((1−x₀)(1+x₀))
-    proposal = Beta(torch.full(shape, 0.5 * m1, dtype=torch.float64, device=k.device),
-                    torch.full(shape, 0.5 * m1, dtype=torch.float64, device=k.device))
+    half = torch.full(shape, 0.5 * m1, dtype=torch.float64, device=k.device)
     w = torch.zeros(shape, dtype=torch.float64, device=k.device)
     r = torch.zeros_like(w)
     done = torch.zeros(shape, dtype=torch.bool, device=k.device)
     for _ in range(_MAX_REJECTION_ROUNDS):
-        z = proposal.sample()
+        z, one_m_z = beta_pair(half, half, torch.Size(), generator)
         d = 1.0 - (1.0 - b) * z
         one_m_w = 2.0 * b * z / d
         w_new = 1.0 - one_m_w
-        r_new = safe_sqrt(4.0 * b * z * (1.0 - z)) / d                  # √((1−w)(1+w))
+        r_new = safe_sqrt(4.0 * b * z * one_m_z) / d                  # √((1−w)(1+w))
         log_ratio = torch.log(one_m_x0 + x0 * one_m_w) - log_1mx0sq     # log((1 − x₀w)/(1 − x₀²))
         log_accept = k * (one_m_x0 - one_m_w) + m1 * log_ratio
-        accept = ~done & (log_accept >= torch.log(torch.rand(shape, dtype=torch.float64, device=k.device)))
+        accept = ~done & (log_accept >= torch.log(torch.rand(shape, dtype=torch.float64, device=k.device,
+                                                                              generator=generator)))
         w, r = torch.where(accept, w_new, w), torch.where(accept, r_new, r)
         done = done | accept
         if bool(done.all()):

@@ -26,12 +26,12 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.distributions import Beta, Distribution, constraints
+from torch.distributions import Distribution, constraints
 from torch.distributions.kl import register_kl
 
 from ._bessel import bessel_ratio, log_iv_scaled
-from ._directional import (RadiusLike, as_float_tensor, check_channels, check_concentration, check_radius,
-                           normalise_loc, place_on_sphere, wood_component)
+from ._directional import (RadiusLike, as_float_tensor, beta_pair, check_channels, check_concentration,
+                           check_radius, normalise_loc, place_on_sphere, wood_component)
 from ._series import safe_sqrt
 
 __all__ = ["Uniform", "VonMisesFisher", "PowerSpherical", "log_sphere_area"]
@@ -59,7 +59,7 @@ class Uniform(Distribution):
     """
 
     arg_constraints = {"radius": constraints.positive}
-    has_rsample = False
+    has_rsample = True
 
     def __init__(self, channels: int, radius: RadiusLike = 1.0, validate_args: Optional[bool] = None):
         self.channels = check_channels(channels)
@@ -81,6 +81,11 @@ class Uniform(Distribution):
 
     def sample(self, sample_shape: torch.Size = torch.Size(), generator: Optional[torch.Generator] = None) -> Tensor:
         """``x: sample_shape + batch_shape + (C,)`` with ``‖x‖ = R`` (``generator`` optional)."""
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size(), generator: Optional[torch.Generator] = None) -> Tensor:
+        """As :meth:`sample`, differentiable in ``radius`` (``x = R·ε/‖ε‖``)."""
         shape = self._extended_shape(torch.Size(sample_shape))
         eps = torch.randn(shape, dtype=self.radius.dtype, device=self.radius.device, generator=generator)
         return self.radius.unsqueeze(-1) * eps / eps.norm(dim=-1, keepdim=True)
@@ -178,7 +183,12 @@ class _Directional(Distribution):
         return (self.channels - 1) * torch.log(self.radius)
 
     def _unit_entropy64(self) -> Tensor:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}: a directional law must define _unit_entropy64 "
+                                  f"(see VonMisesFisher, PowerSpherical)")
+
+    def mean_resultant_length(self) -> Tensor:
+        """The method spelling of :attr:`resultant_length` (kept for existing callers): ``‖E[x]‖/R``."""
+        return self.resultant_length
 
     def entropy(self) -> Tensor:
         """``H(p) = −E[log p(x)] = H_unit(κ) + (C−1)·log R``, ``batch_shape`` (closed forms per subclass)."""
@@ -229,19 +239,27 @@ class VonMisesFisher(_Directional):
         const = self._log_normaliser64().to(value.dtype)
         return const - self.concentration * half_sq - self._log_radius_term()
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: torch.Size = torch.Size(), generator: Optional[torch.Generator] = None) -> Tensor:
         """``sample_shape + batch_shape + (C,)`` points with ``‖x‖ = R`` (Wood's sampler, no gradient)."""
         with torch.no_grad():
-            w, r = wood_component(self.concentration, self.channels, torch.Size(sample_shape))
-            return place_on_sphere(w, r, self.loc, self.radius)
+            w, r = wood_component(self.concentration, self.channels, torch.Size(sample_shape), generator)
+            return place_on_sphere(w, r, self.loc, self.radius, generator)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size(), generator: Optional[torch.Generator] = None) -> Tensor:
+        """Not available: raises ``NotImplementedError`` saying what to use instead."""
+        raise NotImplementedError(
+            "VonMisesFisher has no reparameterised sampler (Wood's rejection sampler is not differentiable): "
+            "use .sample() for draws, or PowerSpherical(loc, concentration).rsample() for gradients through "
+            "samples")
 
     @property
     def mean(self) -> Tensor:
         """``E[x] = A_C(κ)·R·μ``, ``A_C(κ) = I_{C/2}(κ)/I_{C/2−1}(κ)`` (mean resultant length)."""
-        return (self.mean_resultant_length() * self.radius).unsqueeze(-1) * self.loc
+        return (self.resultant_length * self.radius).unsqueeze(-1) * self.loc
 
-    def mean_resultant_length(self) -> Tensor:
-        """``A_C(κ) = ‖E[x]‖/R ∈ [0, 1)``, ``batch_shape``."""
+    @property
+    def resultant_length(self) -> Tensor:
+        """``A_C(κ) = ‖E[x]‖/R ∈ [0, 1)``, ``batch_shape`` (a property, like ``mean``)."""
         return bessel_ratio(self._nu, self.concentration)
 
     def _unit_entropy64(self) -> Tensor:
@@ -255,7 +273,7 @@ class PowerSpherical(_Directional):
     With ``β = (C−1)/2`` and ``α = β + κ``: ``⟨μ, x̂⟩ = 2z − 1`` with ``z ~ Beta(α, β)``, and
     ``log p = κ·log(1 + ⟨μ, x̂⟩) − log N − (C−1)·log R``,
     ``log N = (α+β)·log 2 + β·log π + lgamma(α) − lgamma(α+β)``. Sampling is reparameterised
-    (``rsample``: :meth:`torch.distributions.Beta.rsample` then a Householder reflection), so gradients
+    (``rsample``: ``z = X/(X+Y)`` from two reparameterised Gamma draws, then a Householder reflection), so gradients
     reach ``loc`` and ``concentration``. κ = 0 is the uniform law exactly.
 
     Args: as :class:`VonMisesFisher`.
@@ -285,17 +303,27 @@ class PowerSpherical(_Directional):
         const = k.to(torch.float64) * math.log(2.0) - self._log_normaliser64()
         return power + const.to(value.dtype) - self._log_radius_term()
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: torch.Size = torch.Size(), generator: Optional[torch.Generator] = None) -> Tensor:
         """Reparameterised ``sample_shape + batch_shape + (C,)`` points with ``‖x‖ = R``."""
         a, b = self._ab64()
-        z = Beta(a, torch.full_like(a, b)).rsample(torch.Size(sample_shape))
-        return place_on_sphere(2.0 * z - 1.0, 2.0 * safe_sqrt(z * (1.0 - z)), self.loc, self.radius)
+        z, one_m_z = beta_pair(a, torch.full_like(a, b), torch.Size(sample_shape), generator)
+        return place_on_sphere(z - one_m_z, 2.0 * safe_sqrt(z * one_m_z), self.loc, self.radius, generator)
+
+    def sample(self, sample_shape: torch.Size = torch.Size(), generator: Optional[torch.Generator] = None) -> Tensor:
+        """:meth:`rsample` without gradients."""
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator)
 
     @property
     def mean(self) -> Tensor:
         """``E[x] = R·μ·(α−β)/(α+β) = R·μ·κ/(κ + C − 1)``."""
+        return (self.radius * self.resultant_length).unsqueeze(-1) * self.loc
+
+    @property
+    def resultant_length(self) -> Tensor:
+        """``‖E[x]‖/R = κ/(κ + C − 1)``, ``batch_shape`` (a property, like ``mean``)."""
         k = self.concentration
-        return (self.radius * k / (k + self.channels - 1)).unsqueeze(-1) * self.loc
+        return k / (k + self.channels - 1)
 
     def _unit_entropy64(self) -> Tensor:
         """Entropy on the unit sphere in float64: ``log N − κ·(log 2 + ψ(α) − ψ(α+β))``."""

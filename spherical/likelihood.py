@@ -28,6 +28,7 @@ estimates of ``probes`` of them are averaged.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -55,10 +56,11 @@ def _tangent_field(velocity: Velocity, sphere: Hypersphere, y: Tensor, t: Tensor
     return sphere.proju(y, v.to(y.dtype))
 
 
-def _vjps(out: Tensor, inp: Tensor, cots: Tensor) -> Tensor:
-    """``[K, *out.shape]`` cotangents → ``[K, *inp.shape]`` vector–Jacobian products (graph retained)."""
+def _vjps(out: Tensor, inp: Tensor, cots: Tensor, size: int = _EXACT_CHUNK) -> Tensor:
+    """``[K, *out.shape]`` cotangents → ``[K, *inp.shape]`` vector–Jacobian products (graph retained),
+    ``size`` of them per batched backward pass."""
     rows = []
-    for chunk in cots.split(_EXACT_CHUNK):
+    for chunk in cots.split(size):
         try:
             rows.append(torch.autograd.grad(out, inp, chunk, retain_graph=True, is_grads_batched=True)[0])
         except RuntimeError:  # an op without a batching rule: one backward pass per cotangent
@@ -67,31 +69,53 @@ def _vjps(out: Tensor, inp: Tensor, cots: Tensor) -> Tensor:
 
 
 def divergence(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersphere, method: str = "exact",
+               probe_vectors: Optional[Tensor] = None, chunk: int = _EXACT_CHUNK,
                probes: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    r"""The tangent-projected velocity and its divergence on the sphere, per sample.
+    r"""The tangent-projected velocity and its Riemannian divergence on the sphere, per sample.
+
+    ``div_M v(x) = tr(P J P)`` where ``J = ∂Ṽ/∂x`` is the ambient Jacobian of the projected field
+    ``Ṽ(y) = P_y v(y, t)`` **with respect to the point** ``x`` (at fixed ``t``; the parameters of
+    ``velocity`` are not differentiated), ``[D, D]`` with ``D = N·C`` per sample, and ``P`` the tangent
+    projector at ``x`` (``I − x̂x̂ᵀ`` per token). See the module docstring for why this is the divergence.
 
     Args:
         velocity: ``v(x, t)`` as in :func:`spherical.integrate` (samples must not interact: axis 0 is a batch).
         x: ``[B, ..., C]`` points on ``sphere``.
         t: 0-dim time.
         sphere: the manifold.
-        method: ``exact`` (``Σ_i ⟨P e_i, J P e_i⟩ = tr(P J P)`` over the D = N·C coordinate vectors: D
-            vector–Jacobian products, memory ``O(chunk·B·D)``) or ``hutchinson``.
-        probes: for ``hutchinson``: ``[P, B, ..., C]`` ambient probe vectors ``ε`` (``E[εεᵀ] = I``);
-            they are tangent-projected at ``x`` here.
+        method: ``exact`` (``Σ_i ⟨P e_i, J P e_i⟩ = tr(P J P)`` over the D coordinate vectors: D
+            vector–Jacobian products) or ``hutchinson`` (``mean_p ⟨z_p, J z_p⟩`` with ``z_p = P ε_p``).
+        probe_vectors: for ``hutchinson``: ``[P, B, ..., C]`` ambient probe vectors ``ε`` (``E[εεᵀ] = I``);
+            they are tangent-projected at ``x`` here. (:func:`log_likelihood` draws them: its ``probes`` is
+            their count.)
+        chunk: the memory knob of both methods: how many vector–Jacobian products one batched backward
+            pass computes (memory ``O(chunk·B·D)`` for the cotangents and their products; default 256).
+        probes: the former name of ``probe_vectors`` (a tensor; accepted with a ``FutureWarning``).
 
     Returns:
         ``(v [B, ..., C] tangent at x, div [B])``, both detached.
     """
+    if probes is not None:
+        if not isinstance(probes, Tensor):
+            raise ValueError(f"divergence: probes={probes!r} is log_likelihood's probe count; divergence takes "
+                             f"the vectors themselves as probe_vectors=[P, *x.shape]")
+        if probe_vectors is not None:
+            raise ValueError("divergence: pass probe_vectors only (probes is its former name)")
+        warnings.warn("divergence(probes=tensor) is now divergence(probe_vectors=tensor)", FutureWarning,
+                      stacklevel=2)
+        probe_vectors = probes
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2 or x.shape[-1] < 2:
         raise ValueError(f"divergence: x must be a floating [B, ..., C] tensor with C >= 2, got "
                          f"{getattr(x, 'shape', type(x))}")
     if method not in ("exact", "hutchinson"):
         raise ValueError(f"divergence: method must be 'exact' or 'hutchinson', got {method!r}")
-    if method == "hutchinson" and (not isinstance(probes, Tensor) or probes.dim() != x.dim() + 1
-                                   or probes.shape[1:] != x.shape):
-        raise ValueError(f"divergence: hutchinson needs probes of shape [P, *x.shape] = [P, {tuple(x.shape)}], "
-                         f"got {tuple(getattr(probes, 'shape', ())) if probes is not None else None}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"divergence: chunk must be a positive int (VJPs per backward pass), got {chunk!r}")
+    if method == "hutchinson" and (not isinstance(probe_vectors, Tensor) or probe_vectors.dim() != x.dim() + 1
+                                   or probe_vectors.shape[1:] != x.shape):
+        got = tuple(probe_vectors.shape) if isinstance(probe_vectors, Tensor) else probe_vectors
+        raise ValueError(f"divergence: hutchinson needs probe_vectors, probes of shape [P, *x.shape] = "
+                         f"[P, {tuple(x.shape)}], got {got}")
     B = x.shape[0]
     with torch.enable_grad():
         y = x.detach().requires_grad_(True)
@@ -99,17 +123,30 @@ def divergence(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersphere,
         if method == "exact":  # Σ_i ⟨P e_i, J P e_i⟩ = tr(P J P), in chunks of basis vectors
             D = x[0].numel()
             div = torch.zeros(B, dtype=x.dtype, device=x.device)
-            for i0 in range(0, D, _EXACT_CHUNK):
-                k = min(_EXACT_CHUNK, D - i0)
+            for i0 in range(0, D, chunk):
+                k = min(chunk, D - i0)
                 e = torch.zeros(k, D, dtype=x.dtype, device=x.device)
                 e[torch.arange(k), torch.arange(i0, i0 + k)] = 1.0
                 pe = sphere.proju(x.unsqueeze(0), e.reshape((k, 1) + tuple(x.shape[1:])).expand((k,) + tuple(x.shape)))
-                div = div + (_vjps(v, y, pe) * pe).reshape(k, B, -1).sum(-1).sum(0)
+                div = div + (_vjps(v, y, pe, chunk) * pe).reshape(k, B, -1).sum(-1).sum(0)
         else:
-            z = sphere.proju(x.unsqueeze(0), probes.to(x.dtype))
-            zJ = _vjps(v, y, z)
+            z = sphere.proju(x.unsqueeze(0), probe_vectors.to(x.dtype))
+            zJ = _vjps(v, y, z, chunk)
             div = (zJ * z).reshape(z.shape[0], B, -1).sum(-1).mean(0)
     return v.detach(), div.detach()
+
+
+def _check_on_sphere(sphere: Hypersphere, x: Tensor, rtol: float = 1e-4) -> None:
+    """ValueError naming ``x`` and its worst point unless every ``‖x‖`` is within ``rtol·R`` of ``R``."""
+    nx = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    r = torch.ones_like(nx) * sphere._rad(x)
+    gap = ((nx - r).abs() / r).nan_to_num(nan=math.inf)
+    worst = float(gap.max())
+    if not worst <= rtol:
+        idx = tuple(int(i) for i in torch.unravel_index(gap.argmax(), gap.shape)[:-1])
+        raise ValueError(f"log_likelihood: x must lie on the sphere (|‖x‖ − R| <= {rtol:g}·R), but x{list(idx)} "
+                         f"has ‖x‖ = {float(nx[idx]):.6g} against R = {float(r[idx]):.6g}; project it with "
+                         f"sphere.projx(x) first")
 
 
 def _uniform_log_prob(sphere: Hypersphere, x: Tensor) -> Tensor:
@@ -124,7 +161,8 @@ def _uniform_log_prob(sphere: Hypersphere, x: Tensor) -> Tensor:
 def log_likelihood(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersphere, method: str = "rk4",
                    divergence: str = "exact", probes: int = 1,
                    base: Optional[Callable[[Tensor], Tensor]] = None,
-                   generator: Optional[torch.Generator] = None, rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
+                   generator: Optional[torch.Generator] = None, rtol: float = 1e-5, atol: float = 1e-5,
+                   chunk: int = _EXACT_CHUNK) -> Tensor:
     r"""``log p(x)`` under the flow of ``velocity``, from the data end ``t[0]`` to the noise end ``t[-1]``.
 
     Integrates ``x`` (on the manifold) jointly with ``a = ∫ div_M v(x_t, t) dt`` (Euclidean) and returns
@@ -135,8 +173,9 @@ def log_likelihood(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersph
             Samples must be independent (axis 0 is a batch: no batch norm in training mode).
         x: ``[B, ..., C]`` data points on ``sphere``; axis 0 is the batch, the rest one sample
             (``[B, C]`` points, ``[B, N, C]`` N tokens: the divergence is the trace over all N·C coordinates).
-        t: ``[K]`` strictly monotone time grid, normally ``linspace(0, 1, K)`` (data → noise); adaptive
-            methods use only its end points.
+        t: ``[K]`` strictly *increasing* time grid, normally ``linspace(0, 1, K)``: data at ``t[0]``, noise
+            at ``t[-1]`` (the direction this function integrates; a decreasing grid, as used to *sample*
+            with :func:`spherical.integrate`, is refused); adaptive methods use only its end points.
         sphere: the manifold.
         method: a fixed-grid method stepping with the exponential map (``euler``, ``midpoint``, ``heun``,
             ``rk4``) or an adaptive pair (``dopri5``, ``bosh3``, with ``rtol``/``atol``). The projected
@@ -148,6 +187,13 @@ def log_likelihood(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersph
         generator: RNG for the probes.
         rtol: relative tolerance of the adaptive methods.
         atol: absolute tolerance of the adaptive methods.
+        chunk: vector–Jacobian products per backward pass of the divergence (memory knob, see
+            :func:`divergence`).
+
+    Raises:
+        ValueError: before any integration, for a bad argument, a decreasing grid, or ``x`` off the sphere
+            (``|‖x‖ − R| > 1e-4·R`` for some point: the message names ``x`` and the worst point).
+        FloatingPointError: the velocity returned NaN/Inf (raised at the first bad step).
 
     Returns:
         ``[B]`` log-densities, in ``x``'s dtype, without autograd history.
@@ -163,8 +209,15 @@ def log_likelihood(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersph
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2 or x.shape[-1] < 2:
         raise ValueError(f"log_likelihood: x must be a floating [B, ..., C] tensor with C >= 2, got "
                          f"{getattr(x, 'shape', type(x))}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"log_likelihood: chunk must be a positive int (VJPs per backward pass), got {chunk!r}")
     t = _check_grid(t, "log_likelihood").to(device=x.device)
+    if not bool(t[-1] > t[0]):
+        raise ValueError(f"log_likelihood: t must increase from the data end to the noise end (e.g. "
+                         f"torch.linspace(0, 1, K)), got t[0]={float(t[0]):g} > t[-1]={float(t[-1]):g}; a "
+                         f"decreasing grid is for sampling with integrate")
     x = x.detach()
+    _check_on_sphere(sphere, x)
     eps = None
     if divergence != "exact":
         shape = (probes,) + tuple(x.shape)
@@ -176,7 +229,7 @@ def log_likelihood(velocity: Velocity, x: Tensor, t: Tensor, *, sphere: Hypersph
     kind = "exact" if divergence == "exact" else "hutchinson"
 
     def field(y: Tensor, tt: Tensor) -> Tuple[Tensor, Tensor]:
-        return _divergence_fn(velocity, y, tt, sphere=sphere, method=kind, probes=eps)
+        return _divergence_fn(velocity, y, tt, sphere=sphere, method=kind, probe_vectors=eps, chunk=chunk)
 
     aux = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     if method in ADAPTIVE_METHODS:

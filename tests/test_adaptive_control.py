@@ -92,7 +92,7 @@ def reference(g, grid, a0, *, method, rtol, atol, sphere_d0=0.0, sphere_d1=0.0, 
     return a, nfe, acc, rej
 
 
-def run(method, grid, *, rtol, atol, omega=0.0, a0=(0.5, -1.0), R=2.0):
+def run(method, grid, *, rtol, atol, omega=0.0, a0=(0.5, -1.0), R=2.0, k=1.0):
     """The solver on the same quadrature, the sphere part static (ω = 0) or a geodesic of speed ω·R."""
     S = Hypersphere(R)
     x = torch.tensor([[R, 0.0, 0.0]], dtype=F64)
@@ -100,25 +100,30 @@ def run(method, grid, *, rtol, atol, omega=0.0, a0=(0.5, -1.0), R=2.0):
     J[0, 1], J[1, 0] = -1.0, 1.0
 
     def field(y, t):
-        return omega * (y @ J.T), torch.tensor(pulse(float(t)), dtype=F64)
+        return omega * (y @ J.T), k * torch.tensor(pulse(float(t)), dtype=F64)
 
     _, a, stats = solve_adaptive(field, S, x, torch.tensor(grid, dtype=F64), method=method, rtol=rtol, atol=atol,
                                  aux=torch.tensor(a0, dtype=F64))
     return a, stats
 
 
-CASES = [("dopri5", [0.0, 1.0], 1e-6, 0.0), ("dopri5", [0.0, 0.3, 0.55, 0.61, 1.0], 1e-6, 0.0),
-         ("dopri5", [1.0, 0.0], 1e-8, 0.0), ("bosh3", [0.0, 1.0], 1e-5, 0.0), ("bosh3", [0.0, 0.5, 1.0], 1e-5, 0.0),
-         ("dopri5", [0.0, 1.0], 1e-6, 3.0), ("bosh3", [0.0, 0.45, 1.0], 1e-4, 50.0)]
+A0 = (0.5, -1.0)
+# The last case makes the auxiliary state (not the sphere, R = 0.01) set Hairer's d0, and fast rates make
+# 100·h0 (not h1) the first step: it pins d0 = max(sphere, auxiliary) of the first-step formula.
+CASES = [("dopri5", [0.0, 1.0], 1e-6, 0.0, A0, 2.0, 1.0),
+         ("dopri5", [0.0, 0.3, 0.55, 0.61, 1.0], 1e-6, 0.0, A0, 2.0, 1.0),
+         ("dopri5", [1.0, 0.0], 1e-8, 0.0, A0, 2.0, 1.0), ("bosh3", [0.0, 1.0], 1e-5, 0.0, A0, 2.0, 1.0),
+         ("bosh3", [0.0, 0.5, 1.0], 1e-5, 0.0, A0, 2.0, 1.0), ("dopri5", [0.0, 1.0], 1e-6, 3.0, A0, 2.0, 1.0),
+         ("bosh3", [0.0, 0.45, 1.0], 1e-4, 50.0, A0, 2.0, 1.0),
+         ("dopri5", [0.0, 1.0], 1e-6, 0.0, (100.0, -100.0), 0.01, 5000.0)]
 
 
-@pytest.mark.parametrize("method,grid,tol,omega", CASES)
-def test_stats_equal_the_reference_controller(method, grid, tol, omega):
-    R = 2.0
+@pytest.mark.parametrize("method,grid,tol,omega,a0,R,k", CASES)
+def test_stats_equal_the_reference_controller(method, grid, tol, omega, a0, R, k):
     sc = tol + tol * R
-    a_ref, nfe, acc, rej = reference(pulse, grid, [0.5, -1.0], method=method, rtol=tol, atol=tol,
-                                     sphere_d0=R / sc, sphere_d1=omega * R / sc)
-    a, stats = run(method, grid, rtol=tol, atol=tol, omega=omega, R=R)
+    a_ref, nfe, acc, rej = reference(lambda t: [k * p for p in pulse(t)], grid, list(a0), method=method, rtol=tol,
+                                     atol=tol, sphere_d0=R / sc, sphere_d1=omega * R / sc)
+    a, stats = run(method, grid, rtol=tol, atol=tol, omega=omega, R=R, a0=a0, k=k)
     assert stats == SolverStats(nfe, acc, rej), (stats, (nfe, acc, rej))
     assert rej >= 1 or method == "bosh3" and omega == 50.0  # the pulse forces rejections
     torch.testing.assert_close(a, torch.tensor(a_ref, dtype=F64), rtol=1e-12, atol=1e-14)

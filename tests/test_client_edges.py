@@ -79,3 +79,100 @@ def test_mean_and_resultant_length_are_both_properties_and_the_method_spelling_a
     assert isinstance(law.resultant_length, torch.Tensor) and law.resultant_length.shape == (1,)
     torch.testing.assert_close(law.mean.norm(dim=-1), 2.0 * law.resultant_length)
     torch.testing.assert_close(law.mean_resultant_length(), law.resultant_length)
+
+
+# ---------------------------------------------------------------------------------------------- likelihoods
+def _counted(v):
+    calls = []
+
+    def f(x, t):
+        calls.append(float(t))
+        return v(x, t)
+
+    return f, calls
+
+
+def test_off_sphere_input_fails_before_any_integration_naming_the_input():
+    S = Hypersphere(2.0)
+    x = S.random_uniform(3, 4, dtype=F64, generator=torch.Generator().manual_seed(0)).as_subclass(torch.Tensor)
+    x = x.clone()
+    x[1] *= 1.01
+    f, calls = _counted(lambda y, t: torch.roll(y, 1, -1))
+    with pytest.raises(ValueError, match=r"x must lie on the sphere .* x\[1\] has ‖x‖ = 2\.02 against R = 2") as e:
+        log_likelihood(f, x, torch.linspace(0, 1, 5, dtype=F64), sphere=S, method="dopri5")
+    assert calls == [] and "\n" not in str(e.value)
+
+
+def test_a_decreasing_grid_is_refused_before_any_integration():
+    """log_likelihood integrates data (t[0]) → noise (t[-1]); the sampling grid linspace(1, 0) of integrate
+    would silently compute another quantity."""
+    S = Hypersphere(1.0)
+    x = S.random_uniform(2, 3, dtype=F64, generator=torch.Generator().manual_seed(1))
+    f, calls = _counted(lambda y, t: torch.roll(y, 1, -1))
+    with pytest.raises(ValueError, match=r"t must increase from the data end to the noise end .* t\[0\]=1 > t\[-1\]=0"):
+        log_likelihood(f, x, torch.linspace(1, 0, 5, dtype=F64), sphere=S)
+    assert calls == []
+    integrate(f, x, torch.linspace(1, 0, 5, dtype=F64), sphere=S)  # sampling direction stays valid for integrate
+    assert len(calls) == 4
+
+
+def test_probes_has_one_meaning_per_function():
+    """log_likelihood(probes=int) counts probes; divergence takes the vectors as probe_vectors= (its old
+    spelling probes=tensor still works, with a FutureWarning; an int there is a one-line error)."""
+    S = Hypersphere(1.5)
+    g = torch.Generator().manual_seed(2)
+    x = S.random_uniform(3, 4, dtype=F64, generator=g)
+    W = torch.randn(4, 4, dtype=F64, generator=g)
+    v = lambda y, t: torch.tanh(y @ W.T)  # noqa: E731
+    eps = torch.randn(5, 3, 4, dtype=F64, generator=g)
+    _, d_new = divergence(v, x, torch.tensor(0.0), sphere=S, method="hutchinson", probe_vectors=eps)
+    with pytest.warns(FutureWarning, match="probe_vectors"):
+        _, d_old = divergence(v, x, torch.tensor(0.0), sphere=S, method="hutchinson", probes=eps)
+    assert torch.equal(d_new, d_old)
+    with pytest.raises(ValueError, match="probes=4 is log_likelihood's probe count"):
+        divergence(v, x, torch.tensor(0.0), sphere=S, method="hutchinson", probes=4)
+    with pytest.raises(ValueError, match="probes must be a positive int"):
+        log_likelihood(v, x, torch.linspace(0, 1, 3, dtype=F64), sphere=S, divergence="hutchinson", probes=eps)
+
+
+def test_divergence_chunk_is_a_memory_knob_only():
+    """tr(P J P) is the same whatever the number of VJPs per backward pass; the Jacobian is in x."""
+    S = Hypersphere(1.5)
+    g = torch.Generator().manual_seed(3)
+    x = S.random_uniform(2, 3, 5, dtype=F64, generator=g)
+    W = torch.randn(5, 5, dtype=F64, generator=g)
+    v = lambda y, t: torch.tanh(y @ W.T) * (1 + t)  # noqa: E731
+    divs = [divergence(v, x, torch.tensor(0.5, dtype=F64), sphere=S, chunk=c)[1] for c in (1, 4, 256)]
+    torch.testing.assert_close(divs[0], divs[1], rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(divs[0], divs[2], rtol=1e-13, atol=1e-13)
+    # by hand: tr(P J P) with J the Jacobian of P_y v(y) in y, per token, summed over the sample's tokens
+    def proj_field(y):
+        return S.proju(y, v(y, torch.tensor(0.5, dtype=F64)))
+    want = []
+    for b in range(2):
+        J = torch.autograd.functional.jacobian(proj_field, x[b].as_subclass(torch.Tensor)).reshape(15, 15)
+        P = torch.block_diag(*[torch.eye(5, dtype=F64) - torch.outer(p, p) / 1.5**2 for p in x[b]])
+        want.append(torch.trace(P @ J @ P))
+    torch.testing.assert_close(divs[0], torch.stack(want), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="chunk must be a positive int"):
+        divergence(v, x, torch.tensor(0.0), sphere=S, chunk=0)
+
+
+# ---------------------------------------------------------------------------------------------- compile
+def test_compiled_vmap_jacrev_of_logmap_across_channel_counts_with_dynamic_false():
+    """torch.func transforms of our ops under torch.compile(fullgraph=True): pass dynamic=False. With the
+    default (automatic dynamic shapes) the second channel count in a process recompiles with a symbolic C,
+    which torch's batching rules do not support (docs/flows.md); dynamic=False recompiles per shape instead.
+    (backend="eager" runs the same dynamo trace as inductor, without the C++ compile time.)"""
+    from torch.func import jacrev, vmap
+
+    S = Hypersphere(1.0)
+    torch._dynamo.reset()
+    fn = vmap(jacrev(S.logmap, argnums=1))
+    compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend="eager")
+    g = torch.Generator().manual_seed(4)
+    for C in (3, 5):
+        x = S.random_uniform(4, C, generator=g).as_subclass(torch.Tensor)
+        y = S.random_uniform(4, C, generator=g).as_subclass(torch.Tensor)
+        torch.testing.assert_close(compiled(x, y), fn(x, y))
+    torch._dynamo.reset()

@@ -64,7 +64,7 @@ def test_divergence_of_gradient_of_linear_function_is_minus_laplacian(C, R, seed
     torch.testing.assert_close(v, n - (x @ n)[:, None] * x / R**2)  # the radial 3y is projected away
     # Hutchinson with many probes converges to it
     eps = torch.randn((3000, 4, C), dtype=F64, generator=g)
-    _, dh = divergence(lambda y, t: n.expand_as(y), x, torch.tensor(0.0), sphere=S, method="hutchinson", probes=eps)
+    _, dh = divergence(lambda y, t: n.expand_as(y), x, torch.tensor(0.0), sphere=S, method="hutchinson", probe_vectors=eps)
     scale = (C - 1) * n.norm().item() / R
     assert (dh - d).abs().max().item() < 0.15 * scale
 

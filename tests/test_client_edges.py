@@ -156,23 +156,3 @@ def test_divergence_chunk_is_a_memory_knob_only():
     torch.testing.assert_close(divs[0], torch.stack(want), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="chunk must be a positive int"):
         divergence(v, x, torch.tensor(0.0), sphere=S, chunk=0)
-
-
-# ---------------------------------------------------------------------------------------------- compile
-def test_compiled_vmap_jacrev_of_logmap_across_channel_counts_with_dynamic_false():
-    """torch.func transforms of our ops under torch.compile(fullgraph=True): pass dynamic=False. With the
-    default (automatic dynamic shapes) the second channel count in a process recompiles with a symbolic C,
-    which torch's batching rules do not support (docs/flows.md); dynamic=False recompiles per shape instead.
-    (backend="eager" runs the same dynamo trace as inductor, without the C++ compile time.)"""
-    from torch.func import jacrev, vmap
-
-    S = Hypersphere(1.0)
-    torch._dynamo.reset()
-    fn = vmap(jacrev(S.logmap, argnums=1))
-    compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend="eager")
-    g = torch.Generator().manual_seed(4)
-    for C in (3, 5):
-        x = S.random_uniform(4, C, generator=g).as_subclass(torch.Tensor)
-        y = S.random_uniform(4, C, generator=g).as_subclass(torch.Tensor)
-        torch.testing.assert_close(compiled(x, y), fn(x, y))
-    torch._dynamo.reset()

@@ -82,7 +82,8 @@ MUTATIONS: List[Mutation] = [
     M("normal.dexp_inv_sinc", NRM, "return par + (wb - par) / sinc(nxi / r)", "return par + (wb - par)", T_ADA),
     # --- fixed-grid integration and likelihoods ------------------------------------------------------------
     M("integrate.nan_stop", INT, '_check_finite(x, "integrate", t, k)', "pass", T_NAN),
-    M("integrate.rk4_weights", INT, "(1 / 6, 1 / 3, 1 / 3, 1 / 6)", "(1 / 6, 1 / 3, 1 / 6, 1 / 3)", T_INT + "::test_observed_order"),
+    M("integrate.rk4_weights", INT, "(1 / 6, 1 / 3, 1 / 3, 1 / 6)", "(1 / 6, 1 / 3, 1 / 6, 1 / 3)",
+      T_INT + "::test_observed_order"),
     M("likelihood.sign", LIK, "return (lp.to(x.dtype) + a1).detach()", "return (lp.to(x.dtype) - a1).detach()",
       T_LIK_CAP),
     M("likelihood.base_sum", LIK, "lp.reshape(x.shape[0], -1).sum(-1)", "lp.reshape(x.shape[0], -1).mean(-1)",

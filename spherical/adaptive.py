@@ -160,14 +160,14 @@ def solve_adaptive(field: JointField, sphere: Hypersphere, x: Tensor, t: Tensor,
         beta: weight of the previous error in the PI controller (Hairer's DOPRI5 default 0.04; 0 is the
             classical I controller ``safety·E^(−1/(q+1))``).
         max_steps: raises ``RuntimeError`` after this many attempted steps.
-
-    Raises:
-        FloatingPointError: at the first step whose stages or error estimate hold NaN/Inf (a non-finite
-            velocity cannot be cured by a smaller step: the solver stops at once, naming the times).
         return_path: stack the states at all grid points (``[K, ...]``) instead of the last one.
 
     Returns:
         ``(x, aux, stats)`` at ``t[-1]`` (or their paths), ``aux`` is ``None`` without an auxiliary state.
+
+    Raises:
+        FloatingPointError: at the first step whose stages or error estimate hold NaN/Inf (a non-finite
+            velocity cannot be cured by a smaller step: the solver stops at once, naming the times).
     """
     if method not in TABLEAUX:
         raise ValueError(f"solve_adaptive: unknown method {method!r}; expected one of {ADAPTIVE_METHODS}")

@@ -273,8 +273,8 @@ class PowerSpherical(_Directional):
     With ``β = (C−1)/2`` and ``α = β + κ``: ``⟨μ, x̂⟩ = 2z − 1`` with ``z ~ Beta(α, β)``, and
     ``log p = κ·log(1 + ⟨μ, x̂⟩) − log N − (C−1)·log R``,
     ``log N = (α+β)·log 2 + β·log π + lgamma(α) − lgamma(α+β)``. Sampling is reparameterised
-    (``rsample``: ``z = X/(X+Y)`` from two reparameterised Gamma draws, then a Householder reflection), so gradients
-    reach ``loc`` and ``concentration``. κ = 0 is the uniform law exactly.
+    (``rsample``: ``z = X/(X+Y)`` from two reparameterised Gamma draws, then a Householder reflection), so
+    gradients reach ``loc`` and ``concentration``. κ = 0 is the uniform law exactly.
 
     Args: as :class:`VonMisesFisher`.
     """

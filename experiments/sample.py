@@ -38,7 +38,7 @@ from experiments.common.cli_common import require_finite, validate_sample_args  
 from experiments.common.data import mix_seed  # noqa: E402
 from experiments.common.dit_io import (DEFAULT_DIT_RUN, decode_norm, load_autoencoder, load_dit,  # noqa: E402
                                       resolve_ckpt)
-from experiments.common.trainer import OneLineParser, UserError, autocast, run_cli  # noqa: E402
+from experiments.common.trainer import NonFiniteError, OneLineParser, UserError, autocast, run_cli  # noqa: E402
 from spherical import ADAPTIVE_METHODS, METHODS, Hypersphere, dimension_shift, integrate, odeint, time_shift  # noqa: E402
 
 Tensor = torch.Tensor
@@ -237,8 +237,12 @@ def run(args, info) -> int:
         idx = list(range(s, min(hi, s + args.batch_size)))
         noise = sample_noise(idx, latent["num_tokens"], latent["channels"], latent["radius"], args.seed, dev,
                              flow=flow)
-        z, img = generate(model, ae, labels[idx].to(dev), latent, decode_norm=s_vae, noise=noise,
-                          **kw)
+        try:
+            z, img = generate(model, ae, labels[idx].to(dev), latent, decode_norm=s_vae, noise=noise,
+                              **kw)
+        except FloatingPointError as e:  # the integrators stop at the first non-finite step
+            raise NonFiniteError(f"non-finite latents in samples {idx[0]}..{idx[-1]} ({e}); nothing written "
+                                 f"(check --cfg and the other sampling settings, or the checkpoint)") from None
         require_finite(f"samples {idx[0]}..{idx[-1]}", latents=z, images=img)  # never write garbage
         parts.append(to_uint8(img))
         if sum(g.shape[0] for g in grid) < args.grid:

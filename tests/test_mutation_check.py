@@ -19,18 +19,20 @@ def _module():
 
 def test_mutation_script_kills_a_bug_keeps_a_no_op_and_reports_a_missing_snippet(tmp_path):
     mc = _module()
-    (tmp_path / "toy.py").write_text("def f():\n    return 1\n")
+    # module names no other test uses: the children are forked from this pytest process (sys.modules included)
+    (tmp_path / "mc_toy_mod.py").write_text("def f():\n    return 1\n")
     (tmp_path / "tests").mkdir()
-    (tmp_path / "tests" / "test_toy.py").write_text("from toy import f\n\n\ndef test_f():\n    assert f() == 1\n")
-    muts = [mc.Mutation("bug", "toy.py", "return 1", "return 2", ("tests/test_toy.py",)),
-            mc.Mutation("noop", "toy.py", "return 1", "return (1)", ("tests/test_toy.py",)),
-            mc.Mutation("missing", "toy.py", "return 3", "return 4", ("tests/test_toy.py",))]
-    results = mc.run_all(muts, root=tmp_path, jobs=2, timeout=60, parts=("toy.py", "tests"), extra=(),
+    (tmp_path / "tests" / "test_mc_toy_mod.py").write_text("from mc_toy_mod import f\n\n\ndef test_f():\n"
+                                                           "    assert f() == 1\n")
+    muts = [mc.Mutation("bug", "mc_toy_mod.py", "return 1", "return 2", ("tests/test_mc_toy_mod.py",)),
+            mc.Mutation("noop", "mc_toy_mod.py", "return 1", "return (1)", ("tests/test_mc_toy_mod.py",)),
+            mc.Mutation("missing", "mc_toy_mod.py", "return 3", "return 4", ("tests/test_mc_toy_mod.py",))]
+    results = mc.run_all(muts, root=tmp_path, jobs=2, timeout=60, parts=("mc_toy_mod.py", "tests"), extra=(),
                          log=lambda m: None, preload=False)
     assert [(r.id, r.status) for r in results] == [("bug", "killed"), ("noop", "survived"), ("missing", "error")]
     s = mc.summary(results)
     assert s["kill_ratio"] == 0.5 and s["survivors"] == ["noop"] and s["errors"] == ["missing"]
-    assert (tmp_path / "toy.py").read_text() == "def f():\n    return 1\n"
+    assert (tmp_path / "mc_toy_mod.py").read_text() == "def f():\n    return 1\n"
 
 
 def test_every_catalogued_snippet_occurs_exactly_once():

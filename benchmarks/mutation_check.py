@@ -92,7 +92,7 @@ MUTATIONS: List[Mutation] = [
     M("likelihood.rademacher", LIK, "(2 * torch.randint(0, 2, shape, generator=generator, device=dev) - 1)",
       "torch.randint(0, 2, shape, generator=generator, device=dev)", T_LIK_HUT),
     # --- the sphere's formulas ---------------------------------------------------------------------------
-    M("hypersphere.expmap_theta", HS, "cos_sinc_sq(_dot(u, u) / (r * r))", "cos_sinc_sq(_dot(u, u) / r)", *T_HS_EXPLOG),
+    M("hypersphere.expmap_theta", HS, "cos_sinc_sq(s / (r * r))", "cos_sinc_sq(s / r)", *T_HS_EXPLOG),
     M("hypersphere.log_antipode", HS, "g = torch.where(f.antipodal, r * f.theta, 0.0)",
       "g = torch.where(f.antipodal, 0.0 * f.theta, 0.0)",
       T_HS + "::test_antipodal_log_is_deterministic_and_exp_lands_on_minus_x"),

@@ -237,7 +237,13 @@ class Hypersphere(geoopt.Manifold):
         """``exp_x(u) = cos(‖u‖/R)·x + sinc(‖u‖/R)·u`` for ``x, u: [..., C]`` (u tangent at x)."""
         (x, u), dt = self._prep(x, u)
         r = self._rad(x)
-        cos_t, sinc_t = cos_sinc_sq(_dot(u, u) / (r * r))  # θ² = ‖u‖²/R²: smooth at u = 0 (2nd derivative)
+        # θ² = ‖u‖²/R² as a polynomial in u wherever derivatives are recorded (exact 2nd derivative at u = 0);
+        # an eager pass without autograd takes the (faster) norm, squared
+        if eager_mode() and not (torch.is_grad_enabled() and u.requires_grad):
+            s = _norm(u).square()
+        else:
+            s = _dot(u, u)
+        cos_t, sinc_t = cos_sinc_sq(s / (r * r))
         return _combine(x, cos_t, u, sinc_t).to(dt)
 
     def retr(self, x: Tensor, u: Tensor) -> Tensor:

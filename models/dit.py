@@ -1,7 +1,8 @@
 """LightningDiT: a class-conditional diffusion transformer over a square grid of latent tokens.
 
 The backbone the paper trains Riemannian flow matching with (LightningDiT-XL/1, 677 M parameters):
-adaLN-Zero conditioning, RMSNorm, SwiGLU feed-forward, 2-D rotary position embedding (RoPE) over the
+adaLN-Zero conditioning, RMSNorm, SwiGLU feed-forward, a fixed 2-D sin-cos absolute position embedding
+added to the input tokens *and* a 2-D rotary position embedding (RoPE) in attention, both over the
 √N×√N token grid, optional QK-norm, patch size 1 (one latent token = one transformer token).
 Optionally a wide DDT head (DiT^DH: two blocks of width 2048 after the trunk, conditioned per token on
 the trunk output).
@@ -22,7 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "DiTConfig", "LightningDiT", "LightningDiT_models", "cfg_combine", "count_parameters",
+    "DiTConfig", "LightningDiT", "LightningDiT_models", "cfg_combine", "config_from_dict", "count_parameters",
+    "sincos_pos_embed_2d",
     "LightningDiT_S_1", "LightningDiT_B_1", "LightningDiT_L_1", "LightningDiT_XL_1",
 ]
 
@@ -45,6 +47,10 @@ class DiTConfig:
         use_rope: 2-D rotary embedding on the token grid; if False the model has no positional
             information at all and is equivariant to token permutations.
         rope_base: RoPE frequency base.
+        abs_pos_embed: add LightningDiT's fixed 2-D sin-cos absolute position embedding
+            (:func:`sincos_pos_embed_2d`, a non-trainable buffer) to the embedded tokens, as LightningDiT
+            does on top of RoPE. Checkpoints written before this field existed had none: read their
+            config with :func:`config_from_dict`, which fills in False.
         time_scale: t in [0, 1] is multiplied by this before the sinusoidal embedding.
         ddt_head: append the wide DDT head (DiT^DH) after the trunk.
         ddt_hidden, ddt_depth, ddt_heads: width, blocks and heads of that head.
@@ -61,11 +67,22 @@ class DiTConfig:
     qk_norm: bool = False
     use_rope: bool = True
     rope_base: float = 10000.0
+    abs_pos_embed: bool = True
     time_scale: float = 1000.0
     ddt_head: bool = False
     ddt_hidden: int = 2048
     ddt_depth: int = 2
     ddt_heads: int = 16
+
+
+# Values of fields that checkpoints written before the field existed were trained with.
+LEGACY_CONFIG_DEFAULTS: dict[str, object] = {"abs_pos_embed": False}
+
+
+def config_from_dict(d: dict) -> DiTConfig:
+    """The :class:`DiTConfig` of a saved ``asdict(config)``; a field the dict predates takes its
+    :data:`LEGACY_CONFIG_DEFAULTS` value (what that checkpoint was trained with), else the default."""
+    return DiTConfig(**{**LEGACY_CONFIG_DEFAULTS, **d})
 
 
 def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -125,6 +142,34 @@ def rope_2d(num_tokens: int, head_dim: int, base: float = 10000.0,
     ang = torch.cat([ang_r, ang_c], dim=-1)                     # [N, hd/2]
     ang = torch.cat([ang, ang], dim=-1)                         # [N, hd] (rotate-half layout)
     return ang.cos(), ang.sin()
+
+
+def sincos_pos_embed_2d(num_tokens: int, dim: int) -> Tensor:
+    """LightningDiT's (and MAE's) fixed 2-D sin-cos position embedding of a row-major √N×√N grid.
+
+    Token ``i·√N + j`` (row i, column j) gets ``[e(j), e(i)]``: the first ``dim/2`` channels encode the
+    column, the last ``dim/2`` the row, each as ``e(p) = [sin(p·ω_k), cos(p·ω_k)]`` over the
+    ``dim/4`` frequencies ``ω_k = 10000^(-k/(dim/4))``. Computed in float64 and rounded to float32 once,
+    as LightningDiT stores it.
+
+    Returns:
+        ``[N, dim]`` float32.
+    """
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise ValueError(f"the sin-cos position embedding needs a square token grid, got N={num_tokens}")
+    if dim % 4:
+        raise ValueError(f"the sin-cos position embedding needs a width divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 10000.0 ** (torch.arange(quarter, dtype=torch.float64) / quarter)      # [dim/4]
+    pos = torch.arange(side, dtype=torch.float64)
+    rows, cols = torch.meshgrid(pos, pos, indexing="ij")
+
+    def one_axis(p: Tensor) -> Tensor:                           # [N] -> [N, dim/2]
+        ang = p.reshape(-1, 1) * omega
+        return torch.cat([ang.sin(), ang.cos()], dim=-1)
+
+    return torch.cat([one_axis(cols), one_axis(rows)], dim=-1).float()
 
 
 def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -269,6 +314,10 @@ class LightningDiT(nn.Module):
         super().__init__()
         self.config = cfg = config
         self.x_embedder = nn.Linear(cfg.in_channels, cfg.hidden_size)
+        # fixed, not trained, not saved (rebuilt from the config): [1, N, D] or absent
+        self.pos_embed: Tensor | None
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(cfg.num_tokens, cfg.hidden_size)[None]
+                             if cfg.abs_pos_embed else None, persistent=False)
         self.t_embedder = TimestepEmbedder(cfg.hidden_size, time_scale=cfg.time_scale)
         self.y_embedder = LabelEmbedder(cfg.num_classes, cfg.hidden_size, cfg.class_dropout_prob)
         self.blocks = nn.ModuleList(
@@ -330,6 +379,11 @@ class LightningDiT(nn.Module):
         t = t.reshape(-1).expand(b) if t.numel() == 1 else t
         c = self.t_embedder(t) + self.y_embedder(y, self.training, force_drop)   # [B, D]
         h = self.x_embedder(x)
+        if self.pos_embed is not None:
+            if n != self.pos_embed.shape[1]:
+                raise ValueError(f"the absolute position embedding is built for N={self.pos_embed.shape[1]} "
+                                 f"tokens, got N={n}")
+            h = h + self.pos_embed.to(h.dtype)
         rope = self._rope(n, self.config.hidden_size // self.config.num_heads, x.device)
         for block in self.blocks:
             h = block(h, c, rope)

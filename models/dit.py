@@ -51,7 +51,9 @@ class DiTConfig:
             (:func:`sincos_pos_embed_2d`, a non-trainable buffer) to the embedded tokens, as LightningDiT
             does on top of RoPE. Checkpoints written before this field existed had none: read their
             config with :func:`config_from_dict`, which fills in False.
-        time_scale: t in [0, 1] is multiplied by this before the sinusoidal embedding.
+        time_scale, time_offset: the sinusoidal embedding reads ``time_scale · t + time_offset``
+            (ours: 1000·t; a converted LightningDiT checkpoint: 1 − t, LightningDiT's own time, where
+            t = 1 is data; see :mod:`models.convert`).
         ddt_head: append the wide DDT head (DiT^DH) after the trunk.
         ddt_hidden, ddt_depth, ddt_heads: width, blocks and heads of that head.
     """
@@ -69,6 +71,7 @@ class DiTConfig:
     rope_base: float = 10000.0
     abs_pos_embed: bool = True
     time_scale: float = 1000.0
+    time_offset: float = 0.0
     ddt_head: bool = False
     ddt_hidden: int = 2048
     ddt_depth: int = 2
@@ -91,7 +94,8 @@ def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm over the last axis: ``x / sqrt(mean(x²) + eps) · w``; computed in float32."""
+    """RMSNorm over the last axis: ``x / sqrt(mean(x²) + eps) · w``; computed in float32 (float64 inputs
+    in float64)."""
 
     def __init__(self, dim: int, eps: float = 1e-6, affine: bool = True) -> None:
         super().__init__()
@@ -99,7 +103,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if affine else None
 
     def forward(self, x: Tensor) -> Tensor:
-        y = x.float()
+        y = x if x.dtype == torch.float64 else x.float()
         y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
         y = y.to(x.dtype)
         return y * self.weight if self.weight is not None else y
@@ -123,7 +127,11 @@ def rope_2d(num_tokens: int, head_dim: int, base: float = 10000.0,
     """Cos/sin tables of a 2-D rotary embedding over a row-major √N×√N grid.
 
     Half of each head's channels rotate with the row index, the other half with the column index,
-    each half with ``head_dim/4`` frequencies ``base^(-k/(head_dim/4))``.
+    each half with ``head_dim/4`` frequencies ``ω_k = 1 / base^(2k/(head_dim/2))``, computed in float32
+    exactly as LightningDiT (EVA's ``VisionRotaryEmbeddingFast``) computes them. Pairing: channel j
+    rotates with channel ``j + head_dim/2`` (rotate-half); LightningDiT pairs adjacent channels
+    ``(2j, 2j+1)`` with the same angle, so the two agree up to a permutation of q/k rows
+    (:func:`models.convert.rope_permutation`).
 
     Returns:
         ``(cos, sin)`` each ``[N, head_dim]``, laid out for :func:`_apply_rope` (rotate-half pairs).
@@ -134,7 +142,8 @@ def rope_2d(num_tokens: int, head_dim: int, base: float = 10000.0,
     if head_dim % 4:
         raise ValueError(f"head_dim must be divisible by 4 for 2-D RoPE, got {head_dim}")
     quarter = head_dim // 4
-    freqs = base ** (-torch.arange(quarter, dtype=torch.float32, device=device) / quarter)
+    exps = torch.arange(0, 2 * quarter, 2, dtype=torch.float32, device=device) / (2 * quarter)
+    freqs = 1.0 / (base ** exps)
     pos = torch.arange(side, dtype=torch.float32, device=device)
     rows, cols = torch.meshgrid(pos, pos, indexing="ij")
     ang_r = rows.reshape(-1, 1) * freqs                         # [N, hd/4]
@@ -173,10 +182,12 @@ def sincos_pos_embed_2d(num_tokens: int, dim: int) -> Tensor:
 
 
 def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x [B, H, N, hd]`` by the angles in ``cos/sin [N, hd]`` (rotate-half convention)."""
+    """Rotate ``x [B, H, N, hd]`` by the angles in ``cos/sin [N, hd]`` (rotate-half convention);
+    computed in float32, or float64 for float64 inputs."""
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+    wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return (x.to(wide) * cos.to(wide) + rotated.to(wide) * sin.to(wide)).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -245,17 +256,21 @@ class FinalLayer(nn.Module):
 
 
 class TimestepEmbedder(nn.Module):
-    """Sinusoidal embedding of ``time_scale · t`` followed by a 2-layer SiLU MLP: ``[B] -> [B, D]``."""
+    """Sinusoidal embedding of ``time_scale · t + time_offset`` (float32, DiT's frequencies) followed by
+    a 2-layer SiLU MLP: ``[B] -> [B, D]``."""
 
-    def __init__(self, dim: int, freq_dim: int = 256, time_scale: float = 1000.0) -> None:
+    def __init__(self, dim: int, freq_dim: int = 256, time_scale: float = 1000.0,
+                 time_offset: float = 0.0) -> None:
         super().__init__()
-        self.freq_dim, self.time_scale = freq_dim, time_scale
+        self.freq_dim, self.time_scale, self.time_offset = freq_dim, time_scale, time_offset
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
         half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
-        args = (self.time_scale * t.float()).unsqueeze(-1) * freqs
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        s = self.time_scale * t.float()
+        s = s + self.time_offset if self.time_offset else s
+        args = s.unsqueeze(-1) * freqs
         emb = torch.cat([args.cos(), args.sin()], dim=-1)
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
@@ -318,7 +333,8 @@ class LightningDiT(nn.Module):
         self.pos_embed: Tensor | None
         self.register_buffer("pos_embed", sincos_pos_embed_2d(cfg.num_tokens, cfg.hidden_size)[None]
                              if cfg.abs_pos_embed else None, persistent=False)
-        self.t_embedder = TimestepEmbedder(cfg.hidden_size, time_scale=cfg.time_scale)
+        self.t_embedder = TimestepEmbedder(cfg.hidden_size, time_scale=cfg.time_scale,
+                                           time_offset=cfg.time_offset)
         self.y_embedder = LabelEmbedder(cfg.num_classes, cfg.hidden_size, cfg.class_dropout_prob)
         self.blocks = nn.ModuleList(
             DiTBlock(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio, cfg.qk_norm)

@@ -6,20 +6,18 @@ tests/data/README.md): seeded weights, inputs and outputs in float32 and float64
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
-
 import pytest
 import torch
 
 from models.convert import ConversionError, lightningdit_to_ours, ours_to_lightningdit, rope_permutation
 from models.dit import DiTConfig, LightningDiT, _apply_rope, rope_2d
-
-FIXTURE = Path(__file__).parent / "data" / "lightningdit_tiny.pt"
+from golden import load, unpack
 
 
 @pytest.fixture(scope="module")
 def fixture() -> dict:
-    return torch.load(FIXTURE, weights_only=True)
+    f = load("lightningdit_tiny.pt")
+    return {k: {**v, "state_dict": unpack(v["state_dict"])} for k, v in f.items()}
 
 
 def _tokens(a: torch.Tensor) -> torch.Tensor:

@@ -58,8 +58,8 @@ class AutoencoderConfig:
             teacher's constant part. No effect on the ``patchify`` stem, which copies the whole patchify.
         structure: ``"table8"`` (default: this project's reading of the paper) or ``"release"``: build
             exactly what the released DINO-SAE code builds, to load its checkpoints
-            (:mod:`models.convert_sae`): conv stem without biases, EfficientViT blocks without norms and
-            with attention eps 1e-15, duplicating shortcuts only, upsampling exactly ×p. Checkpoints
+            (:mod:`models.convert_sae`): conv stem without biases, EfficientViT blocks without norms,
+            duplicating shortcuts only, upsampling exactly ×p. Checkpoints
             written before the field existed are ``"table8"``.
     """
 

@@ -75,7 +75,8 @@ def _infer_mlp_ratio(hidden: int, dim: int) -> float:
 
 
 def lightningdit_to_ours(state: dict[str, Tensor], *, num_heads: int | None = None, flip_time: bool = True,
-                         class_dropout_prob: float = 0.1) -> tuple[DiTConfig, dict[str, Tensor]]:
+                         class_dropout_prob: float = 0.1, num_classes: int | None = None
+                         ) -> tuple[DiTConfig, dict[str, Tensor]]:
     """A LightningDiT state dict (its ``model``/``ema`` entry) → ``(DiTConfig, our state dict)``.
 
     Args:
@@ -83,6 +84,9 @@ def lightningdit_to_ours(state: dict[str, Tensor], *, num_heads: int | None = No
         num_heads: attention heads; read from the RoPE table when the checkpoint has one.
         flip_time: our time convention (see the module docstring) or LightningDiT's t as is.
         class_dropout_prob: training-only, not in the weights; stored in the config.
+        num_classes: the real classes, when known: the table must then have num_classes + 1 rows
+            (LightningDiT has no null row when trained without label dropout, and that cannot be told
+            from the weights alone; default: rows − 1).
 
     Raises:
         ConversionError: one line, for anything that cannot be mapped exactly.
@@ -112,6 +116,10 @@ def lightningdit_to_ours(state: dict[str, Tensor], *, num_heads: int | None = No
         raise ConversionError("this LightningDiT has no RoPE table to read the head count from: pass num_heads")
     num_tokens = sd["pos_embed"].shape[1]
     rows = sd["y_embedder.embedding_table.weight"].shape[0]
+    if num_classes is not None and rows != num_classes + 1:
+        raise ConversionError(f"label table with {rows} rows for {num_classes} classes: expected {num_classes + 1} "
+                              "(the last row is the null class; a LightningDiT trained without label dropout "
+                              "has none, and ours needs it)")
     if rows < 2:
         raise ConversionError(f"label table with {rows} row(s): LightningDiT trained with label dropout has "
                               "num_classes + 1 rows (the last is the null class)")

@@ -102,7 +102,7 @@ class ConvDecoder(nn.Module):
         patch_size: pixels per token side (output side = patch_size · √N).
         config: a :class:`DecoderConfig`.
         structure: ``"table8"`` (above) or ``"release"``: the released code's decoder. There the
-            EfficientViT blocks have no norms and attention eps 1e-15, every shortcut duplicates channels
+            EfficientViT blocks have no norms, every shortcut duplicates channels
             (it cannot average: widths that need averaging raise ValueError, as the release's assert
             does), and the stages upsample exactly ``patch_size`` (len(widths) − 1 = log2 p, every stage
             with blocks): no extra upsampling blocks, no resize.

@@ -64,14 +64,16 @@ class ReLULinearAttention(nn.Module):
     Args:
         channels: C; heads = max(1, C // head_dim).
         head_dim: d.
-        eps: added to the denominator (1e-6 ours; efficientvit's LiteMLA and the released code: 1e-15).
+        eps: added to the denominator; 1e-15 as efficientvit's LiteMLA and the released code (the output
+            is a convex combination of the v_j whenever the denominator is positive, so a tiny eps is
+            safe; it is computed in ≥ float32).
         norm: the TRMS2d after the projection (False: the released code's blocks, which lose it).
 
     Shapes:
         ``[B, C, H, W]`` → ``[B, C, H, W]`` (the residual is added by the block).
     """
 
-    def __init__(self, channels: int, head_dim: int = 32, eps: float = 1e-6, norm: bool = True) -> None:
+    def __init__(self, channels: int, head_dim: int = 32, eps: float = 1e-15, norm: bool = True) -> None:
         super().__init__()
         self.heads = max(1, channels // head_dim)
         self.head_dim = head_dim
@@ -119,14 +121,13 @@ class EfficientViTBlock(nn.Module):
     """x ← x + Attn(x); x ← x + GLUMBConv(x). ``[B, C, H, W]`` → same shape.
 
     ``release=True`` builds what the released DINO-SAE code builds: no TRMS2d in either branch (it hands
-    efficientvit's ``build_norm`` a module where a name is expected, so the norms silently vanish) and
-    attention eps 1e-15.
+    efficientvit's ``build_norm`` a module where a name is expected, so the norms silently vanish).
     """
 
     def __init__(self, channels: int, head_dim: int = 32, expand: float = 4.0, release: bool = False,
                  **_: object) -> None:
         super().__init__()
-        self.attn = ReLULinearAttention(channels, head_dim, eps=1e-15 if release else 1e-6, norm=not release)
+        self.attn = ReLULinearAttention(channels, head_dim, norm=not release)
         self.local = GLUMBConv(channels, expand, norm=not release)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

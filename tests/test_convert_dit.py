@@ -94,6 +94,9 @@ def test_unconvertible_checkpoints_fail_with_one_line(fixture) -> None:
         lightningdit_to_ours({**sd, "x_embedder.proj.weight": torch.zeros(32, 8, 2, 2)})
     with pytest.raises(ConversionError, match="SwiGLU"):
         lightningdit_to_ours({k: v for k, v in sd.items() if ".mlp.w12." not in k})
+    with pytest.raises(ConversionError, match="label table with 11 rows for 11 classes"):
+        lightningdit_to_ours(sd, num_classes=11)
+    assert lightningdit_to_ours(sd, num_classes=10)[0].num_classes == 10
     with pytest.raises(ConversionError, match="pos_embed"):
         lightningdit_to_ours({**sd, "pos_embed": sd["pos_embed"] + 0.1})
     ours = LightningDiT(DiTConfig(in_channels=8, num_tokens=16, hidden_size=32, depth=1, num_heads=2,

@@ -63,7 +63,8 @@ DECODER_CONFIGS: dict[str, DecoderConfig] = {
     # v2 Table 8: widths 1024/1024/512/512/256, depths 3/3/3/5/5, EfficientViT GLU in the first two stages.
     "paper": DecoderConfig(),
     # The released code's defaults (DC-AE widths 128/256/512/512 listed shallow → deep), ResBlocks,
-    # pixel-shuffle upsampling, ReLU after the output norm.
+    # pixel-shuffle upsampling, ReLU after the output norm; unlike the release (which cannot build these
+    # widths at C = 1024, patch 16) one extra ×2 upsampling block and a channel-averaging input shortcut.
     "hae-code": DecoderConfig(widths=(512, 512, 256, 128), depths=(2, 2, 2, 2),
                               block_types=("res",) * 4, upsample="pixel_shuffle", out_act="relu"),
     # CPU demo (AE preset "cpu", patch 8): 8×8 tokens → 64 px in three pixel-shuffle ×2 steps, sized for

@@ -42,7 +42,7 @@ from experiments.common.trainer import (NonFiniteError, NonFiniteGuard, StepBook
 EMBEDDED_TRAIN_LEN = 4096
 # Keys that must match between a checkpoint and the command resuming it.
 _RESUME_KEYS = ("preset", "stem", "stage", "batch_size", "grad_accum", "image_size", "seed", "data",
-                "decoder_input")
+                "decoder_input", "structure")
 # A run's own files besides checkpoints/ and metrics.jsonl (moved aside on a fresh start, see rundir).
 _ARTEFACTS = ("recon.png", "tb", "eval.json")
 
@@ -76,7 +76,8 @@ def build_model(args, resume_state):
     try:
         ae = build_autoencoder(args.preset, weights=args.encoder_weights, pretrained=args.pretrained,
                                random_init=args.random_encoder or (has_ckpt and not args.encoder_weights),
-                               image_size=args.image_size, decoder_input=args.decoder_input, stem=args.stem)
+                               image_size=args.image_size, decoder_input=args.decoder_input, stem=args.stem,
+                               structure=args.structure)
     except (EncoderWeightsError, ValueError) as e:  # missing / mismatched weights, bad image size
         raise UserError(str(e).splitlines()[0]) from e
     args.image_size = ae.image_size

@@ -45,6 +45,7 @@ from experiments.common.rundir import run_folder  # noqa: E402
 from experiments.common.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError,  # noqa: E402
                                  abort_nonfinite, autocast, build_adamw, check_resume_args, grads_finite_norm,
                                  lr_lambda, run_cli, script_exit, seed_everything, training_session)
+from models.dit import config_from_dict  # noqa: E402
 from spherical import Hypersphere, dimension_shift, geodesic_flow, rfm_loss, sample_time  # noqa: E402
 
 EMBEDDED_TRAIN_LEN = 4096
@@ -106,7 +107,7 @@ def build_dit(args, latent: dict) -> torch.nn.Module:
         raise UserError(f"the DiT needs a square token grid; the autoencoder gives N={latent['num_tokens']}")
     return reg[args.model](in_channels=latent["channels"], num_tokens=latent["num_tokens"],
                            num_classes=latent["num_classes"], class_dropout_prob=args.cfg_dropout,
-                           ddt_head=args.ddt_head, qk_norm=args.qk_norm)
+                           ddt_head=args.ddt_head, qk_norm=args.qk_norm, abs_pos_embed=args.abs_pos_embed)
 
 
 @contextlib.contextmanager
@@ -137,6 +138,10 @@ def train(args, info) -> int:
         if old_qk != args.qk_norm:
             raise UserError(f"{ckpts.last} was trained {'with' if old_qk else 'without'} QK-norm: "
                             f"{'add' if old_qk else 'drop'} --qk-norm to resume it")
+        old_pe = config_from_dict(resume["dit_config"]).abs_pos_embed  # absent: written before it existed
+        if old_pe != args.abs_pos_embed:
+            raise UserError(f"{ckpts.last} was trained {'with' if old_pe else 'without'} the absolute position "
+                            f"embedding: {'drop' if old_pe else 'add'} --no-abs-pos-embed to resume it")
         if args.ae_ckpt is None:
             args.ae_ckpt = resume["latent"]["ae_ckpt"]
     if args.batch_size % world:

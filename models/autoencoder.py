@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from models.decoder import DECODER_CONFIGS, ConvDecoder, DecoderConfig, decoder_config
+from models.decoder import DECODER_CONFIGS, STRUCTURES, ConvDecoder, DecoderConfig, decoder_config
 from models.encoder import (EncoderWeightsError, DinoBackbone, create_dino_vit_for_build,
                             load_dino_weights, _HELP)
 from models.latent import gaussian_norm_radius, smooth_latent
@@ -56,6 +56,11 @@ class AutoencoderConfig:
         stem_bias_from_teacher: start the conv stem's last convolution with the teacher's
             patch-embedding bias (its weights stay random), so that the student's tokens start from the
             teacher's constant part. No effect on the ``patchify`` stem, which copies the whole patchify.
+        structure: ``"table8"`` (default: this project's reading of the paper) or ``"release"``: build
+            exactly what the released DINO-SAE code builds, to load its checkpoints
+            (:mod:`models.convert_sae`): conv stem without biases, EfficientViT blocks without norms,
+            duplicating shortcuts only, upsampling exactly ×p. Checkpoints
+            written before the field existed are ``"table8"``.
     """
 
     encoder: str = "vit_large_patch16_dinov3.lvd1689m"
@@ -68,8 +73,11 @@ class AutoencoderConfig:
     decoder_input: str = "raw"
     random_embed_bias: float = 0.0
     stem_bias_from_teacher: bool = False
+    structure: str = "table8"
 
     def __post_init__(self) -> None:
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"structure must be one of {STRUCTURES}, got {self.structure!r}")
         if self.decoder_input not in DECODER_INPUTS:
             raise ValueError(f"decoder_input must be one of {DECODER_INPUTS}, got {self.decoder_input!r}")
         # accept a preset name, or the plain dict of ``dataclasses.asdict`` / JSON (lists → tuples)
@@ -81,6 +89,9 @@ class AutoencoderConfig:
         object.__setattr__(self, "stem_widths", tuple(self.stem_widths))
         if self.stem not in STEM_TYPES:
             raise ValueError(f"unknown stem {self.stem!r}; choose from {sorted(STEM_TYPES)}")
+        if self.structure == "release" and (self.stem != "conv" or self.stem_bias_from_teacher):
+            raise ValueError("structure='release' has the conv stem without biases: it excludes stem='patchify' "
+                             "and stem_bias_from_teacher")
         object.__setattr__(self, "encoder_kwargs", dict(self.encoder_kwargs))
 
 
@@ -147,10 +158,11 @@ class DinoSphericalAutoencoder(nn.Module):
         c, p = self.backbone.embed_dim, self.backbone.patch_size
         if config.image_size % p:
             raise ValueError(f"image_size {config.image_size} is not a multiple of the patch size {p}")
-        self.stem: nn.Module = (HierarchicalConvPatchEmbed(c, p, config.stem_widths) if config.stem == "conv"
-                                else LinearPatchEmbed(c, p))
+        self.stem: nn.Module = (HierarchicalConvPatchEmbed(c, p, config.stem_widths,
+                                                           bias=config.structure != "release")
+                                if config.stem == "conv" else LinearPatchEmbed(c, p))
         self._init_stem_from_teacher()
-        self.decoder = ConvDecoder(c, p, config.decoder)
+        self.decoder = ConvDecoder(c, p, config.decoder, structure=config.structure)
         self.radius: float = gaussian_norm_radius(c)
         self.register_buffer("encoder_ready", torch.tensor(bool(encoder_ready)))
         self._ready = bool(encoder_ready)

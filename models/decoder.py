@@ -15,7 +15,11 @@ from torch.utils.checkpoint import checkpoint
 from models.decoder_blocks import BLOCK_TYPES, ChannelShortcut, UpsampleBlock, conv3x3
 from models.stem import TRMS2d
 
-__all__ = ["DecoderConfig", "DECODER_CONFIGS", "ConvDecoder", "tokens_to_grid"]
+__all__ = ["DecoderConfig", "DECODER_CONFIGS", "ConvDecoder", "tokens_to_grid", "STRUCTURES"]
+
+#: ``"table8"``: this project's reading of the paper (Table 8). ``"release"``: exactly what the released
+#: DINO-SAE code (wkdgnsgo/dino-sae ``src/model.py``) builds, for its checkpoints (models.convert_sae).
+STRUCTURES = ("table8", "release")
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class DecoderConfig:
         glu_expand: expansion ratio of GLU MBConv.
         out_act: activation after the output TRMS2d (``"silu"`` or ``"relu"``).
         out_channels: 3 for RGB.
+        in_shortcut: the parameter-free channel shortcut around the input convolution (when one width
+            divides the other); False: none (the released code's ``in_shortcut=None``).
     """
 
     widths: tuple[int, ...] = (1024, 1024, 512, 512, 256)
@@ -42,6 +48,7 @@ class DecoderConfig:
     glu_expand: float = 4.0
     out_act: str = "silu"
     out_channels: int = 3
+    in_shortcut: bool = True
 
     def __post_init__(self) -> None:
         n = len(self.widths)
@@ -56,7 +63,8 @@ DECODER_CONFIGS: dict[str, DecoderConfig] = {
     # v2 Table 8: widths 1024/1024/512/512/256, depths 3/3/3/5/5, EfficientViT GLU in the first two stages.
     "paper": DecoderConfig(),
     # The released code's defaults (DC-AE widths 128/256/512/512 listed shallow → deep), ResBlocks,
-    # pixel-shuffle upsampling, ReLU after the output norm.
+    # pixel-shuffle upsampling, ReLU after the output norm; unlike the release (which cannot build these
+    # widths at C = 1024, patch 16) one extra ×2 upsampling block and a channel-averaging input shortcut.
     "hae-code": DecoderConfig(widths=(512, 512, 256, 128), depths=(2, 2, 2, 2),
                               block_types=("res",) * 4, upsample="pixel_shuffle", out_act="relu"),
     # CPU demo (AE preset "cpu", patch 8): 8×8 tokens → 64 px in three pixel-shuffle ×2 steps, sized for
@@ -94,18 +102,29 @@ class ConvDecoder(nn.Module):
         latent_dim: token width C.
         patch_size: pixels per token side (output side = patch_size · √N).
         config: a :class:`DecoderConfig`.
+        structure: ``"table8"`` (above) or ``"release"``: the released code's decoder. There the
+            EfficientViT blocks have no norms, every shortcut duplicates channels
+            (it cannot average: widths that need averaging raise ValueError, as the release's assert
+            does), and the stages upsample exactly ``patch_size`` (len(widths) − 1 = log2 p, every stage
+            with blocks): no extra upsampling blocks, no resize.
 
     Shapes:
         z ``[B, N, C]`` → ``[B, out_channels, patch·√N, patch·√N]``.
     """
 
-    def __init__(self, latent_dim: int, patch_size: int, config: DecoderConfig) -> None:
+    def __init__(self, latent_dim: int, patch_size: int, config: DecoderConfig, structure: str = "table8") -> None:
         super().__init__()
-        self.config, self.latent_dim, self.patch_size = config, latent_dim, patch_size
+        if structure not in STRUCTURES:
+            raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
+        release = structure == "release"
+        if release:
+            _check_release(latent_dim, patch_size, config)
+        self.config, self.latent_dim, self.patch_size, self.structure = config, latent_dim, patch_size, structure
         widths = config.widths
         self.project_in = conv3x3(latent_dim, widths[0])
-        divisible = widths[0] % latent_dim == 0 or latent_dim % widths[0] == 0
-        self.project_in_shortcut = ChannelShortcut(latent_dim, widths[0]) if divisible else None
+        divisible = widths[0] % latent_dim == 0 or (latent_dim % widths[0] == 0 and not release)
+        self.project_in_shortcut = (ChannelShortcut(latent_dim, widths[0]) if divisible and config.in_shortcut
+                                    else None)
         num_up = max(0, math.ceil(math.log2(patch_size)))
         stages: list[nn.Module] = []
         for i, (width, depth, kind) in enumerate(zip(widths, config.depths, config.block_types)):
@@ -114,8 +133,8 @@ class ConvDecoder(nn.Module):
                 blocks.append(UpsampleBlock(widths[i - 1], width, config.upsample))
             elif i > 0 and widths[i - 1] != width:
                 blocks.append(conv3x3(widths[i - 1], width))
-            blocks += [BLOCK_TYPES[kind](width, head_dim=config.attn_head_dim, expand=config.glu_expand)
-                       for _ in range(depth)]
+            blocks += [BLOCK_TYPES[kind](width, head_dim=config.attn_head_dim, expand=config.glu_expand,
+                                         release=release) for _ in range(depth)]
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
         extra = max(0, num_up - (len(widths) - 1))
@@ -144,6 +163,27 @@ class ConvDecoder(nn.Module):
         if x.shape[-1] != side:
             x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
         return self.out_conv(self.out_act(self.out_norm(x)))
+
+
+def _check_release(latent_dim: int, patch_size: int, config: DecoderConfig) -> None:
+    """The released code can build this decoder (else one line saying why, as its asserts would)."""
+    w, n = config.widths, len(config.widths)
+    if 2 ** (n - 1) != patch_size:
+        raise ValueError(f"structure='release' upsamples x2 between stages only: {n} stages give "
+                         f"x{2 ** (n - 1)}, the patch size is {patch_size}")
+    if not all(config.depths):
+        raise ValueError(f"structure='release' needs blocks in every stage (a stage without blocks does not "
+                         f"upsample there), got depths {config.depths}")
+    for cin, cout in zip(w[:-1], w[1:]):
+        if (4 * cout) % cin:
+            raise ValueError(f"structure='release': the upsampling shortcut duplicates channels, so 4x{cout} must "
+                             f"be a multiple of {cin}")
+    if "evit_glu" in config.block_types and (config.attn_head_dim != 32 or config.glu_expand != 4.0):
+        raise ValueError("structure='release': its EfficientViT blocks have head width 32 and GLU expansion 4, "
+                         f"got attn_head_dim={config.attn_head_dim}, glu_expand={config.glu_expand}")
+    if config.in_shortcut and w[0] % latent_dim:
+        raise ValueError(f"structure='release': the input shortcut duplicates channels, so widths[0]={w[0]} must "
+                         f"be a multiple of the latent width {latent_dim} (the release asserts)")
 
 
 def decoder_config(name_or_config: str | DecoderConfig, **overrides: object) -> DecoderConfig:

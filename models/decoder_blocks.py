@@ -57,17 +57,23 @@ class ReLULinearAttention(nn.Module):
 
     With q = ReLU(W_q x), k = ReLU(W_k x), v = W_v x per head (1×1 convs):
         out_i = Σ_j v_j (k_j·q_i) / (Σ_j k_j·q_i + eps),
-    computed as (V Kᵀ) q_i / ((Σ_j k_j)·q_i + eps) in O(N d²), in ≥ float32; then a 1×1 projection and TRMS2d.
+    computed as (V Kᵀ) q_i / ((Σ_j k_j)·q_i + eps) in O(N d²), in ≥ float32; then a 1×1 projection and
+    TRMS2d. The qkv rows are ordered [q of all heads | k | v] (efficientvit interleaves them per head:
+    :mod:`models.convert_sae` permutes).
 
     Args:
         channels: C; heads = max(1, C // head_dim).
         head_dim: d.
+        eps: added to the denominator; 1e-15 as efficientvit's LiteMLA and the released code (the output
+            is a convex combination of the v_j whenever the denominator is positive, so a tiny eps is
+            safe; it is computed in ≥ float32).
+        norm: the TRMS2d after the projection (False: the released code's blocks, which lose it).
 
     Shapes:
         ``[B, C, H, W]`` → ``[B, C, H, W]`` (the residual is added by the block).
     """
 
-    def __init__(self, channels: int, head_dim: int = 32, eps: float = 1e-6) -> None:
+    def __init__(self, channels: int, head_dim: int = 32, eps: float = 1e-15, norm: bool = True) -> None:
         super().__init__()
         self.heads = max(1, channels // head_dim)
         self.head_dim = head_dim
@@ -75,7 +81,7 @@ class ReLULinearAttention(nn.Module):
         inner = self.heads * head_dim
         self.qkv = nn.Conv2d(channels, 3 * inner, 1, bias=False)
         self.proj = nn.Conv2d(inner, channels, 1, bias=False)
-        self.norm = TRMS2d(channels)
+        self.norm = TRMS2d(channels) if norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -92,17 +98,18 @@ class ReLULinearAttention(nn.Module):
 class GLUMBConv(nn.Module):
     """Gated inverted-bottleneck conv: 1×1 (C → 2M, SiLU) → depthwise 3×3 → a ⊙ SiLU(g) → 1×1 (M → C) → TRMS2d.
 
-    M = round(expand · C). ``[B, C, H, W]`` → ``[B, C, H, W]``.
+    M = round(expand · C). ``[B, C, H, W]`` → ``[B, C, H, W]``. ``norm=False`` drops the TRMS2d (the
+    released code's blocks).
     """
 
-    def __init__(self, channels: int, expand: float = 4.0) -> None:
+    def __init__(self, channels: int, expand: float = 4.0, norm: bool = True) -> None:
         super().__init__()
         mid = int(round(channels * expand))
         self.inverted = nn.Conv2d(channels, 2 * mid, 1, bias=True)
         self.depthwise = nn.Conv2d(2 * mid, 2 * mid, 3, 1, 1, groups=2 * mid, bias=True)
         self.point = nn.Conv2d(mid, channels, 1, bias=False)
         self.act = nn.SiLU()
-        self.norm = TRMS2d(channels)
+        self.norm = TRMS2d(channels) if norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.depthwise(self.act(self.inverted(x)))
@@ -111,12 +118,17 @@ class GLUMBConv(nn.Module):
 
 
 class EfficientViTBlock(nn.Module):
-    """x ← x + Attn(x); x ← x + GLUMBConv(x). ``[B, C, H, W]`` → same shape."""
+    """x ← x + Attn(x); x ← x + GLUMBConv(x). ``[B, C, H, W]`` → same shape.
 
-    def __init__(self, channels: int, head_dim: int = 32, expand: float = 4.0, **_: object) -> None:
+    ``release=True`` builds what the released DINO-SAE code builds: no TRMS2d in either branch (it hands
+    efficientvit's ``build_norm`` a module where a name is expected, so the norms silently vanish).
+    """
+
+    def __init__(self, channels: int, head_dim: int = 32, expand: float = 4.0, release: bool = False,
+                 **_: object) -> None:
         super().__init__()
-        self.attn = ReLULinearAttention(channels, head_dim)
-        self.local = GLUMBConv(channels, expand)
+        self.attn = ReLULinearAttention(channels, head_dim, norm=not release)
+        self.local = GLUMBConv(channels, expand, norm=not release)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(x)

@@ -1,7 +1,8 @@
 """LightningDiT: a class-conditional diffusion transformer over a square grid of latent tokens.
 
 The backbone the paper trains Riemannian flow matching with (LightningDiT-XL/1, 677 M parameters):
-adaLN-Zero conditioning, RMSNorm, SwiGLU feed-forward, 2-D rotary position embedding (RoPE) over the
+adaLN-Zero conditioning, RMSNorm, SwiGLU feed-forward, a fixed 2-D sin-cos absolute position embedding
+added to the input tokens *and* a 2-D rotary position embedding (RoPE) in attention, both over the
 √N×√N token grid, optional QK-norm, patch size 1 (one latent token = one transformer token).
 Optionally a wide DDT head (DiT^DH: two blocks of width 2048 after the trunk, conditioned per token on
 the trunk output).
@@ -21,8 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.dit_positions import apply_rope as _apply_rope
+from models.dit_positions import rope_2d, sincos_pos_embed_2d
+
 __all__ = [
-    "DiTConfig", "LightningDiT", "LightningDiT_models", "cfg_combine", "count_parameters",
+    "DiTConfig", "LightningDiT", "LightningDiT_models", "cfg_combine", "config_from_dict", "count_parameters",
+    "sincos_pos_embed_2d",
     "LightningDiT_S_1", "LightningDiT_B_1", "LightningDiT_L_1", "LightningDiT_XL_1",
 ]
 
@@ -45,7 +50,13 @@ class DiTConfig:
         use_rope: 2-D rotary embedding on the token grid; if False the model has no positional
             information at all and is equivariant to token permutations.
         rope_base: RoPE frequency base.
-        time_scale: t in [0, 1] is multiplied by this before the sinusoidal embedding.
+        abs_pos_embed: add LightningDiT's fixed 2-D sin-cos absolute position embedding
+            (:func:`sincos_pos_embed_2d`, a non-trainable buffer) to the embedded tokens, as LightningDiT
+            does on top of RoPE. Checkpoints written before this field existed had none: read their
+            config with :func:`config_from_dict`, which fills in False.
+        time_scale, time_offset: the sinusoidal embedding reads ``time_scale · t + time_offset``
+            (ours: 1000·t; a converted LightningDiT checkpoint: 1 − t, LightningDiT's own time, where
+            t = 1 is data; see :mod:`models.convert`).
         ddt_head: append the wide DDT head (DiT^DH) after the trunk.
         ddt_hidden, ddt_depth, ddt_heads: width, blocks and heads of that head.
     """
@@ -61,11 +72,23 @@ class DiTConfig:
     qk_norm: bool = False
     use_rope: bool = True
     rope_base: float = 10000.0
+    abs_pos_embed: bool = True
     time_scale: float = 1000.0
+    time_offset: float = 0.0
     ddt_head: bool = False
     ddt_hidden: int = 2048
     ddt_depth: int = 2
     ddt_heads: int = 16
+
+
+# Values of fields that checkpoints written before the field existed were trained with.
+LEGACY_CONFIG_DEFAULTS: dict[str, object] = {"abs_pos_embed": False}
+
+
+def config_from_dict(d: dict) -> DiTConfig:
+    """The :class:`DiTConfig` of a saved ``asdict(config)``; a field the dict predates takes its
+    :data:`LEGACY_CONFIG_DEFAULTS` value (what that checkpoint was trained with), else the default."""
+    return DiTConfig(**{**LEGACY_CONFIG_DEFAULTS, **d})
 
 
 def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -74,7 +97,8 @@ def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm over the last axis: ``x / sqrt(mean(x²) + eps) · w``; computed in float32."""
+    """RMSNorm over the last axis: ``x / sqrt(mean(x²) + eps) · w``; computed in float32 (float64 inputs
+    in float64)."""
 
     def __init__(self, dim: int, eps: float = 1e-6, affine: bool = True) -> None:
         super().__init__()
@@ -82,7 +106,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if affine else None
 
     def forward(self, x: Tensor) -> Tensor:
-        y = x.float()
+        y = x if x.dtype == torch.float64 else x.float()
         y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
         y = y.to(x.dtype)
         return y * self.weight if self.weight is not None else y
@@ -99,39 +123,6 @@ class SwiGLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         a, b = self.w12(x).chunk(2, dim=-1)
         return self.w3(F.silu(a) * b)
-
-
-def rope_2d(num_tokens: int, head_dim: int, base: float = 10000.0,
-            device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-    """Cos/sin tables of a 2-D rotary embedding over a row-major √N×√N grid.
-
-    Half of each head's channels rotate with the row index, the other half with the column index,
-    each half with ``head_dim/4`` frequencies ``base^(-k/(head_dim/4))``.
-
-    Returns:
-        ``(cos, sin)`` each ``[N, head_dim]``, laid out for :func:`_apply_rope` (rotate-half pairs).
-    """
-    side = math.isqrt(num_tokens)
-    if side * side != num_tokens:
-        raise ValueError(f"RoPE needs a square token grid, got N={num_tokens}")
-    if head_dim % 4:
-        raise ValueError(f"head_dim must be divisible by 4 for 2-D RoPE, got {head_dim}")
-    quarter = head_dim // 4
-    freqs = base ** (-torch.arange(quarter, dtype=torch.float32, device=device) / quarter)
-    pos = torch.arange(side, dtype=torch.float32, device=device)
-    rows, cols = torch.meshgrid(pos, pos, indexing="ij")
-    ang_r = rows.reshape(-1, 1) * freqs                         # [N, hd/4]
-    ang_c = cols.reshape(-1, 1) * freqs
-    ang = torch.cat([ang_r, ang_c], dim=-1)                     # [N, hd/2]
-    ang = torch.cat([ang, ang], dim=-1)                         # [N, hd] (rotate-half layout)
-    return ang.cos(), ang.sin()
-
-
-def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x [B, H, N, hd]`` by the angles in ``cos/sin [N, hd]`` (rotate-half convention)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -200,17 +191,21 @@ class FinalLayer(nn.Module):
 
 
 class TimestepEmbedder(nn.Module):
-    """Sinusoidal embedding of ``time_scale · t`` followed by a 2-layer SiLU MLP: ``[B] -> [B, D]``."""
+    """Sinusoidal embedding of ``time_scale · t + time_offset`` (float32, DiT's frequencies) followed by
+    a 2-layer SiLU MLP: ``[B] -> [B, D]``."""
 
-    def __init__(self, dim: int, freq_dim: int = 256, time_scale: float = 1000.0) -> None:
+    def __init__(self, dim: int, freq_dim: int = 256, time_scale: float = 1000.0,
+                 time_offset: float = 0.0) -> None:
         super().__init__()
-        self.freq_dim, self.time_scale = freq_dim, time_scale
+        self.freq_dim, self.time_scale, self.time_offset = freq_dim, time_scale, time_offset
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
         half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
-        args = (self.time_scale * t.float()).unsqueeze(-1) * freqs
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        s = self.time_scale * t.float()
+        s = s + self.time_offset if self.time_offset else s
+        args = s.unsqueeze(-1) * freqs
         emb = torch.cat([args.cos(), args.sin()], dim=-1)
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
@@ -269,7 +264,12 @@ class LightningDiT(nn.Module):
         super().__init__()
         self.config = cfg = config
         self.x_embedder = nn.Linear(cfg.in_channels, cfg.hidden_size)
-        self.t_embedder = TimestepEmbedder(cfg.hidden_size, time_scale=cfg.time_scale)
+        # fixed, not trained, not saved (rebuilt from the config): [1, N, D] or absent
+        self.pos_embed: Tensor | None
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(cfg.num_tokens, cfg.hidden_size)[None]
+                             if cfg.abs_pos_embed else None, persistent=False)
+        self.t_embedder = TimestepEmbedder(cfg.hidden_size, time_scale=cfg.time_scale,
+                                           time_offset=cfg.time_offset)
         self.y_embedder = LabelEmbedder(cfg.num_classes, cfg.hidden_size, cfg.class_dropout_prob)
         self.blocks = nn.ModuleList(
             DiTBlock(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio, cfg.qk_norm)
@@ -330,6 +330,11 @@ class LightningDiT(nn.Module):
         t = t.reshape(-1).expand(b) if t.numel() == 1 else t
         c = self.t_embedder(t) + self.y_embedder(y, self.training, force_drop)   # [B, D]
         h = self.x_embedder(x)
+        if self.pos_embed is not None:
+            if n != self.pos_embed.shape[1]:
+                raise ValueError(f"the absolute position embedding is built for N={self.pos_embed.shape[1]} "
+                                 f"tokens, got N={n}")
+            h = h + self.pos_embed.to(h.dtype)
         rope = self._rope(n, self.config.hidden_size // self.config.num_heads, x.device)
         for block in self.blocks:
             h = block(h, c, rope)

@@ -39,10 +39,10 @@ class TRMS2d(nn.Module):
 
 
 class _ConvNormAct(nn.Sequential):
-    """conv k×k / stride s (same padding) → optional TRMS2d → optional SiLU."""
+    """conv k×k / stride s (same padding, optional bias) → optional TRMS2d → optional SiLU."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, norm_act: bool) -> None:
-        layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2)]
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, norm_act: bool, bias: bool = True) -> None:
+        layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, bias=bias)]
         if norm_act:
             layers += [TRMS2d(cout), nn.SiLU()]
         super().__init__(*layers)
@@ -84,13 +84,15 @@ class HierarchicalConvPatchEmbed(nn.Module):
         patch_size: the teacher's patch size p ≥ 2.
         widths: the L − 1 hidden widths (64, 128, 256 in the paper for p = 16; smaller for tests).
         in_chans: input channels.
+        bias: convolution biases (True: ours; False: the released DINO-SAE code, whose efficientvit-style
+            ``ConvLayer`` defaults to ``use_bias=False``, for all four convolutions).
 
     Shapes:
         images ``[B, in_chans, H, W]`` → ``[B, C, H/p, W/p]`` (``forward``), or NHWC via ``forward_nhwc``.
     """
 
     def __init__(self, embed_dim: int, patch_size: int = 16, widths: Sequence[int] = (64, 128, 256),
-                 in_chans: int = 3) -> None:
+                 in_chans: int = 3, bias: bool = True) -> None:
         super().__init__()
         depth = stem_depth(int(patch_size))
         if len(widths) != depth - 1:
@@ -100,7 +102,7 @@ class HierarchicalConvPatchEmbed(nn.Module):
         self.embed_dim = int(embed_dim)
         chans = [int(in_chans)] + [int(w) for w in widths] + [int(embed_dim)]
         self.layers = nn.Sequential(*[
-            _ConvNormAct(chans[i], chans[i + 1], 7 if i == 0 else 3, 2, i < depth - 1) for i in range(depth)])
+            _ConvNormAct(chans[i], chans[i + 1], 7 if i == 0 else 3, 2, i < depth - 1, bias) for i in range(depth)])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]

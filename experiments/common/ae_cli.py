@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stem", choices=("conv", "patchify"), default="conv",
                    help="student stem: the hierarchical conv stem (paper) or the ViT's linear patchify "
                    "(initialised from the teacher's; paper Table 5)")
+    g.add_argument("--structure", choices=("table8", "release"), default="table8",
+                   help="table8: this project's reading of the paper (stem biases, norms in the EfficientViT "
+                   "blocks); release: exactly what the released DINO-SAE code builds (no stem biases, no "
+                   "block norms, duplicating shortcuts only), e.g. to fine-tune a released checkpoint")
     g.add_argument("--stage", type=int, choices=(1, 2), default=1, help="training stage")
     g.add_argument("--image-size", type=int, help="input side in pixels (default: the preset's)")
     g.add_argument("--decoder-input", choices=("raw", "sphere"), default="raw",

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ddt-head", action="store_true", help="add the wide DDT head (DiT^DH)")
     g.add_argument("--qk-norm", action="store_true", help="RMS-normalise queries and keys (off by default, "
                    "as in LightningDiT's configs)")
+    g.add_argument("--no-abs-pos-embed", dest="abs_pos_embed", action="store_false",
+                   help="drop LightningDiT's fixed 2-D sin-cos absolute position embedding (on by default, "
+                   "added to the tokens on top of RoPE; runs written before it existed had none)")
     g.add_argument("--num-classes", type=int, help="number of classes (default: from the data)")
     g.add_argument("--image-size", type=int, help="on-the-fly encoding: image side (default: the AE's)")
     g = p.add_argument_group("flow matching")

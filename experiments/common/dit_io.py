@@ -137,13 +137,13 @@ def load_dit(path: str | os.PathLike, device: torch.device | str = "cpu", *, ema
     Returns:
         ``(model in eval mode, latent metadata dict, training args dict)``.
     """
-    from models.dit import DiTConfig, LightningDiT
+    from models.dit import LightningDiT, config_from_dict
 
     p = resolve_ckpt(path, "DiT", "--ckpt")
     state = checkpoint.load(p)
     if "dit_config" not in state:
         raise UserError(f"{p} is not an in1k_dit.py checkpoint (no 'dit_config')")
-    model = LightningDiT(DiTConfig(**state["dit_config"]))
+    model = LightningDiT(config_from_dict(state["dit_config"]))  # fields it predates: their old values
     load_weights(model, state["model"], p, "DiT")
     if ema:
         load_ema_weights(model, state)

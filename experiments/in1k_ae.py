@@ -144,6 +144,7 @@ def train(args, info) -> int:
         args.max_steps = max(1, round(args.epochs * probe.steps_per_epoch))
     banner(args, info, len(train_ds))
     params = ae.set_stage(args.stage)
+    ae.set_grad_checkpointing(args.grad_checkpointing)
     ae.to(dev)
     lpips, lpips_note = ae_steps.build_lpips(args.lpips_weights, args.lpips_weight <= 0, dev)
     if info.is_main and args.lpips_weight > 0 and lpips is None:

@@ -41,6 +41,7 @@ from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDatas
 from experiments.common.dit_cli import build_parser, resolve  # noqa: E402
 from experiments.common.ema import EMA  # noqa: E402
 from experiments.common.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
+from experiments.common.microbatch import maybe_no_sync, sample_generators, sample_positions  # noqa: E402
 from experiments.common.rundir import run_folder  # noqa: E402
 from experiments.common.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError,  # noqa: E402
                                  abort_nonfinite, autocast, build_adamw, check_resume_args, grads_finite_norm,
@@ -139,8 +140,11 @@ def train(args, info) -> int:
                             f"{'add' if old_qk else 'drop'} --qk-norm to resume it")
         if args.ae_ckpt is None:
             args.ae_ckpt = resume["latent"]["ae_ckpt"]
-    if args.batch_size % world:
-        raise UserError(f"--batch-size {args.batch_size} must divide by the number of processes {world}")
+    if args.grad_accum == "auto":
+        args.grad_accum = auto_grad_accum_dit(args, info)
+    if args.batch_size % (world * args.grad_accum):
+        raise UserError(f"--batch-size {args.batch_size} must divide by grad-accum x processes "
+                        f"({args.grad_accum} x {world})")
     if args.latents is not None and args.ae_ckpt is None:  # the autoencoder that wrote the cache
         args.ae_ckpt = json.loads((Path(args.latents) / "index.json").read_text())["ae_ckpt"]
     ae_path, note = default_autoencoder(args.ae_ckpt, out, args.seed, is_main=info.is_main)
@@ -152,11 +156,13 @@ def train(args, info) -> int:
     latent = dict(num_tokens=n_tok, channels=chans, radius=float(ae.radius), alpha=float(alpha),
                   num_classes=args.num_classes or data_meta["num_classes"], ae_ckpt=str(ae_path),
                   classes=data_meta["classes"], image_size=args.image_size or ae.image_size, flow=args.flow)
-    sampler_probe = ResumableBatchSampler(len(train_ds), args.batch_size, world=world)
+    chunk = args.batch_size // args.grad_accum  # global micro-batch
+    sampler_probe = ResumableBatchSampler(len(train_ds), chunk, world=world, chunks_per_step=args.grad_accum)
     if args.steps is None:
         args.steps = max(1, round(args.epochs * sampler_probe.steps_per_epoch))
     seed_everything(args.seed)
     model = build_dit(args, latent).to(dev)
+    model.set_grad_checkpointing(args.grad_checkpointing)
     ema = EMA(model, args.ema_decay, warmup=args.ema_warmup)
     opt = build_adamw(model.parameters(), args.lr, (args.beta1, args.beta2), args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.lr_schedule, args.warmup_steps, args.steps))
@@ -189,8 +195,8 @@ def train(args, info) -> int:
     net = D.wrap_ddp(model, info)
     if args.compile:
         net = torch.compile(net)
-    sampler = ResumableBatchSampler(len(train_ds), args.batch_size, rank=info.rank, world=world, seed=args.seed,
-                                    start_chunk=step)
+    sampler = ResumableBatchSampler(len(train_ds), chunk, rank=info.rank, world=world, seed=args.seed,
+                                    chunks_per_step=args.grad_accum, start_chunk=step * args.grad_accum)
     loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=args.num_workers,
                                          collate_fn=collate_fn, pin_memory=dev.type == "cuda",
                                          worker_init_fn=worker_init if args.num_workers > 0 else None)
@@ -200,7 +206,7 @@ def train(args, info) -> int:
     def save(step_: int) -> None:
         rng = D.all_gather_object(checkpoint.capture_rng())
         if info.is_main:
-            ckpts.save({"step": step_, "data_chunk": step_, "model": model.state_dict(), "ema": ema.state_dict(),
+            ckpts.save({"step": step_, "data_chunk": step_ * args.grad_accum, "model": model.state_dict(), "ema": ema.state_dict(),
                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "guard": guard.state_dict(), "rng": rng, "args": vars(args), "world_size": world,
                         "dit_config": asdict(model.config), "latent": latent}, step_)
@@ -212,7 +218,7 @@ def train(args, info) -> int:
     with checkpoint.StopSignals() as stop:
         try:
             while step < args.steps:
-                parts, finite, gnorm = train_step(ctx, net, model, opt, next(it), step, meter)
+                parts, finite, gnorm = train_step(ctx, net, model, opt, it, step, meter)
                 book.record(step, parts, finite)  # guard, EMA, loss sums, sched.step()
                 step += 1
                 progress.update(1, loss=parts["loss"], lat_s=meter.rate(reset=False))
@@ -220,7 +226,7 @@ def train(args, info) -> int:
                     nbad = len(set().union(*D.all_gather_object(ctx["bad_files"])))
                     logger.log("train", step, skipped_files=nbad, **book.pop_means(), lr=sched.get_last_lr()[0],
                                grad_norm=gnorm, latents_per_s=meter.rate(),
-                               epoch=round(sampler.epoch_of_chunk(step), 4), nonfinite_total=guard.total)
+                               epoch=round(sampler.epoch_of_chunk(step * args.grad_accum), 4), nonfinite_total=guard.total)
                 if args.sample_every > 0 and step % args.sample_every == 0 and step < args.steps:
                     sample_grid(ctx, model, ema, latent, out / f"train-samples-{step:07d}.png")
                 stopping = D.any_true(stop.requested or step == args.stop_after, dev)
@@ -260,16 +266,23 @@ def latents_of(ctx, batch: dict) -> torch.Tensor:
     return encode_batch(ctx["ae"], batch["image"].to(dev, non_blocking=True), ctx["precision"])
 
 
-def flow_loss(ctx, net, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
+def flow_loss(ctx, net, x0: torch.Tensor, y: torch.Tensor, gen):
     """Flow-matching loss of one batch (``--flow``: Riemannian, or flat on the same latents); returns
-    :class:`spherical.RFMLoss` (fp32)."""
+    :class:`spherical.RFMLoss` (fp32). ``gen``: one generator for the batch, or a list of one per sample."""
     from experiments.common.flows import euclidean_fm_loss, euclidean_path, flow_noise
 
     args, sphere, b = ctx["args"], ctx["sphere"], x0.shape[0]
-    x1 = flow_noise(args.flow, tuple(x0.shape), float(sphere.radius), generator=gen, device=x0.device)
-    t = sample_time(b, alpha=ctx["alpha"], loc=args.time_loc, scale=args.time_scale, generator=gen,
-                    device=x0.device)
-    drop = torch.rand(b, generator=gen, device=x0.device) < args.cfg_dropout
+
+    def draws(g: torch.Generator, n: int):
+        x1 = flow_noise(args.flow, (n,) + tuple(x0.shape[1:]), float(sphere.radius), generator=g, device=x0.device)
+        t = sample_time(n, alpha=ctx["alpha"], loc=args.time_loc, scale=args.time_scale, generator=g,
+                        device=x0.device)
+        return x1, t, torch.rand(n, generator=g, device=x0.device) < args.cfg_dropout
+
+    if isinstance(gen, torch.Generator):
+        x1, t, drop = draws(gen, b)
+    else:  # one generator per sample: draws independent of how the batch is split
+        x1, t, drop = (torch.cat(parts) for parts in zip(*(draws(g, 1) for g in gen)))
     if args.flow == "euclidean":
         xt, ut = euclidean_path(x0, x1, t.view(b, 1, 1))
     else:
@@ -281,22 +294,30 @@ def flow_loss(ctx, net, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator)
     return rfm_loss(v.float(), xt, ut, lambda_rad=args.lambda_rad)
 
 
-def train_step(ctx, net, model, opt, batch, step: int, meter):
-    """One optimizer step. Returns (loss parts, finite, pre-clip grad norm)."""
+def train_step(ctx, net, model, opt, it, step: int, meter):
+    """One optimizer step over ``--grad-accum`` micro-batches read from ``it`` (DDP all-reduces only on the
+    last). Sample j of the step's global batch gets its noise, time and label dropout from a generator seeded
+    by (seed, step, j), so the update does not depend on how the batch is split. Returns (loss parts,
+    finite, pre-clip grad norm)."""
     args, info = ctx["args"], ctx["info"]
-    dev = info.device
-    ctx["bad_files"].update(batch["bad"])  # unreadable images replaced by the next readable file
-    x0 = latents_of(ctx, batch)
-    y = batch["label"].to(dev)
-    meter.add(x0.shape[0] * info.world_size)
-    gen = torch.Generator(dev).manual_seed(mix_seed(args.seed, step, info.rank))
+    dev, accum = info.device, args.grad_accum
+    chunk = args.batch_size // accum
     opt.zero_grad(set_to_none=True)
-    loss = flow_loss(ctx, net, x0, y, gen)
-    total = loss.total
-    if step + 1 in args.inject_nan_steps:  # 1-based, as logged
-        total = total * float("nan")
-    total.backward()
-    vals = torch.stack([total.detach(), loss.tangent.detach(), loss.radial.detach()]).double()
+    vals = torch.zeros(3, dtype=torch.float64, device=dev)
+    for m in range(accum):
+        batch = next(it)
+        ctx["bad_files"].update(batch["bad"])  # unreadable images replaced by the next readable file
+        x0 = latents_of(ctx, batch)
+        y = batch["label"].to(dev)
+        meter.add(x0.shape[0] * info.world_size)
+        gens = sample_generators(args.seed, step, sample_positions(m, chunk, info.rank, info.world_size), dev)
+        with maybe_no_sync(net, m == accum - 1):
+            loss = flow_loss(ctx, net, x0, y, gens)
+            total = loss.total
+            if step + 1 in args.inject_nan_steps:  # 1-based, as logged
+                total = total * float("nan")
+            (total / accum).backward()
+        vals += torch.stack([total.detach(), loss.tangent.detach(), loss.radial.detach()]).double() / accum
     D.all_reduce_mean(vals)
     gnorm = grads_finite_norm(list(model.parameters()), args.grad_clip)
     host = torch.cat([vals, gnorm.detach().double().reshape(1).to(vals.device)]).tolist()  # one sync a step
@@ -304,6 +325,39 @@ def train_step(ctx, net, model, opt, batch, step: int, meter):
     if finite:
         opt.step()
     return dict(zip(("loss", "tangent", "radial"), host[:3])), finite, host[3]
+
+
+def auto_grad_accum_dit(args, info) -> int:
+    """``--grad-accum auto``: the DiT's activations per sample measured now on fake tensors (the memory plan's
+    method, :mod:`experiments.common.memory_plan`), then the smallest K that fits the free GPU memory."""
+    from experiments.common import memory_plan as MP
+    from experiments.common.microbatch import auto_grad_accum
+    from experiments.common.dit_io import dit_registry
+
+    per_rank = args.batch_size // info.world_size
+    if info.device.type != "cuda":
+        return auto_grad_accum(per_rank, info.device, lambda m: 0.0, log=_say(info), what="in1k_dit: ")
+    # the paper's latent grid unless the data says otherwise later (the check below raises on a mismatch)
+    model = dit_registry()[args.model](ddt_head=args.ddt_head, qk_norm=args.qk_norm)
+    model.set_grad_checkpointing(args.grad_checkpointing)
+    n, c = model.config.num_tokens, model.config.in_channels
+
+    def saved(b: int) -> int:
+        with MP.maybe_fake([model]), MP.SavedBytes([model]) as rec, MP.autocast_cpu(args.precision):
+            out = model(torch.randn(b, n, c), torch.rand(b), torch.zeros(b, dtype=torch.long))
+            out.float().square().mean()
+        return rec.total
+
+    per, fixed_act = MP.linear_fit(saved)
+    n_par = sum(p.numel() for p in model.parameters())
+    state = MP.training_state_bytes(n_par, n_par, n_par, info.world_size)
+    block = per / max(1, model.config.depth) if args.grad_checkpointing else 0.0
+    return auto_grad_accum(per_rank, info.device, lambda m: MP.peak_bytes(state, per, fixed_act, block, m),
+                           headroom=MP.HEADROOM, log=_say(info), what="in1k_dit: ")
+
+
+def _say(info):
+    return (lambda msg: print(msg, flush=True)) if info.is_main else (lambda msg: None)
 
 
 @torch.no_grad()

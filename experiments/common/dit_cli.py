@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _length_args(g) -> None:
+    from experiments.common.microbatch import grad_accum_arg
+
+    g.add_argument("--grad-accum", type=grad_accum_arg, default=1, help="micro-batches per optimizer step "
+                   "(same update as one batch: per-sample noise, DDP syncs once); auto = the fewest that fit "
+                   "the GPU's free memory by the memory plan (CUDA only; 1 elsewhere)")
+    g.add_argument("--grad-checkpointing", action="store_true", help="recompute each DiT block in backward "
+                   "(activations ~1/20, ~1/3 more compute; same losses and gradients)")
     g.add_argument("--steps", "--max-steps", dest="steps", type=int, help="optimizer steps [preset]")
     g.add_argument("--epochs", type=float, help="epochs of the training set (if --steps is not set) [preset]")
 

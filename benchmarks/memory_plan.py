@@ -49,7 +49,7 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from experiments.common.memory_plan import (GIB, HEADROOM, RUNTIME_GIB, SavedBytes,  # noqa: E402
-                                            autocast_cpu as _autocast, maybe_fake)
+                                            autocast_cpu as _autocast, maybe_fake, peak_bytes as _peak)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: usable memory per GPU (nvidia-smi totals): H100 SXM 80 GB = 81559 MiB, H200 141 GB = 143771 MiB.
@@ -168,7 +168,7 @@ def peak_bytes(fixed: dict, act: dict, block: float, m: int, *, cuda: bool = Tru
     """Planned peak of one process at micro-batch ``m`` (``block``: one block's activations per sample)."""
     per = act["per_sample"] - (act["attn_probs_per_sample"] if cuda else 0.0)
     state = sum(v for k, v in fixed.items() if k != "ddp_buckets" or world > 1)
-    return state + RUNTIME_GIB * GIB + act["fixed_part"] + m * (per + block)
+    return _peak(state, per, act["fixed_part"], block, m)
 
 
 def plan(fixed: dict, acts: dict, blocks: dict, global_batch: int, capacity: int) -> list[dict]:
@@ -209,8 +209,9 @@ def measure_all(log=print) -> dict:
         for prec in precisions:
             acts = {ck: fit_linear(step, prec, ck) for ck in (False, True)}
             # one block's activations (recomputed, or back-propagated, at a time): saved(plain) − saved(ckpt)
-            # spread over the blocks, an upper bound for the block that is live during backward
-            nblk = info.get("depth", 24)
+            # spread over the checkpointed segments
+            # AE: the 5 decoder stages hold the bulk, so a fifth (conservative); DiT: one of its blocks
+            nblk = info.get("depth", 5)
             blocks = {ck: (acts[False]["per_sample"] - acts[True]["per_sample"]) / nblk for ck in (False, True)}
             e = {"activations": acts, "block_per_sample": blocks[False],
                  "plans": {g: plan(fixed, acts, blocks, GLOBAL_BATCH[name], cap) for g, cap in GPUS.items()}}

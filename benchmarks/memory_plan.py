@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -90,27 +89,15 @@ def dit_config(depth: int | None = None):
     return step, fixed, {"params": n_all, "trainable": n_all, "depth": model.config.depth}
 
 
-def _random_lpips():
-    import torchvision
-
-    from models.losses import LPIPSLoss
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "vgg16-random.pth"
-        torch.save({f"features.{k}": v for k, v in torchvision.models.vgg16().features.state_dict().items()}, path)
-        return LPIPSLoss(path)
-
-
 def ae_config(stage: int):
     """The paper autoencoder (random DINOv3-L), LPIPS(VGG16) and, for stage 2, the discriminator."""
-    from experiments.common import ae_steps
+    from experiments.common.memory_plan import ae_step_saved, random_lpips
     from models import build_autoencoder
     from models.discriminator import build_discriminator
-    from models.losses import STAGE_LOSS_WEIGHTS
 
     ae = build_autoencoder("paper", random_init=True)
     train = ae.set_stage(stage)
-    lpips = _random_lpips()
+    lpips = random_lpips()
     disc = build_discriminator("paper", random_init=True) if stage == 2 else None
     mods = [ae, lpips] + ([disc] if disc is not None else [])
     n_all = sum(_count(m.parameters()) for m in mods)
@@ -119,30 +106,10 @@ def ae_config(stage: int):
     # EMA of the AE's trained weights only (not of the discriminator); the discriminator has its own AdamW
     fixed = {"weights": 4 * n_all, "grads": 4 * (n_t + n_d), "adamw": 8 * (n_t + n_d), "ema": 4 * n_t,
              "ddp_buckets": 4 * (n_t + n_d)}
-    w = STAGE_LOSS_WEIGHTS[stage]
-    net = ae_steps.Stage1Net(ae) if stage == 1 else ae_steps.Stage2Net(ae)
-    tokens = [ae.num_tokens + ae.backbone.num_prefix_tokens]  # ViT sequence lengths (attention [.., N, N])
-    if disc is not None:
-        side = disc.config.input_size // disc.backbone.patch_size
-        tokens.append(side * side + disc.backbone.num_prefix_tokens)
 
     def step(b: int, precision: str, ckpt: bool, fake: bool = True) -> tuple[int, int]:
         ae.set_grad_checkpointing(ckpt)
-        with maybe_fake(mods, fake):
-            x = torch.rand(b, 3, 256, 256) * 2 - 1
-            with SavedBytes(mods, tokens) as rec_g, _autocast(precision):
-                if stage == 1:
-                    recon, z, zt = net(x)
-                    ae_steps.stage1_losses(x, recon, z, zt, lpips, w)
-                else:
-                    recon = net(x, 1.0)
-                    ae_steps.stage2_g_losses(x, recon, lpips, disc, w, adversarial=True)
-            if stage == 1:
-                return rec_g.total, rec_g.attn_total
-            with SavedBytes(mods, tokens) as rec_d, _autocast(precision):  # after G's backward: G's freed
-                ae_steps.stage2_d_loss(x, recon.detach(), disc)
-        g, d = (rec_g.total, rec_g.attn_total), (rec_d.total, rec_d.attn_total)
-        return max(g, d)
+        return ae_step_saved(ae, stage, lpips, disc, b, precision, fake=fake)
 
     return step, fixed, {"params": n_all, "trainable": n_t, "disc_trainable": n_d}
 

@@ -128,11 +128,17 @@ def train(args, info) -> int:
 
         args.image_size = AE_CONFIGS[args.preset].image_size
     if resume is not None:
+        if args.grad_accum == "auto":  # a resumed run keeps its micro-batching (its data order depends on it)
+            args.grad_accum = resume["args"].get("grad_accum", 1)
         check_resume_args(resume["args"], args, _RESUME_KEYS, ckpts.last)
     train_ds, val_ds = make_datasets(args)  # data problems surface before the (slow) model build
     seed_everything(args.seed)
     ae = build_model(args, resume)
     dev, world = info.device, info.world_size
+    if args.grad_accum == "auto":
+        from experiments.common.memory_plan import ae_auto_grad_accum
+
+        args.grad_accum = ae_auto_grad_accum(args, info, ae)
     if args.batch_size % (args.grad_accum * world):
         raise UserError(f"--batch-size {args.batch_size} must divide by grad-accum x processes "
                         f"({args.grad_accum} x {world})")

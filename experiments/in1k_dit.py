@@ -142,7 +142,9 @@ def train(args, info) -> int:
         if args.ae_ckpt is None:
             args.ae_ckpt = resume["latent"]["ae_ckpt"]
     if args.grad_accum == "auto":
-        args.grad_accum = auto_grad_accum_dit(args, info)
+        from experiments.common.memory_plan import dit_auto_grad_accum
+
+        args.grad_accum = dit_auto_grad_accum(args, info)
     if args.batch_size % (world * args.grad_accum):
         raise UserError(f"--batch-size {args.batch_size} must divide by grad-accum x processes "
                         f"({args.grad_accum} x {world})")
@@ -178,7 +180,7 @@ def train(args, info) -> int:
         n_par = sum(p.numel() for p in model.parameters())
         print(f"in1k_dit: {args.model} ({n_par / 1e6:.2f} M params) on {data_meta['source']}: {n_tok} tokens x {chans} ch on "
               f"the sphere R={ae.radius:.3f}, alpha={alpha:.3f}, {latent['num_classes']} classes, "
-              f"{args.steps} steps of batch {args.batch_size}, {mode}, grad clip "
+              f"{args.steps} steps of batch {args.batch_size}{_micro(args, world)}, {mode}, grad clip "
               f"{args.grad_clip if args.grad_clip > 0 else 'off'} -> {out}; sample grids decoded at "
               f"token norm {s_vae:.6g} from {s_src}", flush=True)
         if note:
@@ -255,6 +257,13 @@ def train(args, info) -> int:
     return code
 
 
+def _micro(args, world: int) -> str:
+    """Banner note on micro-batching / checkpointing ("" when neither is on)."""
+    note = f" ({args.grad_accum} micro-batches of {args.batch_size // (args.grad_accum * world)} per process)" \
+        if args.grad_accum > 1 else ""
+    return note + (" with activation checkpointing" if args.grad_checkpointing else "")
+
+
 def latents_of(ctx, batch: dict) -> torch.Tensor:
     """The batch's data latents x₀ ``[B, N, C]`` in float32 on the sphere (encoded now if images)."""
     from experiments.cache_latents import encode_batch
@@ -324,39 +333,6 @@ def train_step(ctx, net, model, opt, it, step: int, meter):
     if finite:
         opt.step()
     return dict(zip(("loss", "tangent", "radial"), host[:3])), finite, host[3]
-
-
-def auto_grad_accum_dit(args, info) -> int:
-    """``--grad-accum auto``: the DiT's activations per sample measured now on fake tensors (the memory plan's
-    method, :mod:`experiments.common.memory_plan`), then the smallest K that fits the free GPU memory."""
-    from experiments.common import memory_plan as MP
-    from experiments.common.microbatch import auto_grad_accum
-    from experiments.common.dit_io import dit_registry
-
-    per_rank = args.batch_size // info.world_size
-    if info.device.type != "cuda":
-        return auto_grad_accum(per_rank, info.device, lambda m: 0.0, log=_say(info), what="in1k_dit: ")
-    # the paper's latent grid unless the data says otherwise later (the check below raises on a mismatch)
-    model = dit_registry()[args.model](ddt_head=args.ddt_head, qk_norm=args.qk_norm)
-    model.set_grad_checkpointing(args.grad_checkpointing)
-    n, c = model.config.num_tokens, model.config.in_channels
-
-    def saved(b: int) -> int:
-        with MP.maybe_fake([model]), MP.SavedBytes([model]) as rec, MP.autocast_cpu(args.precision):
-            out = model(torch.randn(b, n, c), torch.rand(b), torch.zeros(b, dtype=torch.long))
-            out.float().square().mean()
-        return rec.total
-
-    per, fixed_act = MP.linear_fit(saved)
-    n_par = sum(p.numel() for p in model.parameters())
-    state = MP.training_state_bytes(n_par, n_par, n_par, info.world_size)
-    block = per / max(1, model.config.depth) if args.grad_checkpointing else 0.0
-    return auto_grad_accum(per_rank, info.device, lambda m: MP.peak_bytes(state, per, fixed_act, block, m),
-                           headroom=MP.HEADROOM, log=_say(info), what="in1k_dit: ")
-
-
-def _say(info):
-    return (lambda msg: print(msg, flush=True)) if info.is_main else (lambda msg: None)
 
 
 @torch.no_grad()

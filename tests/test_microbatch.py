@@ -150,3 +150,38 @@ def test_auto_grad_accum_picks_the_fewest_micro_batches_that_fit(monkeypatch):
     assert k == 4 and "micro-batch 16 x 4" in logs[-1]
     with pytest.raises(ValueError, match="even a micro-batch of 1"):
         auto_grad_accum(64, torch.device("cuda", 0), lambda m: 95 * 2**30 + m, log=logs.append)
+
+
+def test_ae_auto_grad_accum_measures_the_step_and_fits_it(monkeypatch):
+    """--grad-accum auto on a (pretend) GPU: the tiny AE's step accounted on fake tensors; with free memory
+    for 6 samples beyond the fixed parts, a per-GPU batch of 24 runs as 4 micro-batches of 6."""
+    from experiments.common import memory_plan as MP
+    from models import build_autoencoder
+
+    torch.manual_seed(0)
+    ae = build_autoencoder("tiny", image_size=32)
+    args = argparse.Namespace(batch_size=24, stage=1, lpips_weight=0.0, gan_weight=0.0, preset="tiny",
+                              precision="fp32", grad_checkpointing=False)
+    info = D.DistInfo(device=torch.device("cuda", 0))
+    trained = ae.set_stage(1)
+    per, fixed_act = MP.linear_fit(lambda b: MP.ae_step_saved(ae, 1, None, None, b, "fp32")[0])
+    assert per > 0
+    n_all, n_t = sum(p.numel() for p in ae.parameters()), sum(p.numel() for p in trained)
+    need6 = MP.peak_bytes(MP.training_state_bytes(n_all, n_t, n_t, 1), per, fixed_act, 0.0, 6)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (int((need6 + 0.5 * per) / MP.HEADROOM), 2**40))
+    assert MP.ae_auto_grad_accum(args, info, ae) == 4
+    # real (not fake) accounting of the same step agrees
+    assert MP.ae_step_saved(ae, 1, None, None, 2, "fp32", fake=False) == MP.ae_step_saved(ae, 1, None, None, 2, "fp32")
+
+
+def test_dit_auto_grad_accum_on_a_pretend_gpu(monkeypatch):
+    from experiments.common import memory_plan as MP
+
+    args = argparse.Namespace(model="LightningDiT-T/1", ddt_head=False, qk_norm=False, grad_checkpointing=False,
+                              precision="fp32", batch_size=64)
+    info = D.DistInfo(device=torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (int(2.6 * 2**30 / MP.HEADROOM), 2**40))
+    k = MP.dit_auto_grad_accum(args, info)  # ~0.1 GiB beyond the runtime allowance: some, not all, of 64 fit
+    assert 1 < k < 64 and 64 % k == 0
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (2**40, 2**40))
+    assert MP.dit_auto_grad_accum(args, info) == 1

@@ -110,8 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _length_args(g) -> None:
-    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (the memory "
-                   "plan, docs/scale.md, gives K per GPU size)")
+    from experiments.common.microbatch import grad_accum_arg
+
+    g.add_argument("--grad-accum", type=grad_accum_arg, default=1, help="micro-batches per optimizer step; "
+                   "auto = the fewest that fit the GPU's free memory by the memory plan (CUDA only; 1 elsewhere; "
+                   "a resumed run keeps its own)")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute the student ViT blocks and the "
                    "decoder stages in backward (activations ~1/6 in bf16; same losses and gradients)")
     g.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs) [preset]")
@@ -151,7 +154,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.num_workers = 0 if args.embedded else min(8, os.cpu_count() or 1)
     if args.out is None:
         args.out = default_out(args.preset, args.embedded, args.stage, args.stem)
-    if args.batch_size % args.grad_accum:
+    if args.grad_accum != "auto" and args.batch_size % args.grad_accum:
         raise UserError(f"--batch-size {args.batch_size} not divisible by --grad-accum {args.grad_accum}")
     if args.data is not None:
         root = Path(args.data)

@@ -98,3 +98,119 @@ def peak_bytes(state: float, per_sample: float, fixed_act: float, block: float, 
     """Planned peak of one process: training state + runtime allowance + activations of ``micro`` samples +
     one block's activations per sample (the block being back-propagated, or recomputed under checkpointing)."""
     return state + RUNTIME_GIB * GIB + fixed_act + micro * (per_sample + block)
+
+
+def random_lpips() -> torch.nn.Module:
+    """LPIPS(VGG16) with a random trunk: the real module's shapes and cost without its weights file."""
+    import tempfile
+    from pathlib import Path
+
+    import torchvision
+
+    from models.losses import LPIPSLoss
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "vgg16-random.pth"
+        torch.save({f"features.{k}": v for k, v in torchvision.models.vgg16().features.state_dict().items()}, path)
+        return LPIPSLoss(path)
+
+
+def ae_step_saved(ae, stage: int, lpips, disc, b: int, precision: str, *, fake: bool = True,
+                  size: int | None = None) -> tuple[int, int]:
+    """(saved bytes, attention-matrix bytes) of ``in1k_ae.py``'s step at micro-batch ``b``: stage 1 = the
+    stage net + cos + L1 + LPIPS; stage 2 = max(G pass: decoder + L1 + LPIPS + hinge G through ``disc``,
+    D pass: ``disc`` on real and detached fakes), the two are never alive together (G's backward runs first)."""
+    from experiments.common import ae_steps
+    from models.losses import STAGE_LOSS_WEIGHTS
+
+    w = STAGE_LOSS_WEIGHTS[stage]
+    if lpips is None:
+        import dataclasses
+
+        w = dataclasses.replace(w, lpips=0.0)
+    mods = [m for m in (ae, lpips, disc) if m is not None]
+    tokens = [ae.num_tokens + ae.backbone.num_prefix_tokens]  # ViT sequence lengths (attention [.., N, N])
+    if disc is not None:
+        side = disc.config.input_size // disc.backbone.patch_size
+        tokens.append(side * side + disc.backbone.num_prefix_tokens)
+    size = size or ae.image_size
+    net = ae_steps.Stage1Net(ae) if stage == 1 else ae_steps.Stage2Net(ae)
+    with maybe_fake(mods, fake):
+        x = torch.rand(b, 3, size, size) * 2 - 1
+        with SavedBytes(mods, tokens) as rec_g, autocast_cpu(precision):
+            if stage == 1:
+                recon, z, zt = net(x)
+                ae_steps.stage1_losses(x, recon, z, zt, lpips, w)
+            else:
+                recon = net(x, 1.0)
+                ae_steps.stage2_g_losses(x, recon, lpips, disc, w, adversarial=disc is not None)
+        if stage == 1 or disc is None:
+            return rec_g.total, rec_g.attn_total
+        with SavedBytes(mods, tokens) as rec_d, autocast_cpu(precision):
+            ae_steps.stage2_d_loss(x, recon.detach(), disc)
+    return max((rec_g.total, rec_g.attn_total), (rec_d.total, rec_d.attn_total))
+
+
+def _say(info):
+    return (lambda msg: print(msg, flush=True)) if info.is_main else (lambda msg: None)
+
+
+def _fit_and_pick(args, info, saved: Callable[[int], int], state: int, depth: int, what: str) -> int:
+    from experiments.common.microbatch import auto_grad_accum
+
+    per, fixed_act = linear_fit(saved)
+    block = per / max(1, depth) if args.grad_checkpointing else 0.0
+    return auto_grad_accum(args.batch_size // info.world_size, info.device,
+                           lambda m: peak_bytes(state, per, fixed_act, block, m), headroom=HEADROOM,
+                           log=_say(info), what=what)
+
+
+def dit_auto_grad_accum(args, info) -> int:
+    """``in1k_dit.py --grad-accum auto``: the DiT's activations measured now on fake tensors at batches 1 and
+    2 (the memory plan's method), then the smallest K whose micro-batch fits the free GPU memory."""
+    from experiments.common.dit_io import dit_registry
+    from experiments.common.microbatch import auto_grad_accum
+
+    if info.device.type != "cuda":
+        return auto_grad_accum(1, info.device, lambda m: 0.0, log=_say(info), what="in1k_dit: ")
+    model = dit_registry()[args.model](ddt_head=args.ddt_head, qk_norm=args.qk_norm)
+    model.set_grad_checkpointing(args.grad_checkpointing)
+    n, c = model.config.num_tokens, model.config.in_channels
+
+    def saved(b: int) -> int:
+        with maybe_fake([model]), SavedBytes([model]) as rec, autocast_cpu(args.precision):
+            model(torch.randn(b, n, c), torch.rand(b), torch.zeros(b, dtype=torch.long)).float().square().mean()
+        return rec.total
+
+    n_par = sum(p.numel() for p in model.parameters())
+    state = training_state_bytes(n_par, n_par, n_par, info.world_size)
+    return _fit_and_pick(args, info, saved, state, model.config.depth, "in1k_dit: ")
+
+
+def ae_auto_grad_accum(args, info, ae) -> int:
+    """``in1k_ae.py --grad-accum auto``: this stage's step (LPIPS-shaped VGG16 when LPIPS is on, the
+    discriminator in stage 2) measured now on fake tensors, then the smallest K that fits the free GPU memory."""
+    from experiments.common.microbatch import auto_grad_accum
+
+    if info.device.type != "cuda":
+        return auto_grad_accum(1, info.device, lambda m: 0.0, log=_say(info), what="in1k_ae: ")
+    from models.discriminator import build_discriminator
+
+    lpips = random_lpips() if args.lpips_weight > 0 else None
+    disc = None
+    if args.stage == 2 and args.gan_weight > 0:
+        disc = build_discriminator("tiny" if args.preset in ("tiny", "cpu") else "paper", random_init=True)
+    trained = ae.set_stage(args.stage)
+    was = ae.decoder.grad_checkpointing
+    ae.set_grad_checkpointing(args.grad_checkpointing)
+    try:
+        def saved(b: int) -> int:
+            return ae_step_saved(ae, args.stage, lpips, disc, b, args.precision)[0]
+
+        n_all = sum(p.numel() for m in (ae, lpips, disc) if m is not None for p in m.parameters())
+        n_t = sum(p.numel() for p in trained)
+        n_d = sum(p.numel() for p in disc.parameters() if p.requires_grad) if disc is not None else 0
+        state = training_state_bytes(n_all, n_t + n_d, n_t, info.world_size)
+        return _fit_and_pick(args, info, saved, state, 5, "in1k_ae: ")
+    finally:
+        ae.set_grad_checkpointing(was)

@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "autocast around the DiT only, on CUDA; sphere arithmetic is always fp32")
     g.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
                    help="FP32 weights and optimizer with TF32 tensor-core matmuls/convolutions on CUDA (default: "
-                   "0.69 TFLOP per training image caps true FP32 near 97 img/s per H100 at 100%% of its 67 "
-                   "TFLOP/s vs 718 with TF32; docs/recipe.md); --no-tf32 = true FP32. The spherical ops stay "
+                   "0.715 TFLOP per training image caps true FP32 at 94 img/s per H100 at 100%% of its 67 "
+                   "TFLOP/s vs 693 with TF32; docs/recipe.md); --no-tf32 = true FP32. The spherical ops stay "
                    "exact float32 either way")
     g.add_argument("--compile", action="store_true", help="torch.compile the DiT")
     g.add_argument("--threads", type=int, help="CPU intra-op threads (default: 1 for the tiny preset on "

@@ -47,7 +47,7 @@ def test_tiny_cpu_run_of_both_training_steps(tmp_path):
     rc = bench_gpu.main(["all", "--tiny", "--device", "cpu", "--steps", "3", "--warmup", "1", "--lpips", "off",
                          "--batch-sizes", "4", "--out", str(tmp_path), "--dit-precisions", "fp32", "tf32"])
     assert rc == 0
-    for kind in ("ae", "dit"):
+    for kind in ("ae", "ae2", "dit"):
         res = json.loads((tmp_path / f"gpu_{kind}_tiny.json").read_text())
         assert res["kind"] == kind and res["batch"] == 4 and res["precision"] == "fp32"
         assert res["losses_finite"] and res["img_per_s"] > 0 and res["peak_mem_gib"] is None
@@ -63,6 +63,9 @@ def test_tiny_cpu_run_of_both_training_steps(tmp_path):
     tiny = build_autoencoder("tiny", image_size=64)
     stem_and_decoder = [*tiny.stem.parameters(), *tiny.decoder.parameters()]
     assert ae["trainable_params_m"] == pytest.approx(sum(p.numel() for p in stem_and_decoder) / 1e6)
+    ae2 = json.loads((tmp_path / "gpu_ae2_tiny.json").read_text())  # stage 2 trains the decoder (+ D heads)
+    assert ae2["trainable_params_m"] == pytest.approx(sum(p.numel() for p in tiny.decoder.parameters()) / 1e6)
+    assert ae2["disc_trainable_params_m"] > 0
     t1 = dit_registry()["LightningDiT-T/1"](in_channels=32, num_tokens=16, num_classes=1000)
     assert "[16 x 32]" in dit["what"] and dit["params_m"] == pytest.approx(sum(p.numel() for p in t1.parameters()) / 1e6)
 

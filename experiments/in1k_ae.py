@@ -2,7 +2,7 @@
 
     python experiments/in1k_ae.py                      # embedded photos, cpu preset, a few min on 2 CPUs
     torchrun --nproc_per_node=8 experiments/in1k_ae.py --data /imagenet --preset paper \
-        --encoder-weights dinov3_vitl16.pth --precision bf16 --out runs/ae-paper-s1
+        --encoder-weights dinov3_vitl16.pth --grad-accum 4 --out runs/ae-paper-s1   # 4 x 16 per 80 GB GPU
     python experiments/in1k_ae.py --data /imagenet --preset paper --stage 2 --init-from runs/ae-paper-s1 ...
 
 Outputs in ``--out DIR``: ``metrics.jsonl`` (one JSON object per event), ``recon.png`` (originals over
@@ -61,7 +61,7 @@ def banner(args, info, n_train: int) -> None:
               f"chelsea+flower crops, {args.max_steps} steps, LPIPS "
               f"{'on' if args.lpips_weight > 0 else 'off'} -> {args.out}. Real run: torchrun "
               f"--nproc_per_node=8 experiments/in1k_ae.py --data /imagenet --preset paper "
-              f"--encoder-weights dinov3_vitl16.pth --precision bf16", flush=True)
+              f"--encoder-weights dinov3_vitl16.pth --grad-accum 4 (80 GB GPUs; docs/scale.md)", flush=True)
 
 
 def build_model(args, resume_state):

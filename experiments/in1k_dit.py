@@ -2,7 +2,7 @@
 
     python experiments/in1k_dit.py                 # embedded photos, tiny AE + tiny DiT, ~2 min on 2 CPUs
     torchrun --nproc_per_node=8 experiments/in1k_dit.py --preset paper --data /imagenet \
-        --ae-ckpt runs/ae-paper-s2 --cache-latents --out runs/dit-xl
+        --ae-ckpt runs/ae-paper-s2 --cache-latents --grad-accum 4 --out runs/dit-xl   # 4 x 32 per 80 GB GPU
 
 One step, FP32 weights and optimizer as in the paper, with TF32 matmuls on CUDA by default (``--no-tf32``: true
 FP32; the FLOP count behind the choice is in docs/recipe.md; ``--precision bf16``

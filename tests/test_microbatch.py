@@ -185,3 +185,8 @@ def test_dit_auto_grad_accum_on_a_pretend_gpu(monkeypatch):
     assert 1 < k < 64 and 64 % k == 0
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (2**40, 2**40))
     assert MP.dit_auto_grad_accum(args, info) == 1
+    from experiments.common.trainer import UserError
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (2**30, 2**40))  # below the runtime allowance
+    with pytest.raises(UserError, match="even a micro-batch of 1"):
+        MP.dit_auto_grad_accum(args, info)

@@ -58,7 +58,8 @@ _EPILOG = "per-preset defaults (stage 1 / stage 2) of the options marked [preset
     "photos bundled in scikit-image and scikit-learn (chelsea and flower held out for evaluation),\n"
     "random-init encoder, a few minutes on 2 cores.\n"
     "Real run: torchrun --nproc_per_node=8 experiments/in1k_ae.py --data /imagenet --preset paper \\\n"
-    "           --encoder-weights dinov3_vitl16.pth --precision bf16 --out runs/ae-paper-s1")
+    "           --encoder-weights dinov3_vitl16.pth --grad-accum 4 --out runs/ae-paper-s1\n"
+    "  (--grad-accum 4: 4 micro-batches of 16 per 80 GB GPU; other GPUs and node counts: docs/scale.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:

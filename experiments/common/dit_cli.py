@@ -66,7 +66,8 @@ _EPILOG = "per-preset defaults of the options marked [preset]:\n" + "\n".join(
     "Decode norm: generated tokens are rescaled to the autoencoder checkpoint's latent_norm before decoding\n"
     "  (--decode-norm overrides). The paper's s_vae for DINOv3-L is 14 (App. C sweep over 8..20).\n"
     "Real run: torchrun --nproc_per_node=8 experiments/in1k_dit.py --preset paper --data /imagenet \\\n"
-    "          --ae-ckpt runs/ae-paper-s2 --cache-latents --out runs/dit-xl")
+    "          --ae-ckpt runs/ae-paper-s2 --cache-latents --grad-accum 4 --out runs/dit-xl\n"
+    "  (--grad-accum 4: 4 micro-batches of 32 per 80 GB GPU; other GPUs and node counts: docs/scale.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:

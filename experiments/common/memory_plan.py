@@ -158,11 +158,26 @@ def _say(info):
 def _fit_and_pick(args, info, saved: Callable[[int], int], state: int, depth: int, what: str) -> int:
     from experiments.common.microbatch import auto_grad_accum
 
+    from experiments.common import distributed as D
+    from experiments.common.trainer import UserError
+
     per, fixed_act = linear_fit(saved)
     block = per / max(1, depth) if args.grad_checkpointing else 0.0
-    return auto_grad_accum(args.batch_size // info.world_size, info.device,
-                           lambda m: peak_bytes(state, per, fixed_act, block, m), headroom=HEADROOM,
-                           log=_say(info), what=what)
+    try:
+        k, err = auto_grad_accum(args.batch_size // info.world_size, info.device,
+                                 lambda m: peak_bytes(state, per, fixed_act, block, m), headroom=HEADROOM,
+                                 log=_say(info), what=what), ""
+    except ValueError as e:
+        k, err = 0, str(e)
+    # every process must use the same K: the largest any of them needs (the GPU with the least free memory)
+    gathered = D.all_gather_object((k, err))
+    errors = [e for _, e in gathered if e]
+    if errors:
+        raise UserError(errors[0])
+    k = max(k for k, _ in gathered)
+    if info.world_size > 1:
+        _say(info)(f"{what}--grad-accum {k} on every process (the largest any process needs)")
+    return k
 
 
 def dit_auto_grad_accum(args, info) -> int:

@@ -1,8 +1,14 @@
 """Training throughput and peak memory of the two training steps, one prepared script for a GPU session.
 
     python benchmarks/bench_gpu.py ae    # paper AE, stage 1, 256 px, random-init DINOv3-L, bf16, 50 steps
+    python benchmarks/bench_gpu.py ae2   # paper AE, stage 2 (G + D steps, random-init DINO ViT-S/8 discriminator)
     python benchmarks/bench_gpu.py dit   # LightningDiT-XL/1, RFM on random [256 x 1024] latents: fp32, tf32, bf16
     python benchmarks/bench_gpu.py all --tiny --device cpu --steps 4 --warmup 1   # the same code, CPU-sized
+    python benchmarks/bench_gpu.py sphere   # float32 accuracy of the sphere ops on the device with TF32 on
+    python benchmarks/bench_gpu.py all --plan 141GB --steps 20 --warmup 5   # the planned micro-batches
+
+The GPU check of docs/scale.md (~6 min on one H200, not yet run: no GPU was lent to this project's sessions):
+``all --plan 141GB --steps 20 --warmup 5`` then ``sphere``.
 
 Each step is the one the training scripts run, built from their own pieces:
 
@@ -155,6 +161,61 @@ def ae_step_factory(args, dev: torch.device) -> tuple[Callable[[int], StepFn], d
                        "tokens": ae.num_tokens, "channels": ae.latent_dim}
 
 
+def ae2_step_factory(args, dev: torch.device) -> tuple[Callable[[int], StepFn], dict]:
+    """The stage-2 step of ``in1k_ae.py`` (after the D-only warm-up): decoder on smoothed raw tokens with
+    L1 + LPIPS + 0.5·hinge G through the DINO discriminator, then the D step; both AdamW, EMA of the AE."""
+    from experiments.common import ae_steps
+    from experiments.common.ae_cli import DEFAULTS
+    from experiments.common.ema import EMA
+    from experiments.common.trainer import autocast, build_adamw, grads_finite_norm
+    from models import build_autoencoder
+    from models.losses import STAGE_LOSS_WEIGHTS
+
+    preset = "tiny" if args.tiny else args.preset
+    size = args.image_size or (64 if args.tiny else 256)
+    ae = build_autoencoder(preset, random_init=not args.tiny, image_size=size)
+    params = ae.set_stage(2)
+    ae.to(dev)
+    if args.grad_checkpointing:
+        ae.set_grad_checkpointing(True)
+    lpips = _random_vgg_lpips(dev) if args.lpips == "random" else None
+    w = STAGE_LOSS_WEIGHTS[2] if lpips is not None else dataclasses.replace(STAGE_LOSS_WEIGHTS[2], lpips=0.0)
+    disc = ae_steps.build_discriminator(preset, None, False, not args.tiny, dev)
+    d_params = [p for p in disc.parameters() if p.requires_grad]
+    net = ae_steps.Stage2Net(ae)
+    hp = DEFAULTS[("paper", 2)]
+    opt = build_adamw(params, hp["lr"], (hp["beta1"], hp["beta2"]), hp["weight_decay"])
+    d_opt = build_adamw(d_params, hp["lr"], (hp["beta1"], hp["beta2"]), hp["weight_decay"])
+    ema = EMA(ae, hp["ema_decay"])
+    gen = torch.Generator(dev).manual_seed(0)
+
+    def make_step(b: int) -> StepFn:
+        x = torch.rand(b, 3, size, size, generator=gen, device=dev) * 2 - 1
+
+        def step() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            d_opt.zero_grad(set_to_none=True)
+            with autocast(dev, args.precision):
+                recon = net(x, 1.2, gen)
+                loss, _ = ae_steps.stage2_g_losses(x, recon, lpips, disc, w, True, generator=gen)
+            loss.backward()
+            with autocast(dev, args.precision):
+                d_loss, _ = ae_steps.stage2_d_loss(x, recon.detach(), disc, generator=gen)
+            d_loss.backward()
+            grads_finite_norm(params, hp["grad_clip"])
+            opt.step()
+            d_opt.step()
+            ema.update(ae)
+            return loss.detach()
+
+        return step
+
+    return make_step, {"what": f"AE stage 2, preset {preset}, {size} px, random-init encoder and discriminator",
+                       "trainable_params_m": sum(p.numel() for p in params) / 1e6,
+                       "disc_trainable_params_m": sum(p.numel() for p in d_params) / 1e6,
+                       "lpips": "random VGG16" if lpips else "off"}
+
+
 def dit_step_factory(args, dev: torch.device) -> tuple[Callable[[int], StepFn], dict]:
     """The RFM step of ``in1k_dit.py`` on random latents; returns ``make_step(batch)`` and a description."""
     from experiments.common.dit_cli import build_parser
@@ -204,11 +265,11 @@ def run(kind: str, args) -> dict:
     from experiments.in1k_dit import tf32_allowed
 
     dev = torch.device(args.device)
-    factory = ae_step_factory if kind == "ae" else dit_step_factory
+    factory = {"ae": ae_step_factory, "ae2": ae2_step_factory, "dit": dit_step_factory}[kind]
     with tf32_allowed(args.precision == "tf32"):
         make_step, info = factory(args, dev)
-        sizes = args.batch_sizes or ([8, 4] if args.tiny else ([64, 32, 16] if kind == "ae" else
-                                                               [512, 256, 128, 64]))
+        sizes = args.batch_sizes or (planned_batches(kind, args.plan, args.precision) if args.plan else None) or (
+            [8, 4] if args.tiny else ([64, 32, 16] if kind != "dit" else [512, 256, 128, 64]))
         batch, step = largest_fitting_batch(make_step, sizes, dev)
         res = measure(step, batch, args.steps, args.warmup, dev)
     del make_step, step
@@ -224,10 +285,60 @@ def run(kind: str, args) -> dict:
     return res
 
 
+def planned_batches(kind: str, gpu: str, precision: str, path: Path = RESULTS / "memory_plan.json") -> list[int]:
+    """Micro-batch of the memory plan for ``kind`` on ``gpu`` (1 node, the recommended flags), and half of it."""
+    plan = json.loads(path.read_text())["configs"][{"ae": "ae_s1", "ae2": "ae_s2", "dit": "dit"}[kind]]["by_precision"]
+    rec = plan["fp32" if precision == "tf32" else precision]["plans"][gpu][0]["recommended"]
+    return [rec["micro_batch"], max(1, rec["micro_batch"] // 2)]
+
+
+def sphere_accuracy(dev: torch.device, n: int = 4096, channels: int = 1024) -> dict:
+    """Max relative error of float32 dist / logmap / rfm_loss vs float64 on the same inputs, with TF32 and
+    matmul precision "medium" on (restored afterwards): the float32 contract is 1e-5."""
+    from spherical import Hypersphere, geodesic_flow, rfm_loss
+
+    g = torch.Generator().manual_seed(0)
+    S = Hypersphere(32.0)
+    x = S.projx(torch.randn(n, channels, generator=g, dtype=torch.float64))
+    angles = torch.logspace(-5, 0.49, n, dtype=torch.float64).unsqueeze(-1)  # 1e-5 .. ~3.1 rad
+    u = S.proju(x, torch.randn(n, channels, generator=g, dtype=torch.float64))
+    y = S.expmap(x, 32.0 * angles * u / u.norm(dim=-1, keepdim=True))
+    v = torch.randn(n, channels, generator=g, dtype=torch.float64)
+    x32, y32, v32 = (t.float() for t in (x, y, v))
+    ref_d = S.dist(x32.double(), y32.double())
+    ref_l = S.logmap(x32.double(), y32.double())
+    f64 = geodesic_flow(x32.double(), y32.double(), torch.full((n, 1), 0.3, dtype=torch.float64), sphere=S)
+    ref_loss = rfm_loss(v32.double(), f64.xt, f64.ut)
+    legacy = torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32
+    torch.set_float32_matmul_precision("medium")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        xd, yd, vd = x32.to(dev), y32.to(dev), v32.to(dev)
+        d = S.dist(xd, yd).double().cpu()
+        lg = S.logmap(xd, yd).double().cpu()
+        fl = geodesic_flow(xd, yd, torch.full((n, 1), 0.3, device=dev), sphere=S)
+        loss = rfm_loss(vd, fl.xt, fl.ut)
+    finally:
+        torch.set_float32_matmul_precision(legacy[0])
+        torch.backends.cuda.matmul.allow_tf32 = legacy[1]
+    res = {"device": str(dev), "n": n, "channels": channels, "tf32": True, "matmul_precision": "medium",
+           "dist_max_rel_err": float(((d - ref_d).abs() / ref_d).max()),
+           "logmap_max_rel_err": float(((lg - ref_l).norm(dim=-1) / ref_l.norm(dim=-1)).max()),
+           "rfm_tangent_rel_err": abs(float(loss.tangent) - float(ref_loss.tangent)) / float(ref_loss.tangent),
+           "contract": 1e-5}
+    res["within_contract"] = all(res[k] <= 1e-5 for k in ("dist_max_rel_err", "logmap_max_rel_err",
+                                                            "rfm_tangent_rel_err"))
+    print(f"bench_gpu sphere ({dev}, TF32 on): dist {res['dist_max_rel_err']:.1e}, logmap "
+          f"{res['logmap_max_rel_err']:.1e}, rfm_loss {res['rfm_tangent_rel_err']:.1e} (contract 1e-5)", flush=True)
+    return res
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("kind", choices=("ae", "dit", "all"))
+    p.add_argument("kind", choices=("ae", "ae2", "dit", "all", "sphere"))
+    p.add_argument("--plan", choices=("80GB", "141GB"), help="batch candidates = the memory plan's micro-batch "
+                   "for this GPU (benchmarks/results/memory_plan.json) and half of it")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=("fp32", "bf16"), help="AE step; default: bf16 on CUDA (the paper's "
                    "AE recipe), fp32 on CPU")
@@ -259,8 +370,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ae_precision = args.precision
     dit_precisions = args.dit_precisions or (["fp32", "tf32", "bf16"] if args.device.startswith("cuda")
                                              else ["fp32"])
-    for kind in (("ae", "dit") if args.kind == "all" else (args.kind,)):
-        if kind == "ae":
+    if args.kind == "sphere":
+        res = sphere_accuracy(torch.device(args.device))
+        path = args.out / f"gpu_sphere{'_cpu' if not args.device.startswith('cuda') else ''}.json"
+        path.write_text(json.dumps(res, indent=1) + "\n")
+        print(f"bench_gpu: wrote {path}", flush=True)
+        return 0 if res["within_contract"] else 1
+    for kind in (("ae", "ae2", "dit") if args.kind == "all" else (args.kind,)):
+        if kind in ("ae", "ae2"):
             res = run(kind, _with(args, precision=ae_precision))
         else:
             runs = [run(kind, _with(args, precision=p)) for p in dit_precisions]

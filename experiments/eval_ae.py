@@ -7,7 +7,8 @@
 Protocol (PAPER.md "Evaluation protocol"): ImageNet val, short side resized to S then centre-cropped to
 S×S, reconstructed with the EMA weights; PSNR (mean of per-image PSNR on [0, 1]) and SSIM (torchmetrics,
 Gaussian 11/1.5) per image; LPIPS(VGG) when its weights are available; rFID through torchmetrics'
-``FrechetInceptionDistance`` (2048-d pool3) against the same centre-cropped originals, when the
+``FrechetInceptionDistance`` (2048-d pool3) against the same centre-cropped originals, both fed as
+rounded uint8 (``round((x + 1)·127.5)``, as ``sample.py`` writes samples), when the
 torch-fidelity Inception weights are in the torch hub cache or given by ``--inception-weights``.
 Without them the Fréchet distance is computed on the DINO teacher's mean-pooled patch tokens and reported
 as ``fd_dino`` (never called FID). All statistics are float64 sums: results do not depend on the batch
@@ -32,7 +33,7 @@ import torch  # noqa: E402
 
 from experiments.common import distributed as D  # noqa: E402
 from experiments.common.metrics import (FrechetStats, fd_from_stats, find_inception_weights, make_fid,  # noqa: E402
-                                 psnr_per_image, save_grid, ssim_per_image, to_unit)
+                                 psnr_per_image, save_grid, ssim_per_image, to_uint8)
 from experiments.common.trainer import OneLineParser, UserError, autocast, cpu_threads, run_cli  # noqa: E402
 
 
@@ -81,8 +82,8 @@ def evaluate(ae, loader, device: torch.device, *, precision: str = "fp32", lpips
                  z.float().norm(dim=-1).mean(-1).double().sum()]
         sums += torch.stack(part)
         if fid is not None:
-            fid.update(to_unit(x), real=True)
-            fid.update(to_unit(recon), real=False)
+            fid.update(to_uint8(x), real=True)  # rounded uint8, as sample.py's .npz and saved PNGs
+            fid.update(to_uint8(recon), real=False)
         elif real is not None:
             real.update(dino_features(ae, x))
             fake.update(dino_features(ae, recon))

@@ -20,8 +20,9 @@ hub cache or ``--inception-weights``; nothing is downloaded.
 * Precision / recall (Kynkäänniemi et al., as in ADM's ``ManifoldEstimator``): each feature set's manifold
   is the union of balls around its points with radius the squared distance to the k-th nearest neighbour
   (k = 3); precision = fraction of sample features inside the reference manifold, recall = fraction of
-  reference features inside the sample manifold; on at most ``--pr-max-features`` (10 000) features per
-  side (a seeded random subset when there are more; ADM itself uses all it is given).
+  reference features inside the sample manifold; on all features of both sides by default, as ADM's
+  evaluator (all 50 k samples against the 10 k reference images); ``--pr-max-features M`` takes a seeded
+  random subset of M per side instead (memory: the k-NN radii of n features cost ~8·1024·n bytes per block).
 * IS: torchmetrics' ``InceptionScore`` with ``--splits`` splits (ADM: 10).
 Results go to ``--out`` as JSON and one line on the console.
 """
@@ -236,7 +237,7 @@ def _reference_side(stored: dict, ref: dict, key_mu: str, key_sigma: str, dim: i
 @torch.no_grad()
 def evaluate(samples: str | os.PathLike, reference: str | os.PathLike, extractor: nn.Module, *,
              batch_size: int = 100, splits: int = 10, image_size: int | None = None, seed: int = 0,
-             device: torch.device | str = "cpu", pr_max_features: int = 10_000, k: int = 3) -> dict:
+             device: torch.device | str = "cpu", pr_max_features: int = 0, k: int = 3) -> dict:
     """FID, sFID, IS, precision and recall of ``samples`` against ``reference`` (ADM protocol).
 
     Args:
@@ -244,7 +245,7 @@ def evaluate(samples: str | os.PathLike, reference: str | os.PathLike, extractor
             Inception, or a stand-in in tests); without the spatial output sFID is None.
         splits: IS splits; ``seed`` fixes torchmetrics' random permutation before splitting and the
             precision/recall subsets.
-        pr_max_features: at most this many pool features per side for precision/recall (0 = all).
+        pr_max_features: at most this many pool features per side for precision/recall (0 = all, ADM).
         k: neighbourhood size of the manifold estimate.
 
     Returns:
@@ -306,8 +307,8 @@ def build_parser() -> OneLineParser:
     a("--splits", type=int, default=10, help="Inception Score splits")
     a("--image-size", type=int, help="centre-crop folder images to this side")
     a("--seed", type=int, default=0, help="seed of the IS split permutation and the precision/recall subsets")
-    a("--pr-max-features", type=int, default=10_000, help="at most this many features per side for "
-      "precision/recall (0 = all)")
+    a("--pr-max-features", type=int, default=0, help="at most this many features per side for "
+      "precision/recall (0 = all, as ADM's evaluator: every sample against every reference image)")
     a("--device", default="auto", help="auto | cpu | cuda")
     return p
 

@@ -2,7 +2,7 @@
 
     python experiments/in1k_ae.py                      # embedded photos, cpu preset, a few min on 2 CPUs
     torchrun --nproc_per_node=8 experiments/in1k_ae.py --data /imagenet --preset paper \
-        --encoder-weights dinov3_vitl16.pth --precision bf16 --out runs/ae-paper-s1
+        --encoder-weights dinov3_vitl16.pth --grad-accum 4 --out runs/ae-paper-s1   # 4 x 16 per 80 GB GPU
     python experiments/in1k_ae.py --data /imagenet --preset paper --stage 2 --init-from runs/ae-paper-s1 ...
 
 Outputs in ``--out DIR``: ``metrics.jsonl`` (one JSON object per event), ``recon.png`` (originals over
@@ -61,7 +61,7 @@ def banner(args, info, n_train: int) -> None:
               f"chelsea+flower crops, {args.max_steps} steps, LPIPS "
               f"{'on' if args.lpips_weight > 0 else 'off'} -> {args.out}. Real run: torchrun "
               f"--nproc_per_node=8 experiments/in1k_ae.py --data /imagenet --preset paper "
-              f"--encoder-weights dinov3_vitl16.pth --precision bf16", flush=True)
+              f"--encoder-weights dinov3_vitl16.pth --grad-accum 4 (80 GB GPUs; docs/scale.md)", flush=True)
 
 
 def build_model(args, resume_state):
@@ -129,11 +129,17 @@ def train(args, info) -> int:
 
         args.image_size = AE_CONFIGS[args.preset].image_size
     if resume is not None:
+        if args.grad_accum == "auto":  # a resumed run keeps its micro-batching (its data order depends on it)
+            args.grad_accum = resume["args"].get("grad_accum", 1)
         check_resume_args(resume["args"], args, _RESUME_KEYS, ckpts.last)
     train_ds, val_ds = make_datasets(args)  # data problems surface before the (slow) model build
     seed_everything(args.seed)
     ae = build_model(args, resume)
     dev, world = info.device, info.world_size
+    if args.grad_accum == "auto":
+        from experiments.common.memory_plan import ae_auto_grad_accum
+
+        args.grad_accum = ae_auto_grad_accum(args, info, ae)
     if args.batch_size % (args.grad_accum * world):
         raise UserError(f"--batch-size {args.batch_size} must divide by grad-accum x processes "
                         f"({args.grad_accum} x {world})")
@@ -145,6 +151,7 @@ def train(args, info) -> int:
         args.max_steps = max(1, round(args.epochs * probe.steps_per_epoch))
     banner(args, info, len(train_ds))
     params = ae.set_stage(args.stage)
+    ae.set_grad_checkpointing(args.grad_checkpointing)
     ae.to(dev)
     lpips, lpips_note = ae_steps.build_lpips(args.lpips_weights, args.lpips_weight <= 0, dev)
     if info.is_main and args.lpips_weight > 0 and lpips is None:

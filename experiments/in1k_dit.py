@@ -2,9 +2,10 @@
 
     python experiments/in1k_dit.py                 # embedded photos, tiny AE + tiny DiT, ~2 min on 2 CPUs
     torchrun --nproc_per_node=8 experiments/in1k_dit.py --preset paper --data /imagenet \
-        --ae-ckpt runs/ae-paper-s2 --cache-latents --out runs/dit-xl
+        --ae-ckpt runs/ae-paper-s2 --cache-latents --grad-accum 4 --out runs/dit-xl   # 4 x 32 per 80 GB GPU
 
-One step, FP32 by default as in the paper (``--tf32`` allows TF32 matmuls on CUDA; ``--precision bf16``
+One step, FP32 weights and optimizer as in the paper, with TF32 matmuls on CUDA by default (``--no-tf32``: true
+FP32; the FLOP count behind the choice is in docs/recipe.md; ``--precision bf16``
 puts bf16 autocast around the DiT only, on CUDA; the sphere arithmetic is fp32 always); no gradient
 clipping in the paper preset (``--grad-clip G`` turns it on):
 x₀ = latents of the AE (data, t = 0), x₁ = ``Hypersphere(R).random_uniform`` (noise, t = 1),
@@ -41,6 +42,7 @@ from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDatas
 from experiments.common.dit_cli import build_parser, resolve  # noqa: E402
 from experiments.common.ema import EMA  # noqa: E402
 from experiments.common.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
+from experiments.common.microbatch import maybe_no_sync, sample_generators, sample_positions  # noqa: E402
 from experiments.common.rundir import run_folder  # noqa: E402
 from experiments.common.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError,  # noqa: E402
                                  abort_nonfinite, autocast, build_adamw, check_resume_args, grads_finite_norm,
@@ -144,8 +146,13 @@ def train(args, info) -> int:
                             f"embedding: {'drop' if old_pe else 'add'} --no-abs-pos-embed to resume it")
         if args.ae_ckpt is None:
             args.ae_ckpt = resume["latent"]["ae_ckpt"]
-    if args.batch_size % world:
-        raise UserError(f"--batch-size {args.batch_size} must divide by the number of processes {world}")
+    if args.grad_accum == "auto":
+        from experiments.common.memory_plan import dit_auto_grad_accum
+
+        args.grad_accum = dit_auto_grad_accum(args, info)
+    if args.batch_size % (world * args.grad_accum):
+        raise UserError(f"--batch-size {args.batch_size} must divide by grad-accum x processes "
+                        f"({args.grad_accum} x {world})")
     if args.latents is not None and args.ae_ckpt is None:  # the autoencoder that wrote the cache
         args.ae_ckpt = json.loads((Path(args.latents) / "index.json").read_text())["ae_ckpt"]
     ae_path, note = default_autoencoder(args.ae_ckpt, out, args.seed, is_main=info.is_main)
@@ -157,11 +164,13 @@ def train(args, info) -> int:
     latent = dict(num_tokens=n_tok, channels=chans, radius=float(ae.radius), alpha=float(alpha),
                   num_classes=args.num_classes or data_meta["num_classes"], ae_ckpt=str(ae_path),
                   classes=data_meta["classes"], image_size=args.image_size or ae.image_size, flow=args.flow)
-    sampler_probe = ResumableBatchSampler(len(train_ds), args.batch_size, world=world)
+    chunk = args.batch_size // args.grad_accum  # global micro-batch
+    sampler_probe = ResumableBatchSampler(len(train_ds), chunk, world=world, chunks_per_step=args.grad_accum)
     if args.steps is None:
         args.steps = max(1, round(args.epochs * sampler_probe.steps_per_epoch))
     seed_everything(args.seed)
     model = build_dit(args, latent).to(dev)
+    model.set_grad_checkpointing(args.grad_checkpointing)
     ema = EMA(model, args.ema_decay, warmup=args.ema_warmup)
     opt = build_adamw(model.parameters(), args.lr, (args.beta1, args.beta2), args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.lr_schedule, args.warmup_steps, args.steps))
@@ -169,8 +178,6 @@ def train(args, info) -> int:
     precision = "bf16" if args.precision == "bf16" and dev.type == "cuda" else "fp32"
     if args.precision == "bf16" and precision == "fp32" and info.is_main:
         print("in1k_dit: --precision bf16 applies on CUDA only; training in fp32 on CPU", flush=True)
-    if args.tf32 and dev.type != "cuda" and info.is_main:
-        print("in1k_dit: --tf32 applies on CUDA only", flush=True)
     mode = precision + ("+tf32" if args.tf32 and dev.type == "cuda" and precision == "fp32" else "")
     logger = MetricsLogger(out, enabled=info.is_main, tensorboard=args.tensorboard)
     step = 0
@@ -178,7 +185,7 @@ def train(args, info) -> int:
         n_par = sum(p.numel() for p in model.parameters())
         print(f"in1k_dit: {args.model} ({n_par / 1e6:.2f} M params) on {data_meta['source']}: {n_tok} tokens x {chans} ch on "
               f"the sphere R={ae.radius:.3f}, alpha={alpha:.3f}, {latent['num_classes']} classes, "
-              f"{args.steps} steps of batch {args.batch_size}, {mode}, grad clip "
+              f"{args.steps} steps of batch {args.batch_size}{_micro(args, world)}, {mode}, grad clip "
               f"{args.grad_clip if args.grad_clip > 0 else 'off'} -> {out}; sample grids decoded at "
               f"token norm {s_vae:.6g} from {s_src}", flush=True)
         if note:
@@ -194,8 +201,8 @@ def train(args, info) -> int:
     net = D.wrap_ddp(model, info)
     if args.compile:
         net = torch.compile(net)
-    sampler = ResumableBatchSampler(len(train_ds), args.batch_size, rank=info.rank, world=world, seed=args.seed,
-                                    start_chunk=step)
+    sampler = ResumableBatchSampler(len(train_ds), chunk, rank=info.rank, world=world, seed=args.seed,
+                                    chunks_per_step=args.grad_accum, start_chunk=step * args.grad_accum)
     loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=args.num_workers,
                                          collate_fn=collate_fn, pin_memory=dev.type == "cuda",
                                          worker_init_fn=worker_init if args.num_workers > 0 else None)
@@ -205,7 +212,7 @@ def train(args, info) -> int:
     def save(step_: int) -> None:
         rng = D.all_gather_object(checkpoint.capture_rng())
         if info.is_main:
-            ckpts.save({"step": step_, "data_chunk": step_, "model": model.state_dict(), "ema": ema.state_dict(),
+            ckpts.save({"step": step_, "data_chunk": step_ * args.grad_accum, "model": model.state_dict(), "ema": ema.state_dict(),
                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "guard": guard.state_dict(), "rng": rng, "args": vars(args), "world_size": world,
                         "dit_config": asdict(model.config), "latent": latent}, step_)
@@ -217,7 +224,7 @@ def train(args, info) -> int:
     with checkpoint.StopSignals() as stop:
         try:
             while step < args.steps:
-                parts, finite, gnorm = train_step(ctx, net, model, opt, next(it), step, meter)
+                parts, finite, gnorm = train_step(ctx, net, model, opt, it, step, meter)
                 book.record(step, parts, finite)  # guard, EMA, loss sums, sched.step()
                 step += 1
                 progress.update(1, loss=parts["loss"], lat_s=meter.rate(reset=False))
@@ -225,7 +232,7 @@ def train(args, info) -> int:
                     nbad = len(set().union(*D.all_gather_object(ctx["bad_files"])))
                     logger.log("train", step, skipped_files=nbad, **book.pop_means(), lr=sched.get_last_lr()[0],
                                grad_norm=gnorm, latents_per_s=meter.rate(),
-                               epoch=round(sampler.epoch_of_chunk(step), 4), nonfinite_total=guard.total)
+                               epoch=round(sampler.epoch_of_chunk(step * args.grad_accum), 4), nonfinite_total=guard.total)
                 if args.sample_every > 0 and step % args.sample_every == 0 and step < args.steps:
                     sample_grid(ctx, model, ema, latent, out / f"train-samples-{step:07d}.png")
                 stopping = D.any_true(stop.requested or step == args.stop_after, dev)
@@ -255,6 +262,13 @@ def train(args, info) -> int:
     return code
 
 
+def _micro(args, world: int) -> str:
+    """Banner note on micro-batching / checkpointing ("" when neither is on)."""
+    note = f" ({args.grad_accum} micro-batches of {args.batch_size // (args.grad_accum * world)} per process)" \
+        if args.grad_accum > 1 else ""
+    return note + (" with activation checkpointing" if args.grad_checkpointing else "")
+
+
 def latents_of(ctx, batch: dict) -> torch.Tensor:
     """The batch's data latents x₀ ``[B, N, C]`` in float32 on the sphere (encoded now if images)."""
     from experiments.cache_latents import encode_batch
@@ -265,16 +279,23 @@ def latents_of(ctx, batch: dict) -> torch.Tensor:
     return encode_batch(ctx["ae"], batch["image"].to(dev, non_blocking=True), ctx["precision"])
 
 
-def flow_loss(ctx, net, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
+def flow_loss(ctx, net, x0: torch.Tensor, y: torch.Tensor, gen):
     """Flow-matching loss of one batch (``--flow``: Riemannian, or flat on the same latents); returns
-    :class:`spherical.RFMLoss` (fp32)."""
+    :class:`spherical.RFMLoss` (fp32). ``gen``: one generator for the batch, or a list of one per sample."""
     from experiments.common.flows import euclidean_fm_loss, euclidean_path, flow_noise
 
     args, sphere, b = ctx["args"], ctx["sphere"], x0.shape[0]
-    x1 = flow_noise(args.flow, tuple(x0.shape), float(sphere.radius), generator=gen, device=x0.device)
-    t = sample_time(b, alpha=ctx["alpha"], loc=args.time_loc, scale=args.time_scale, generator=gen,
-                    device=x0.device)
-    drop = torch.rand(b, generator=gen, device=x0.device) < args.cfg_dropout
+
+    def draws(g: torch.Generator, n: int):
+        x1 = flow_noise(args.flow, (n,) + tuple(x0.shape[1:]), float(sphere.radius), generator=g, device=x0.device)
+        t = sample_time(n, alpha=ctx["alpha"], loc=args.time_loc, scale=args.time_scale, generator=g,
+                        device=x0.device)
+        return x1, t, torch.rand(n, generator=g, device=x0.device) < args.cfg_dropout
+
+    if isinstance(gen, torch.Generator):
+        x1, t, drop = draws(gen, b)
+    else:  # one generator per sample: draws independent of how the batch is split
+        x1, t, drop = (torch.cat(parts) for parts in zip(*(draws(g, 1) for g in gen)))
     if args.flow == "euclidean":
         xt, ut = euclidean_path(x0, x1, t.view(b, 1, 1))
     else:
@@ -286,22 +307,30 @@ def flow_loss(ctx, net, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator)
     return rfm_loss(v.float(), xt, ut, lambda_rad=args.lambda_rad)
 
 
-def train_step(ctx, net, model, opt, batch, step: int, meter):
-    """One optimizer step. Returns (loss parts, finite, pre-clip grad norm)."""
+def train_step(ctx, net, model, opt, it, step: int, meter):
+    """One optimizer step over ``--grad-accum`` micro-batches read from ``it`` (DDP all-reduces only on the
+    last). Sample j of the step's global batch gets its noise, time and label dropout from a generator seeded
+    by (seed, step, j), so the update does not depend on how the batch is split. Returns (loss parts,
+    finite, pre-clip grad norm)."""
     args, info = ctx["args"], ctx["info"]
-    dev = info.device
-    ctx["bad_files"].update(batch["bad"])  # unreadable images replaced by the next readable file
-    x0 = latents_of(ctx, batch)
-    y = batch["label"].to(dev)
-    meter.add(x0.shape[0] * info.world_size)
-    gen = torch.Generator(dev).manual_seed(mix_seed(args.seed, step, info.rank))
+    dev, accum = info.device, args.grad_accum
+    chunk = args.batch_size // accum
     opt.zero_grad(set_to_none=True)
-    loss = flow_loss(ctx, net, x0, y, gen)
-    total = loss.total
-    if step + 1 in args.inject_nan_steps:  # 1-based, as logged
-        total = total * float("nan")
-    total.backward()
-    vals = torch.stack([total.detach(), loss.tangent.detach(), loss.radial.detach()]).double()
+    vals = torch.zeros(3, dtype=torch.float64, device=dev)
+    for m in range(accum):
+        batch = next(it)
+        ctx["bad_files"].update(batch["bad"])  # unreadable images replaced by the next readable file
+        x0 = latents_of(ctx, batch)
+        y = batch["label"].to(dev)
+        meter.add(x0.shape[0] * info.world_size)
+        gens = sample_generators(args.seed, step, sample_positions(m, chunk, info.rank, info.world_size), dev)
+        with maybe_no_sync(net, m == accum - 1):
+            loss = flow_loss(ctx, net, x0, y, gens)
+            total = loss.total
+            if step + 1 in args.inject_nan_steps:  # 1-based, as logged
+                total = total * float("nan")
+            (total / accum).backward()
+        vals += torch.stack([total.detach(), loss.tangent.detach(), loss.radial.detach()]).double() / accum
     D.all_reduce_mean(vals)
     gnorm = grads_finite_norm(list(model.parameters()), args.grad_clip)
     host = torch.cat([vals, gnorm.detach().double().reshape(1).to(vals.device)]).tolist()  # one sync a step

@@ -138,8 +138,9 @@ def sample_latents(model: torch.nn.Module, labels: Tensor, *, num_tokens: int, c
 
 def to_uint8(images: Tensor) -> np.ndarray:
     """``[B, 3, H, W]`` in [-1, 1] → uint8 ``[B, H, W, 3]`` (ADM convention ``(x + 1)·127.5``)."""
-    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    from experiments.common.metrics import to_uint8 as rounded
+
+    return rounded(images).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 @torch.no_grad()

@@ -32,13 +32,39 @@ def eager_mode() -> bool:
     return torch._C._functorch.peek_interpreter_stack() is None
 
 
+def matmul_exact(dtype: torch.dtype) -> bool:
+    """True when a matmul in ``dtype`` is computed in that precision under the current global settings.
+
+    Float32 matmuls lose precision when TF32 is allowed (``torch.backends.cuda.matmul.allow_tf32``,
+    ``torch.set_float32_matmul_precision("high")``) or bf16 passes are (``"medium"``, which also sets
+    oneDNN's ``torch.backends.mkldnn.matmul.fp32_precision = "bf16"`` for CPUs with bf16 units): a 10-bit or
+    7-bit mantissa, far outside the sphere ops' float32 contract. The kernels then take the elementwise
+    product and sum instead (float32 whatever the settings; one ``[..., C]`` temporary). Other dtypes are
+    never affected. Reads the per-backend ``fp32_precision`` flags (``"none"`` = the global
+    ``torch.backends.fp32_precision``) where torch has them, else the legacy flags; ~1 µs.
+    """
+    if dtype != torch.float32:
+        return True
+    if _GET_PRECISION is None:  # torch without the per-backend API
+        return torch.get_float32_matmul_precision() == "highest" and not torch.backends.cuda.matmul.allow_tf32
+    generic = _GET_PRECISION("generic", "all")
+    flags = (_GET_PRECISION("cuda", "matmul"), _GET_PRECISION("mkldnn", "matmul"))
+    return all((f if f != "none" else generic) in ("none", "ieee") for f in flags)
+
+
+# the C getter behind torch.backends.{cuda,mkldnn}.matmul.fp32_precision (2 µs for all three flags, 10x
+# faster than the Python properties); None on torch versions without it
+_GET_PRECISION = getattr(torch._C, "_get_fp32_precision_getter", None)
+
+
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     """⟨a, b⟩ over the last axis, ``[..., C] × [..., C] -> [..., 1]``.
 
-    Eager: a batched matmul (no ``[..., C]`` temporary). Compiled or under torch.func: ``(a·b).sum``,
-    which inductor fuses with the neighbouring elementwise work (a matmul would stay an extern call).
+    Eager: a batched matmul (no ``[..., C]`` temporary) when :func:`matmul_exact` holds. Compiled, under
+    torch.func, or with TF32/bf16 matmuls allowed: ``(a·b).sum``, which inductor fuses with the
+    neighbouring elementwise work (a matmul would stay an extern call) and which stays float32-exact.
     """
-    if eager_mode():
+    if eager_mode() and matmul_exact(torch.promote_types(a.dtype, b.dtype)):
         return (a.unsqueeze(-2) @ b.unsqueeze(-1)).squeeze(-1)
     return (a * b).sum(-1, keepdim=True)
 
@@ -189,7 +215,8 @@ def blocked_theta(x: Tensor, y: Tensor, r: Radius, block_elems: Optional[int] = 
 def split_theta(x: Tensor, y: Tensor, r: Radius, block_elems: Optional[int] = None) -> Tensor:
     """θ of :func:`_angle` for same-shape ``x, y: [..., C]`` (``[..., 1]``), in about two reads of the data.
 
-    Two fused reductions without temporaries (batched matrix products): ``p = ⟨x, y⟩/R`` and ``q = ‖y‖²``.
+    Two fused reductions without temporaries (batched matrix products; elementwise when
+    :func:`matmul_exact` fails): ``p = ⟨x, y⟩/R`` and ``q = ‖y‖²``.
     Where the angle is well conditioned, ``|p| ≤ ½·√q`` (θ ∈ [π/3, 2π/3] for y on the sphere), the
     tangent part ``n = √(q − p²)`` loses at most a factor 4/3 to cancellation, so ``θ = atan2(n, p)`` is
     accurate to a few float32 ulps: the same quantity as :func:`_angle` (which also takes ‖x‖ = R).
@@ -200,8 +227,12 @@ def split_theta(x: Tensor, y: Tensor, r: Radius, block_elems: Optional[int] = No
     """
     C = x.shape[-1]
     xf, yf = x.reshape(-1, 1, C), y.reshape(-1, C, 1)
-    p = torch.bmm(xf, yf).view(-1, 1)
-    q = torch.bmm(yf.transpose(1, 2), yf).view(-1, 1)
+    if matmul_exact(x.dtype):
+        p = torch.bmm(xf, yf).view(-1, 1)
+        q = torch.bmm(yf.transpose(1, 2), yf).view(-1, 1)
+    else:  # TF32 / bf16 matmuls allowed globally: elementwise products keep float32
+        p = _dot(xf.view(-1, C), yf.view(-1, C))
+        q = _dot(yf.view(-1, C), yf.view(-1, C))
     rf = r if isinstance(r, float) else r.expand(x.shape[:-1] + (1,)).reshape(-1, 1)
     p = p / rf
     theta = torch.atan2(safe_sqrt(q - p * p), p)

@@ -11,6 +11,7 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
+from ._kernels import _dot
 from .hypersphere import Hypersphere
 
 __all__ = ["FlowSample", "geodesic_flow", "RFMLoss", "rfm_loss", "time_shift", "dimension_shift", "sample_time"]
@@ -104,7 +105,7 @@ def rfm_loss(v: Tensor, xt: Tensor, ut: Tensor, *, lambda_rad: float = 0.1) -> R
     v, xt, ut = v.to(dtype), xt.to(dtype), ut.to(dtype)
     nx = torch.linalg.vector_norm(xt, dim=-1, keepdim=True)
     xhat = xt / torch.where(nx > 0, nx, torch.ones_like(nx))
-    vr = (v.unsqueeze(-2) @ xhat.unsqueeze(-1)).squeeze(-1)  # ⟨v, x̂⟩: [..., 1]
+    vr = _dot(v, xhat)  # ⟨v, x̂⟩: [..., 1] (float32-exact whatever the TF32 setting)
     err = v - vr * xhat - ut
     tangent = err.square().sum(-1).mean()
     radial = vr.square().mean()

@@ -47,7 +47,7 @@ def test_tiny_cpu_run_of_both_training_steps(tmp_path):
     rc = bench_gpu.main(["all", "--tiny", "--device", "cpu", "--steps", "3", "--warmup", "1", "--lpips", "off",
                          "--batch-sizes", "4", "--out", str(tmp_path), "--dit-precisions", "fp32", "tf32"])
     assert rc == 0
-    for kind in ("ae", "dit"):
+    for kind in ("ae", "ae2", "dit"):
         res = json.loads((tmp_path / f"gpu_{kind}_tiny.json").read_text())
         assert res["kind"] == kind and res["batch"] == 4 and res["precision"] == "fp32"
         assert res["losses_finite"] and res["img_per_s"] > 0 and res["peak_mem_gib"] is None
@@ -63,5 +63,24 @@ def test_tiny_cpu_run_of_both_training_steps(tmp_path):
     tiny = build_autoencoder("tiny", image_size=64)
     stem_and_decoder = [*tiny.stem.parameters(), *tiny.decoder.parameters()]
     assert ae["trainable_params_m"] == pytest.approx(sum(p.numel() for p in stem_and_decoder) / 1e6)
+    ae2 = json.loads((tmp_path / "gpu_ae2_tiny.json").read_text())  # stage 2 trains the decoder (+ D heads)
+    assert ae2["trainable_params_m"] == pytest.approx(sum(p.numel() for p in tiny.decoder.parameters()) / 1e6)
+    assert ae2["disc_trainable_params_m"] > 0
     t1 = dit_registry()["LightningDiT-T/1"](in_channels=32, num_tokens=16, num_classes=1000)
     assert "[16 x 32]" in dit["what"] and dit["params_m"] == pytest.approx(sum(p.numel() for p in t1.parameters()) / 1e6)
+
+
+def test_sphere_accuracy_check_runs_on_cpu_within_the_contract(tmp_path):
+    """The GPU check's sphere part, on CPU: TF32/medium on inside, restored after, errors within 1e-5."""
+    assert bench_gpu.main(["sphere", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "gpu_sphere_cpu.json").read_text())
+    assert res["within_contract"] and 0 < res["dist_max_rel_err"] <= 1e-5
+    assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cuda.matmul.allow_tf32
+
+
+def test_planned_batches_read_the_memory_plan(tmp_path):
+    plan = {"configs": {"dit": {"by_precision": {"fp32": {"plans": {"80GB": [
+        {"recommended": {"micro_batch": 64, "grad_accum": 2}}]}}}}}}
+    path = tmp_path / "memory_plan.json"
+    path.write_text(json.dumps(plan))
+    assert bench_gpu.planned_batches("dit", "80GB", "tf32", path) == [64, 32]

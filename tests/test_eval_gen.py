@@ -212,3 +212,15 @@ def test_inception_gives_adm_shaped_spatial_features(tmp_path, monkeypatch):
     assert pool.shape == (2, 2048) and logits.shape == (2, 1008) and spatial.shape == (2, 17 * 17 * 7)
     # (h, w, c) order of ADM's NHWC tensor: element (h=1, w=2, c=3) sits at (1·17 + 2)·7 + 3
     assert spatial[1, (1 * 17 + 2) * 7 + 3] == seen["map"][1, 3, 1, 2]
+
+
+def test_precision_recall_use_every_sample_by_default(tmp_path):
+    """ADM's evaluator compares all samples (50 k) with all reference images (10 k): no subset by default,
+    through the function and the command line."""
+    rng = np.random.default_rng(3)
+    ref, gen = tmp_path / "ref.npz", tmp_path / "gen.npz"
+    np.savez(ref, arr_0=rng.integers(0, 256, (9, 16, 16, 3), dtype=np.uint8))
+    np.savez(gen, arr_0=rng.integers(0, 256, (23, 16, 16, 3), dtype=np.uint8))
+    assert eval_gen.build_parser().parse_args(["--samples", "s", "--ref", "r"]).pr_max_features == 0
+    res = eval_gen.evaluate(gen, ref, StandIn(), splits=1)
+    assert res["pr_features"] == {"reference": 9, "samples": 23}

@@ -86,7 +86,8 @@ def test_paper_cli_defaults_match_the_paper_loss_weights(stage):
 
 
 def test_dit_help_shows_fp32_default_and_no_clipping_in_the_paper_presets(capsys):
-    """PAPER.md: the DiT trains in FP32; neither the paper nor LightningDiT clips gradients or uses
+    """PAPER.md: the DiT trains with FP32 weights and optimizer (TF32 matmuls on CUDA by default, decided by
+    the FLOP count; --no-tf32 = true FP32); neither the paper nor LightningDiT clips gradients or uses
     QK-norm; the AE paper presets do not clip either (the paper states none)."""
     from experiments import in1k_dit
     from experiments.common import ae_cli, dit_cli
@@ -97,7 +98,10 @@ def test_dit_help_shows_fp32_default_and_no_clipping_in_the_paper_presets(capsys
     assert "--precision {fp32,bf16}" in text and "sphere arithmetic is always fp32 (default: fp32)" in text
     assert "paper batch_size=1024;" in text and "grad_clip=0 (off)" in text.split("paper batch_size=1024;")[1]
     args = dit_cli.resolve(dit_cli.build_parser().parse_args(["--preset", "paper", "--steps", "1"]))
-    assert (args.precision, args.tf32, args.qk_norm, args.grad_clip) == ("fp32", False, False, 0.0)
+    assert (args.precision, args.tf32, args.qk_norm, args.grad_clip) == ("fp32", True, False, 0.0)
+    assert "--tf32, --no-tf32" in text
+    off = dit_cli.resolve(dit_cli.build_parser().parse_args(["--preset", "paper", "--steps", "1", "--no-tf32"]))
+    assert off.tf32 is False
     assert ae_cli.DEFAULTS[("paper", 1)]["grad_clip"] == ae_cli.DEFAULTS[("paper", 2)]["grad_clip"] == 0.0
     from models.dit import DiTConfig
 

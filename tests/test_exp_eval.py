@@ -133,7 +133,7 @@ def test_rfid_branch_uses_torchmetrics_fid_when_weights_exist(tmp_path, monkeypa
     def fake_make_fid(path, device):
         seen.append(path)
         torch.manual_seed(1)
-        return FrechetInceptionDistance(feature=_TinyFeatures(), normalize=True).to(device)
+        return FrechetInceptionDistance(feature=_TinyFeatures(), normalize=False).to(device)
 
     monkeypatch.setattr(eval_ae, "make_fid", fake_make_fid)
     torch.manual_seed(0)
@@ -177,3 +177,43 @@ def test_trained_ae_stores_latent_norm_and_decodes_best_near_it(tmp_path, capsys
     assert at > half and at > double, res["sweep"]
     assert res["latent_norm"] == pytest.approx(ln) and res["latent_norm_source"] == "checkpoint"
     assert js.with_suffix(".png").is_file()
+
+
+def test_rfid_sees_rounded_uint8_images_as_sample_py_writes_them(tmp_path, monkeypatch):
+    """The FID inputs are sample.py's rounded uint8 (round((x+1)·127.5)), not floats that torchmetrics
+    truncates ((x·255).byte(): a −½ LSB bias). Pixels at k + 0.6 LSB tell the two apart."""
+    from experiments import eval_ae
+    from experiments.sample import to_uint8
+
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    weights.write_bytes(b"stand-in")
+    fed: dict[bool, list] = {True: [], False: []}
+
+    class Recorder:
+        def update(self, imgs, real):
+            fed[real].append(imgs)
+
+        def compute(self):
+            return torch.tensor(0.0)
+
+    class Identity(torch.nn.Module):  # decode(encode(x)) = x: the reconstruction is the original
+        latent_dim, training = 4, False
+
+        def encode(self, x):
+            return torch.ones(x.shape[0], 2, 4)
+
+        def decode(self, z):
+            return self.image
+
+    monkeypatch.setattr(eval_ae, "make_fid", lambda path, device: Recorder())
+    x = (torch.arange(2 * 3 * 16 * 16) % 200).float().add(0.6).reshape(2, 3, 16, 16) / 127.5 - 1
+    ae = Identity()
+    ae.image = x
+    res = eval_ae.evaluate(ae, [{"image": x}], torch.device("cpu"), inception_weights=str(weights))
+    assert "rfid" in res
+    for real in (True, False):
+        (got,) = fed[real]
+        assert got.dtype == torch.uint8, "FID must get uint8 images"
+        want = torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2)
+        assert torch.equal(got, want)
+        assert not torch.equal(got, ((x + 1) / 2 * 255).byte())  # truncation differs at k + 0.6

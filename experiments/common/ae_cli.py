@@ -13,18 +13,19 @@ from experiments.common.cli_common import (PresetHelpFormatter, parse_step_list,
 from experiments.common.trainer import OneLineParser, UserError
 
 # PAPER.md "Autoencoder training (v2)". Gradient clipping is not stated by the paper: off (grad_clip 0);
-# ``--grad-clip G`` turns it on. Warm-up 0 and a constant lr are ours (not stated either).
+# ``--grad-clip G`` turns it on. Warm-up 0 and a constant lr are ours (not stated either). bf16 autocast: the
+# paper trains stage 1 in bf16; stage 2's precision is not stated and follows stage 1.
 _PAPER_1 = dict(lr=1e-5, beta1=0.9, beta2=0.999, weight_decay=0.0, ema_decay=0.9999, ema_warmup=0,
                 batch_size=512, epochs=20, warmup_steps=0, lr_schedule="constant", grad_clip=0.0,
                 cos_weight=0.5, l1_weight=1.0, lpips_weight=1.0, gan_weight=0.0, disc_warmup_epochs=0.0,
-                log_every=50, eval_every=2000, ckpt_every=1000, eval_images=1000, precision="fp32")
+                log_every=50, eval_every=2000, ckpt_every=1000, eval_images=1000, precision="bf16")
 _PAPER_2 = dict(_PAPER_1, lr=5e-5, beta1=0.5, beta2=0.9, ema_decay=0.9975, epochs=40, cos_weight=0.0,
                 gan_weight=0.5, disc_warmup_epochs=2.0)
 # Tiny / embedded photos: a few thousand decoder parameters on 2 CPU cores in ~3 minutes: a large
 # learning rate with warm-up + cosine decay, a short-memory EMA with warm-up, small batches, clipping at 1.
 _TINY_1 = dict(_PAPER_1, lr=4e-3, beta2=0.99, ema_decay=0.98, ema_warmup=10, batch_size=24, grad_clip=1.0,
                epochs=None, max_steps=600, warmup_steps=20, lr_schedule="cosine", lpips_weight=0.0,
-               log_every=10, eval_every=100, ckpt_every=200, eval_images=32)
+               log_every=10, eval_every=100, ckpt_every=200, eval_images=32, precision="fp32")
 _TINY_2 = dict(_TINY_1, lr=1e-3, beta1=0.5, beta2=0.9, cos_weight=0.0, gan_weight=0.5,
                disc_warmup_epochs=0.1)
 # CPU demo (the embedded default): 8×8 tokens × 192 channels, a 2 M-parameter decoder, 2 threads, bf16 autocast
@@ -57,7 +58,8 @@ _EPILOG = "per-preset defaults (stage 1 / stage 2) of the options marked [preset
     "photos bundled in scikit-image and scikit-learn (chelsea and flower held out for evaluation),\n"
     "random-init encoder, a few minutes on 2 cores.\n"
     "Real run: torchrun --nproc_per_node=8 experiments/in1k_ae.py --data /imagenet --preset paper \\\n"
-    "           --encoder-weights dinov3_vitl16.pth --precision bf16 --out runs/ae-paper-s1")
+    "           --encoder-weights dinov3_vitl16.pth --grad-accum 4 --out runs/ae-paper-s1\n"
+    "  (--grad-accum 4: 4 micro-batches of 16 per 80 GB GPU; other GPUs and node counts: docs/scale.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _length_args(g) -> None:
-    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    from experiments.common.microbatch import grad_accum_arg
+
+    g.add_argument("--grad-accum", type=grad_accum_arg, default=1, help="micro-batches per optimizer step; "
+                   "auto = the fewest that fit the GPU's free memory by the memory plan (CUDA only; 1 elsewhere; "
+                   "a resumed run keeps its own)")
+    g.add_argument("--grad-checkpointing", action="store_true", help="recompute the student ViT blocks and the "
+                   "decoder stages in backward (activations ~1/6 in bf16; same losses and gradients)")
     g.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs) [preset]")
     g.add_argument("--epochs", type=float, help="epochs of the training set [preset]")
 
@@ -151,7 +159,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.num_workers = 0 if args.embedded else min(8, os.cpu_count() or 1)
     if args.out is None:
         args.out = default_out(args.preset, args.embedded, args.stage, args.stem)
-    if args.batch_size % args.grad_accum:
+    if args.grad_accum != "auto" and args.batch_size % args.grad_accum:
         raise UserError(f"--batch-size {args.batch_size} not divisible by --grad-accum {args.grad_accum}")
     if args.data is not None:
         root = Path(args.data)

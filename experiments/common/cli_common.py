@@ -172,7 +172,7 @@ def validate_args(args: argparse.Namespace, rules: dict[str, tuple[Check, str]] 
     table = dict(RULES, **(rules or {}))
     for dest, (ok, expected) in table.items():
         v = getattr(args, dest, None)
-        if v is None:
+        if v is None or (dest == "grad_accum" and v == "auto"):  # auto: resolved on the device
             continue
         if isinstance(v, bool) or not ok(v):
             raise UserError(f"--{dest.replace('_', '-')} must be {expected}, got {v}")

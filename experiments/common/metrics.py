@@ -74,6 +74,14 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1.0) * 0.5).clamp(0.0, 1.0)
 
 
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """``[..., 3, H, W]`` in [-1, 1] → uint8 of the same layout, rounded: ``round((x + 1)·127.5)`` (ADM's
+    convention; ``experiments/sample.py`` writes its ``.npz`` samples with it). Exactly what a saved PNG or
+    ``.npz`` holds, so FID features of originals, reconstructions and samples see the same quantisation
+    (torchmetrics' ``normalize=True`` path truncates ``(x·255).byte()`` instead: −½ LSB on average)."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 def psnr_per_image(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """PSNR in dB of each image pair (inputs in [-1, 1]; computed on [0, 1]). ``[B]``."""
     mse = (to_unit(recon) - to_unit(target)).square().flatten(1).mean(1)
@@ -100,10 +108,11 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> str | None:
 
 
 def make_fid(weights_path: str, device: torch.device):
-    """torchmetrics ``FrechetInceptionDistance`` (2048-d pool features) from a local weights file."""
+    """torchmetrics ``FrechetInceptionDistance`` (2048-d pool features) from a local weights file; feed it
+    uint8 images from :func:`to_uint8` (``normalize=False``: no truncating float → byte conversion)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    fid = FrechetInceptionDistance(feature=2048, normalize=True,
+    fid = FrechetInceptionDistance(feature=2048, normalize=False,
                                    feature_extractor_weights_path=weights_path)
     return fid.to(device)
 

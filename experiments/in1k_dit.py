@@ -36,6 +36,7 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from experiments.common import checkpoint, distributed as D  # noqa: E402
+from experiments.common.ckpt_policy import SavePolicy, milestone_steps  # noqa: E402
 from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
                               close_loader, collate, mix_seed, worker_init)
 from experiments.common.dit_cli import build_parser, resolve  # noqa: E402
@@ -197,13 +198,21 @@ def train(args, info) -> int:
     ctx = dict(args=args, info=info, ae=ae, sphere=Hypersphere(float(ae.radius)), alpha=alpha,
                precision=precision, bad_files=set(), decode_norm=s_vae)
 
-    def save(step_: int) -> None:
+    policy = SavePolicy(args.ckpt_every, args.ckpt_minutes,
+                        milestone_steps(args.milestone_epochs, sampler.steps_per_epoch, args.steps), args.steps,
+                        is_main=info.is_main)
+
+    def save(step_: int, why: str) -> None:
         rng = D.all_gather_object(checkpoint.capture_rng())
         if info.is_main:
+            t = time.monotonic()
             ckpts.save({"step": step_, "data_chunk": step_, "model": model.state_dict(), "ema": ema.state_dict(),
                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "guard": guard.state_dict(), "rng": rng, "args": vars(args), "world_size": world,
                         "dit_config": asdict(model.config), "latent": latent}, step_)
+            secs, size = time.monotonic() - t, ckpts.last.stat().st_size
+            policy.saved(size, secs)
+            logger.log("checkpoint", step_, reason=why, seconds=round(secs, 3), gb=round(size / 1e9, 4))
         D.barrier()
 
     progress = Progress(args.steps, step, enabled=info.is_main and not args.no_progress)
@@ -223,18 +232,21 @@ def train(args, info) -> int:
                                epoch=round(sampler.epoch_of_chunk(step), 4), nonfinite_total=guard.total)
                 if args.sample_every > 0 and step % args.sample_every == 0 and step < args.steps:
                     sample_grid(ctx, model, ema, latent, out / f"train-samples-{step:07d}.png")
-                stopping = D.any_true(stop.requested or step == args.stop_after, dev)
-                periodic = step % args.ckpt_every == 0 or step == args.steps
+                stopping, by_signal, timed = policy.poll(stop.requested, step == args.stop_after, dev)
                 if stopping:
                     close_loader(it)  # workers done before the last checkpoint
-                if (periodic and guard.consecutive == 0) or stopping:
-                    save(step)
+                    write, why_not = policy.stop_write(args.stop_budget) if by_signal else (True, "")
+                if (policy.due(step, timed) and guard.consecutive == 0 and not stopping) or (stopping and write):
+                    save(step, "stop" if stopping else "time" if timed and step % args.ckpt_every else "step")
+                if info.is_main and policy.milestone(step) and ckpts.exists():
+                    ckpts.keep(policy.milestone(step))  # the newest good last.pt, as epoch_E.pt
                 if stopping:
                     sig = stop.signum or signal.SIGTERM
-                    logger.log("stopped", step, signal=signal.Signals(sig).name)
+                    logger.log("stopped", step, signal=signal.Signals(sig).name, **({"note": why_not} if why_not else {}))
                     if info.is_main:
                         progress.write(f"in1k_dit: stopped ({signal.Signals(sig).name}) at step {step}; "
-                                       f"checkpoint {ckpts.last}; re-run the same command to continue")
+                                       + (f"{why_not}; " if why_not else "")
+                                       + f"checkpoint {ckpts.last}; re-run the same command to continue")
                     code = 0 if stop.signum is None else 128 + sig
                     break
         except NonFiniteError as e:

@@ -11,9 +11,10 @@ x₀ = latents of the AE (data, t = 0), x₁ = ``Hypersphere(R).random_uniform``
 t = ``sample_time(B, alpha=α)`` with α = ``dimension_shift(N, C)`` unless ``--alpha``,
 (x_t, u_t) = ``geodesic_flow(x₀, x₁, t)``, labels dropped to the null class with prob. ``--cfg-dropout``,
 loss = ``rfm_loss(DiT(x_t, t, y), x_t, u_t, lambda_rad=λ_rad)``; AdamW + EMA.
-Noise, times and label dropout of step s on rank r come from a generator seeded by (seed, s, r), and the
-data order from :class:`experiments.common.data.ResumableBatchSampler`, so a resumed run repeats an uninterrupted
-one exactly. Outputs in ``--out``: ``metrics.jsonl``, ``checkpoints/last.pt`` (model, EMA, optimiser,
+Noise, times and label dropout of step s are pure functions of (seed, s, global sample index)
+(:func:`experiments.common.flows.step_draws`), and the data order comes from
+:class:`experiments.common.data.ResumableBatchSampler`, so a resumed run repeats an uninterrupted one exactly,
+also on another number of processes (global batch fixed; equal up to float summation order). Outputs in ``--out``: ``metrics.jsonl``, ``checkpoints/last.pt`` (model, EMA, optimiser,
 scheduler, RNG, data position, ``dit_config`` and ``latent`` metadata for ``sample.py``) and
 ``train-samples.png`` (EMA samples, one column per class). Re-running the same command resumes.
 """
@@ -38,7 +39,7 @@ import torch  # noqa: E402
 from experiments.common import checkpoint, distributed as D  # noqa: E402
 from experiments.common.ckpt_policy import SavePolicy, milestone_steps  # noqa: E402
 from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
-                              close_loader, collate, mix_seed, worker_init)
+                              close_loader, collate, worker_init)
 from experiments.common.dit_cli import build_parser, resolve  # noqa: E402
 from experiments.common.ema import EMA  # noqa: E402
 from experiments.common.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
@@ -272,16 +273,16 @@ def latents_of(ctx, batch: dict) -> torch.Tensor:
     return encode_batch(ctx["ae"], batch["image"].to(dev, non_blocking=True), ctx["precision"])
 
 
-def flow_loss(ctx, net, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
+def flow_loss(ctx, net, x0: torch.Tensor, y: torch.Tensor, step: int):
     """Flow-matching loss of one batch (``--flow``: Riemannian, or flat on the same latents); returns
-    :class:`spherical.RFMLoss` (fp32)."""
-    from experiments.common.flows import euclidean_fm_loss, euclidean_path, flow_noise
+    :class:`spherical.RFMLoss` (fp32). Noise, times and label dropout are those of this rank's global
+    samples at ``step`` (:func:`experiments.common.flows.step_draws`: the same for any world size)."""
+    from experiments.common.flows import euclidean_fm_loss, euclidean_path, step_draws
 
-    args, sphere, b = ctx["args"], ctx["sphere"], x0.shape[0]
-    x1 = flow_noise(args.flow, tuple(x0.shape), float(sphere.radius), generator=gen, device=x0.device)
-    t = sample_time(b, alpha=ctx["alpha"], loc=args.time_loc, scale=args.time_scale, generator=gen,
-                    device=x0.device)
-    drop = torch.rand(b, generator=gen, device=x0.device) < args.cfg_dropout
+    args, sphere, b, info = ctx["args"], ctx["sphere"], x0.shape[0], ctx["info"]
+    x1, t, drop = step_draws(args.flow, args.seed, step, info.rank * b, b, args.batch_size, tuple(x0.shape[1:]),
+                             float(sphere.radius), alpha=ctx["alpha"], loc=args.time_loc, scale=args.time_scale,
+                             drop_prob=args.cfg_dropout, device=x0.device)
     if args.flow == "euclidean":
         xt, ut = euclidean_path(x0, x1, t.view(b, 1, 1))
     else:
@@ -301,9 +302,8 @@ def train_step(ctx, net, model, opt, batch, step: int, meter):
     x0 = latents_of(ctx, batch)
     y = batch["label"].to(dev)
     meter.add(x0.shape[0] * info.world_size)
-    gen = torch.Generator(dev).manual_seed(mix_seed(args.seed, step, info.rank))
     opt.zero_grad(set_to_none=True)
-    loss = flow_loss(ctx, net, x0, y, gen)
+    loss = flow_loss(ctx, net, x0, y, step)
     total = loss.total
     if step + 1 in args.inject_nan_steps:  # 1-based, as logged
         total = total * float("nan")

@@ -84,13 +84,15 @@ def build_model(args, resume_state):
     return ae
 
 
-def make_datasets(args):
+def make_datasets(args, info=None):
+    """Training and held-out datasets (``--data`` trees scanned once, by rank 0, with a distributed ``info``)."""
     if args.embedded:
         train = EmbeddedPhotos("train", args.image_size, length=EMBEDDED_TRAIN_LEN, seed=args.seed)
         val = EmbeddedPhotos("eval", args.image_size, length=args.eval_images, seed=args.seed)
     else:
-        train = ImageFolderDataset(Path(args.data) / "train", args.image_size, train=True, seed=args.seed)
-        val = ImageFolderDataset(Path(args.data) / "val", args.image_size, train=False)
+        train = ImageFolderDataset(Path(args.data) / "train", args.image_size, train=True, seed=args.seed,
+                                   info=info)
+        val = ImageFolderDataset(Path(args.data) / "val", args.image_size, train=False, info=info)
     return train, val
 
 
@@ -130,7 +132,7 @@ def train(args, info) -> int:
         args.image_size = AE_CONFIGS[args.preset].image_size
     if resume is not None:
         check_resume_args(resume["args"], args, _RESUME_KEYS, ckpts.last)
-    train_ds, val_ds = make_datasets(args)  # data problems surface before the (slow) model build
+    train_ds, val_ds = make_datasets(args, info)  # data problems surface before the (slow) model build
     seed_everything(args.seed)
     ae = build_model(args, resume)
     dev, world = info.device, info.world_size

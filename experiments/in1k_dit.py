@@ -66,18 +66,24 @@ def _main(argv=None) -> int:
 
 def open_data(args, info, ae_path: Path, ae):
     """Training dataset (images encoded on the fly, or cached latents), its collate fn and metadata."""
-    from experiments.cache_latents import LatentShards, cache_latents, collate_latents, open_source
+    from experiments.cache_latents import LatentShards, cache_latents, collate_latents, complete_cache, open_source
 
     if args.cache_latents:
         src = Path(args.out) / "latents"
-        ds, meta = open_source(args.data, args.image_size or ae.image_size, 0, args.seed)
-        cache_latents(ae, ds, src, meta=dict(meta, ae_ckpt=str(ae_path), image_size=args.image_size or
-                                             ae.image_size), flip=args.flip, dtype=args.cache_dtype, info=info,
-                      log=print if info.is_main else (lambda *_: None))
+        expect = dict(source=str(Path(args.data).resolve()), ae_ckpt=str(ae_path), flip=args.flip,
+                      image_size=args.image_size or ae.image_size, dtype=args.cache_dtype)
+        if complete_cache(src, expect):  # resuming: the cache is done, the train tree is not walked again
+            if info.is_main:
+                print(f"in1k_dit: using the complete latent cache {src}", flush=True)
+        else:
+            ds, meta = open_source(args.data, args.image_size or ae.image_size, 0, args.seed, info=info)
+            cache_latents(ae, ds, src, meta=dict(meta, ae_ckpt=str(ae_path), image_size=args.image_size or
+                                                 ae.image_size), flip=args.flip, dtype=args.cache_dtype,
+                          info=info, num_workers=args.num_workers, log=print if info.is_main else (lambda *_: None))
     else:
         src = args.latents
     if src is not None:
-        ds = LatentShards(src, seed=args.seed)
+        ds = LatentShards(src, seed=args.seed, project=False)  # as stored; cast + projected on the device
         shape = (ds.index["num_tokens"], ds.index["channels"])
         if shape != (ae.num_tokens, ae.latent_dim):
             raise UserError(f"{src} holds {shape[0]}x{shape[1]} latents but the autoencoder {ae_path} gives "
@@ -90,7 +96,7 @@ def open_data(args, info, ae_path: Path, ae):
     else:
         # the latent cache's crop policy: centre crops, flipped with probability 1/2 only with --flip
         ds = ImageFolderDataset(Path(args.data) / "train", size, train=True, seed=args.seed,
-                                augment="flip" if args.flip else "none")
+                                augment="flip" if args.flip else "none", info=info)
     return ds, collate, {"num_classes": len(ds.classes), "classes": list(ds.classes),
                          "source": "embedded photos encoded on the fly" if args.embedded else
                          f"{args.data} encoded on the fly"}
@@ -264,7 +270,8 @@ def train(args, info) -> int:
 
 
 def latents_of(ctx, batch: dict) -> torch.Tensor:
-    """The batch's data latents x₀ ``[B, N, C]`` in float32 on the sphere (encoded now if images)."""
+    """The batch's data latents x₀ ``[B, N, C]`` in float32 on the sphere: cached latents arrive as stored
+    (float16 by default) and are cast and projected here, on the device; images are encoded now."""
     from experiments.cache_latents import encode_batch
 
     dev = ctx["info"].device

@@ -78,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--latents", help="folder of cached latent shards (experiments/cache_latents.py)")
     g.add_argument("--cache-latents", action="store_true",
                    help="with --data: encode the training set once to OUT/latents, then train on it")
-    g.add_argument("--flip", action="store_true", help="horizontal flips with probability 1/2: on the fly, or "
-                   "with --cache-latents a cached flipped copy (2x the size); both paths use centre crops")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="horizontal flips with probability 1/2: on the fly, or with --cache-latents a cached "
+                        "flipped copy (2x the size); both paths use centre crops (default: on with --data for "
+                        "the paper preset, as LightningDiT's latent extraction; off otherwise)")
     g.add_argument("--cache-dtype", choices=("float16", "bfloat16", "float32"), default="float16",
                    help="storage dtype of --cache-latents (rounding per token: float16 ~2e-4 rad, bfloat16 "
                         "~1.7e-3 rad; read back in float32 and re-projected)")
@@ -139,6 +141,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     args.embedded = args.data is None and args.latents is None
     if args.preset is None:
         args.preset = "tiny" if args.embedded else "paper"
+    if args.flip is None:  # LightningDiT caches each image and its mirror image; the paper does not say
+        args.flip = args.preset == "paper" and args.data is not None
     for k, v in DEFAULTS[args.preset].items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)

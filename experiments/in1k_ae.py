@@ -246,7 +246,7 @@ def train(args, info) -> int:
                     close_loader(it)  # workers done before the last checkpoint (they may have a SIGTERM too)
                     write, why_not = policy.stop_write(args.stop_budget) if by_signal else (True, "")
                 if (policy.due(step, timed) and guard.consecutive == 0 and not stopping) or (stopping and write):
-                    save(step, "stop" if stopping else "time" if timed and step % args.ckpt_every else "step")
+                    save(step, "stop" if stopping else policy.reason(step, timed))
                 if info.is_main and policy.milestone(step) and ckpts.exists():
                     ckpts.keep(policy.milestone(step))  # the newest good last.pt, as epoch_E.pt
                 if stopping:

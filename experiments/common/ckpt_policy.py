@@ -78,6 +78,13 @@ class SavePolicy:
         """A regular checkpoint at ``step`` (steps done): by step count, the last step, time or milestone."""
         return step % self.every == 0 or step == self.total or time_due or step in self.milestones
 
+    def reason(self, step: int, time_due: bool) -> str:
+        """Why :meth:`due` holds (for the ``checkpoint`` log event): ``step`` (every N, or the last step),
+        ``milestone`` or ``time``."""
+        if step % self.every == 0 or step == self.total:
+            return "step"
+        return "milestone" if step in self.milestones else "time" if time_due else "none"
+
     def milestone(self, step: int) -> str | None:
         return self.milestones.get(step)
 

@@ -280,16 +280,26 @@ def latents_of(ctx, batch: dict) -> torch.Tensor:
     return encode_batch(ctx["ae"], batch["image"].to(dev, non_blocking=True), ctx["precision"])
 
 
-def flow_loss(ctx, net, x0: torch.Tensor, y: torch.Tensor, step: int):
+def flow_loss(ctx, net, x0: torch.Tensor, y: torch.Tensor, draw: int | torch.Generator):
     """Flow-matching loss of one batch (``--flow``: Riemannian, or flat on the same latents); returns
-    :class:`spherical.RFMLoss` (fp32). Noise, times and label dropout are those of this rank's global
-    samples at ``step`` (:func:`experiments.common.flows.step_draws`: the same for any world size)."""
-    from experiments.common.flows import euclidean_fm_loss, euclidean_path, step_draws
+    :class:`spherical.RFMLoss` (fp32).
 
-    args, sphere, b, info = ctx["args"], ctx["sphere"], x0.shape[0], ctx["info"]
-    x1, t, drop = step_draws(args.flow, args.seed, step, info.rank * b, b, args.batch_size, tuple(x0.shape[1:]),
-                             float(sphere.radius), alpha=ctx["alpha"], loc=args.time_loc, scale=args.time_scale,
-                             drop_prob=args.cfg_dropout, device=x0.device)
+    ``draw``: the training step (noise, times and label dropout of this rank's global samples at that step,
+    :func:`experiments.common.flows.step_draws`: the same for any world size; ``ctx["info"]`` gives the
+    rank), or a generator the three are drawn from in turn (benchmarks, tests).
+    """
+    from experiments.common.flows import euclidean_fm_loss, euclidean_path, flow_noise, step_draws
+
+    args, sphere, b = ctx["args"], ctx["sphere"], x0.shape[0]
+    if isinstance(draw, torch.Generator):
+        x1 = flow_noise(args.flow, tuple(x0.shape), float(sphere.radius), generator=draw, device=x0.device)
+        t = sample_time(b, alpha=ctx["alpha"], loc=args.time_loc, scale=args.time_scale, generator=draw,
+                        device=x0.device)
+        drop = torch.rand(b, generator=draw, device=x0.device) < args.cfg_dropout
+    else:
+        x1, t, drop = step_draws(args.flow, args.seed, draw, ctx["info"].rank * b, b, args.batch_size,
+                                 tuple(x0.shape[1:]), float(sphere.radius), alpha=ctx["alpha"], loc=args.time_loc,
+                                 scale=args.time_scale, drop_prob=args.cfg_dropout, device=x0.device)
     if args.flow == "euclidean":
         xt, ut = euclidean_path(x0, x1, t.view(b, 1, 1))
     else:

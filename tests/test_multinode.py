@@ -110,3 +110,20 @@ def test_ranks_that_do_not_share_the_run_folder_stop_with_one_line(tmp_path):
         assert "is not shared by every process: rank(s) 1" in lines[0] and "file system" in lines[0]
     assert not (tmp_path / "node0" / "checkpoints").exists()  # nothing trained
     assert not list((tmp_path / "node0").glob(".shared-check-*"))
+
+
+def test_step_draws_do_not_depend_on_the_number_of_processes():
+    """The union over ranks of a step's noise, times and label dropout is the 1-process draw, bit for bit."""
+    from experiments.common.flows import step_draws
+
+    kw = dict(alpha=2.0, loc=0.0, scale=1.0, drop_prob=0.3)
+    for flow in ("riemannian", "euclidean"):
+        full = step_draws(flow, 3, 7, 0, 8, 8, (4, 16), 2.0, **kw)
+        assert full[0].shape == (8, 4, 16) and full[1].shape == full[2].shape == (8,)
+        for w in (2, 4):
+            parts = [step_draws(flow, 3, 7, r * 8 // w, 8 // w, 8, (4, 16), 2.0, **kw) for r in range(w)]
+            for i in range(3):
+                assert torch.equal(torch.cat([p[i] for p in parts]), full[i]), (flow, w, i)
+        nxt = step_draws(flow, 3, 8, 0, 8, 8, (4, 16), 2.0, **kw)
+        assert not torch.equal(nxt[0], full[0]) and not torch.equal(nxt[1], full[1])  # a new step, new draws
+    torch.testing.assert_close(full[0].norm(dim=-1).mean(), torch.tensor(2.0), rtol=0.2, atol=0)

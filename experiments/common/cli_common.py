@@ -10,6 +10,7 @@ import argparse
 import math
 from typing import Callable
 
+from experiments.common.distributed import DEFAULT_TIMEOUT_MIN
 from experiments.common.trainer import UserError
 
 AddArgs = Callable[[argparse._ArgumentGroup], None]
@@ -58,10 +59,6 @@ def add_optimisation_args(parser: argparse.ArgumentParser, *, length: AddArgs, e
     return g
 
 
-#: Default ``--dist-timeout`` in minutes: how long a collective (and the process-group set-up) may wait for
-#: the slowest process before the run fails instead of hanging. Generous, because rank 0 alone writes
-#: checkpoints (~11 GB for the DiT-XL) and evaluates while the others wait at a barrier.
-DEFAULT_DIST_TIMEOUT_MIN = 30.0
 
 
 def add_run_control_args(g: argparse._ArgumentGroup, *, folder: str, tensorboard_help: str,
@@ -75,7 +72,7 @@ def add_run_control_args(g: argparse._ArgumentGroup, *, folder: str, tensorboard
     g.add_argument("--no-resume", action="store_true",
                    help=f"ignore {folder}/checkpoints/last.pt, start over")
     g.add_argument("--stop-after", type=int, help="(testing) stop like SIGTERM after this step")
-    g.add_argument("--dist-timeout", type=float, default=DEFAULT_DIST_TIMEOUT_MIN,
+    g.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_MIN,
                    help="minutes a process may wait for the others in a collective (or at start-up) before "
                         "the run fails instead of hanging")
     g.add_argument("--inject-nan-steps", default=inject_nan_default, help=inject_nan_help)

@@ -24,7 +24,10 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from experiments.common.cli_common import DEFAULT_DIST_TIMEOUT_MIN as DEFAULT_TIMEOUT_MIN  # 30 min
+#: Default ``--dist-timeout`` in minutes: how long a collective (and the process-group set-up) may wait for
+#: the slowest process before the run fails instead of hanging. Generous, because rank 0 alone writes
+#: checkpoints (~11 GB for the DiT-XL) and evaluates while the others wait at a barrier.
+DEFAULT_TIMEOUT_MIN = 30.0
 
 
 @dataclass(frozen=True)

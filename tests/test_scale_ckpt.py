@@ -107,3 +107,35 @@ def test_dist_timeout_reaches_the_process_group(monkeypatch):
     with pytest.raises(UserError, match="--dist-timeout must be a finite number > 0, got 0"):
         resolve(build_parser().parse_args(["--dist-timeout", "0"]))
     assert isinstance(build_parser(), argparse.ArgumentParser)
+
+
+def test_sigterm_skips_a_write_slower_than_the_stop_budget(tmp_path, ae_ckpt, monkeypatch, capsys):
+    """Every write of this run takes longer than --stop-budget 1e-9 s: a SIGTERM stop keeps the last
+    checkpoint (step 1) instead of starting a write that a scheduler would cut short, and says so."""
+    import signal
+
+    from experiments import in1k_dit
+
+    real_step = in1k_dit.train_step
+
+    def step_then_sigterm(ctx, net, model, opt, batch, step, meter):
+        res = real_step(ctx, net, model, opt, batch, step, meter)
+        if step == 1:  # during the 2nd step, as a scheduler would
+            os.kill(os.getpid(), signal.SIGTERM)
+        return res
+
+    monkeypatch.setattr(in1k_dit, "train_step", step_then_sigterm)
+    out = tmp_path / "run"
+    argv = ["--ae-ckpt", str(ae_ckpt), "--out", str(out), "--steps", "5", "--batch-size", "8", "--log-every", "1",
+            "--ckpt-every", "1", "--sample-steps", "1", "--no-progress"]
+    assert in1k_dit.main(argv + ["--stop-budget", "1e-9"]) == 128 + signal.SIGTERM
+    assert [r["step"] for r in _events(out, "checkpoint")] == [1]
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=False)["step"] == 1
+    stopped = _events(out, "stopped")[0]
+    assert stopped["step"] == 2 and "more than --stop-budget 1e-09 s" in stopped["note"]
+    printed = capsys.readouterr()
+    assert "stopped (SIGTERM) at step 2; not writing a checkpoint: the last one" in printed.out + printed.err
+    # With the default budget the same stop writes its checkpoint.
+    out2 = tmp_path / "run2"
+    assert in1k_dit.main(argv[:3] + [str(out2)] + argv[4:]) == 128 + signal.SIGTERM
+    assert [(r["step"], r["reason"]) for r in _events(out2, "checkpoint")] == [(1, "step"), (2, "stop")]

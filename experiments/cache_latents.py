@@ -39,7 +39,7 @@ from torch.utils.data import Dataset  # noqa: E402
 
 from experiments.common import distributed as D  # noqa: E402
 from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, _split_key,  # noqa: E402
-                              collate, mix_seed, worker_init)
+                              close_loader, collate, mix_seed, worker_init)
 from experiments.common.trainer import OneLineParser, UserError, autocast, run_cli, script_exit  # noqa: E402
 from spherical import Hypersphere  # noqa: E402
 
@@ -98,6 +98,18 @@ def cache_latents(ae, dataset: Dataset, out: str | os.PathLike, *, info: D.DistI
         return encode_to_shards(ae, dataset, out, info=info, **kw)
 
 
+def complete_cache(root: str | os.PathLike, expect: dict) -> bool:
+    """Whether ``root`` holds a complete cache whose ``index.json`` agrees with every item of ``expect``
+    (e.g. ``source``, ``ae_ckpt``, ``image_size``, ``flip``, ``dtype``)."""
+    path = Path(root) / INDEX
+    try:
+        index = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return False
+    return bool(index and index.get("complete") and all(index.get(k) == v for k, v in expect.items())
+                and all(shard_path(root, k).is_file() for k in range(index.get("num_shards", 0))))
+
+
 def encode_to_shards(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict, shard_size: int = 1024,
                      batch_size: int = 64, flip: bool = False, dtype: str = "float16", precision: str = "fp32",
                      num_workers: int = 0, info: D.DistInfo = D.DistInfo(), log=print) -> dict:
@@ -108,7 +120,11 @@ def encode_to_shards(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict
         meta: identifies the cache (``ae_ckpt``, ``image_size``, ``source``, ``classes``); a rerun into the
             same folder with different settings raises :class:`UserError` instead of mixing shards.
         shard_size: images per shard S.
-        flip: also store the latents of the flipped images.
+        batch_size: images per encoder batch.
+        flip: also store the latents of the flipped images (the flip is done on the device: no second
+            decode).
+        num_workers: data-loader worker processes decoding images for this process (one DataLoader over
+            all of this process's missing shards).
         dtype: storage dtype of the latents (``float32``, ``bfloat16``, ``float16``).
         log: where the size line goes (the main process's ``print``); a cache larger than the free disk
             space raises :class:`UserError` before anything is written.
@@ -138,34 +154,39 @@ def encode_to_shards(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict
     D.barrier()
     if info.is_main:
         _write_json(dict(index, complete=bool(old and old.get("complete"))), root / INDEX)
-    written = skipped = 0
     from safetensors.torch import save_file
 
-    for k in range(info.rank, index["num_shards"], info.world_size):
-        path = shard_path(root, k)
-        if path.is_file():
-            skipped += 1
-            continue
-        ids = list(range(k * shard_size, min(n, (k + 1) * shard_size)))
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=[ids[i:i + batch_size] for i in
-                                             range(0, len(ids), batch_size)], num_workers=num_workers,
-                                             collate_fn=collate,
-                                             worker_init_fn=worker_init if num_workers else None)
-        zs, zf, labels = [], [], []
-        for batch in loader:
-            x = batch["image"].to(info.device)
-            zs.append(encode_batch(ae, x, precision).to(_DTYPES[dtype]).cpu())
+    mine = range(info.rank, index["num_shards"], info.world_size)
+    todo = [k for k in mine if not shard_path(root, k).is_file()]
+    skipped = len(mine) - len(todo)
+    # One DataLoader over every batch of this rank's missing shards (workers decode ahead across shard
+    # boundaries); batches never straddle two shards, and arrive in order.
+    plan = [(k, ids[i:i + batch_size]) for k in todo
+            for ids in [list(range(k * shard_size, min(n, (k + 1) * shard_size)))]
+            for i in range(0, len(ids), batch_size)]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=[b for _, b in plan], num_workers=num_workers,
+                                         collate_fn=collate, pin_memory=info.device.type == "cuda",
+                                         worker_init_fn=worker_init if num_workers else None)
+    it, parts, written = iter(loader), {"latents": [], "latents_flip": [], "labels": []}, 0
+    try:
+        for j, (k, _) in enumerate(plan):
+            batch = next(it)
+            x = batch["image"].to(info.device, non_blocking=True)
+            parts["latents"].append(encode_batch(ae, x, precision).to(_DTYPES[dtype]).cpu())
             if flip:
-                zf.append(encode_batch(ae, x.flip(-1), precision).to(_DTYPES[dtype]).cpu())
-            labels.append(batch["label"])
-        tensors = {"latents": torch.cat(zs).contiguous(), "labels": torch.cat(labels).contiguous()}
-        if flip:
-            tensors["latents_flip"] = torch.cat(zf).contiguous()
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path)
-        written += 1
-        log(f"cache_latents: wrote {path} ({len(ids)} images)")
+                parts["latents_flip"].append(encode_batch(ae, x.flip(-1), precision).to(_DTYPES[dtype]).cpu())
+            parts["labels"].append(batch["label"])
+            if j + 1 == len(plan) or plan[j + 1][0] != k:  # shard k complete: write it atomically
+                tensors = {key: torch.cat(v).contiguous() for key, v in parts.items() if v}
+                path = shard_path(root, k)
+                tmp = path.with_name(f".{path.name}.tmp")
+                save_file(tensors, str(tmp))
+                os.replace(tmp, path)
+                written += 1
+                log(f"cache_latents: wrote {path} ({len(tensors['labels'])} images)")
+                parts = {key: [] for key in parts}
+    finally:
+        close_loader(it)
     D.barrier()
     if info.is_main:
         missing = [k for k in range(index["num_shards"]) if not shard_path(root, k).is_file()]
@@ -177,14 +198,19 @@ def encode_to_shards(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict
 
 
 class LatentShards(Dataset):
-    """Cached latents as a dataset indexed by ``(epoch, i)`` (or ``i``): ``{"latent": [N, C] float32 on
-    S^{C−1}_R, "label": int}``. With flipped latents in the cache, epoch e uses the flipped copy of image i
-    with probability ½, a pure function of ``(seed, e, i)``.
+    """Cached latents as a dataset indexed by ``(epoch, i)`` (or ``i``): ``{"latent": [N, C], "label": int}``.
+    With flipped latents in the cache, epoch e uses the flipped copy of image i with probability ½, a pure
+    function of ``(seed, e, i)``.
 
-    Shards are read through safetensors' memory map on first use (``preload=True``: all in RAM).
+    ``project=True``: the latent is float32, re-projected onto S^{C−1}_R. ``project=False`` (training): the
+    latent as stored (float16 by default: half the bytes through the loader workers, pinned memory and the
+    host-to-device copy); the training step casts it to float32 and projects it on the device.
+    Shards are read through safetensors' memory map on first use (``preload=True``: all in RAM, as stored;
+    default: when that is under 2 GiB).
     """
 
-    def __init__(self, root: str | os.PathLike, *, seed: int = 0, preload: bool | None = None):
+    def __init__(self, root: str | os.PathLike, *, seed: int = 0, preload: bool | None = None,
+                 project: bool = True):
         self.root = Path(root)
         if not (self.root / INDEX).is_file():
             raise DataError(f"{self.root}/{INDEX} not found (write it with experiments/cache_latents.py)")
@@ -198,13 +224,14 @@ class LatentShards(Dataset):
 
         self.labels = torch.cat([safe_open(str(shard_path(self.root, k)), "pt").get_tensor("labels")
                                  for k in range(self.index["num_shards"])])
-        size = self.n * self.index["num_tokens"] * self.index["channels"] * (2 if self.flip else 1) * 4
-        self._mem = None
+        item = torch.empty((), dtype=_DTYPES[self.index["dtype"]]).element_size()
+        size = self.n * self.index["num_tokens"] * self.index["channels"] * (2 if self.flip else 1) * item
+        self._mem, self.project = None, project
         if preload if preload is not None else size < 2**31:
             from safetensors.torch import load_file
 
             shards = [load_file(str(shard_path(self.root, k))) for k in range(self.index["num_shards"])]
-            self._mem = {key: torch.cat([s[key] for s in shards]).float()
+            self._mem = {key: torch.cat([s[key] for s in shards])
                          for key in (("latents", "latents_flip") if self.flip else ("latents",))}
         self._open: dict[int, object] = {}
 
@@ -233,8 +260,8 @@ class LatentShards(Dataset):
         name = "latents"
         if self.flip and random.Random(mix_seed(self.seed, epoch, i, 3)).random() < 0.5:
             name = "latents_flip"
-        z = self.sphere.projx(self._get(name, i).float())
-        return {"latent": z, "label": int(self.labels[i])}
+        z = self._get(name, i)
+        return {"latent": self.sphere.projx(z.float()) if self.project else z, "label": int(self.labels[i])}
 
 
 def collate_latents(samples: list[dict]) -> dict:
@@ -260,18 +287,21 @@ def build_parser() -> OneLineParser:
       "the sphere in float32 when read; rounding: float16 ~2e-4 rad, bfloat16 ~1.7e-3 rad per token)")
     a("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast of the encoder (CUDA)")
     a("--seed", type=int, default=0, help="seed of the embedded crops / random-init AE")
-    a("--num-workers", type=int, default=0, help="data-loader workers")
+    a("--num-workers", type=int, help="data-loader workers decoding images, per process (default: min(8, CPUs) "
+      "with --data, 0 for the embedded photos)")
     a("--device", default="auto", help="auto | cpu | cuda")
     return p
 
 
-def open_source(data: str | None, image_size: int, num_images: int, seed: int) -> tuple[Dataset, dict]:
-    """The dataset to encode and its identity (``source``, ``classes``, ``num_classes``)."""
+def open_source(data: str | None, image_size: int, num_images: int, seed: int, *, info=None
+                ) -> tuple[Dataset, dict]:
+    """The dataset to encode and its identity (``source``, ``classes``, ``num_classes``); with a distributed
+    ``info`` the ``--data`` tree is scanned by rank 0 only and broadcast."""
     if data is None:
         ds = EmbeddedPhotos("train", image_size, length=num_images, seed=seed)
         return ds, {"source": f"embedded:{num_images}:{seed}", "classes": ds.classes,
                     "num_classes": len(ds.classes)}
-    ds = ImageFolderDataset(Path(data) / "train", image_size, train=False)
+    ds = ImageFolderDataset(Path(data) / "train", image_size, train=False, info=info)
     return ds, {"source": str(Path(data).resolve()), "classes": ds.classes, "num_classes": len(ds.classes)}
 
 
@@ -282,6 +312,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     from experiments.common.cli_common import validate_args
 
     validate_args(args)  # ranges, --device
+    if args.num_workers is None:
+        args.num_workers = 0 if args.data is None else min(8, os.cpu_count() or 1)
     if args.data is not None and args.ae_ckpt is None:
         raise UserError("--data needs --ae-ckpt (an in1k_ae.py run folder or checkpoint)")
     info = D.setup(args.device)
@@ -291,7 +323,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             print(f"cache_latents: {note}", flush=True)
         ae = load_autoencoder(path, info.device)
         size = args.image_size or ae.image_size
-        ds, meta = open_source(args.data, size, args.num_images, args.seed)
+        ds, meta = open_source(args.data, size, args.num_images, args.seed, info=info)
         res = cache_latents(ae, ds, args.out, meta=dict(meta, ae_ckpt=str(path), image_size=size),
                             shard_size=args.shard_size, batch_size=args.batch_size, flip=args.flip,
                             dtype=args.dtype, precision=args.precision, num_workers=args.num_workers, info=info,

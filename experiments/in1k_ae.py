@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # `python experiments/in1k_ae.py` from anywhere
 import torch  # noqa: E402
 
 from experiments.common import checkpoint, distributed as D  # noqa: E402
+from experiments.common.ckpt_policy import SavePolicy, milestone_steps  # noqa: E402
 from experiments.common.ae_cli import build_parser, resolve  # noqa: E402
 from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
                               close_loader, collate, mix_seed, worker_init)
@@ -84,13 +85,15 @@ def build_model(args, resume_state):
     return ae
 
 
-def make_datasets(args):
+def make_datasets(args, info=None):
+    """Training and held-out datasets (``--data`` trees scanned once, by rank 0, with a distributed ``info``)."""
     if args.embedded:
         train = EmbeddedPhotos("train", args.image_size, length=EMBEDDED_TRAIN_LEN, seed=args.seed)
         val = EmbeddedPhotos("eval", args.image_size, length=args.eval_images, seed=args.seed)
     else:
-        train = ImageFolderDataset(Path(args.data) / "train", args.image_size, train=True, seed=args.seed)
-        val = ImageFolderDataset(Path(args.data) / "val", args.image_size, train=False)
+        train = ImageFolderDataset(Path(args.data) / "train", args.image_size, train=True, seed=args.seed,
+                                   info=info)
+        val = ImageFolderDataset(Path(args.data) / "val", args.image_size, train=False, info=info)
     return train, val
 
 
@@ -132,7 +135,7 @@ def train(args, info) -> int:
         if args.grad_accum == "auto":  # a resumed run keeps its micro-batching (its data order depends on it)
             args.grad_accum = resume["args"].get("grad_accum", 1)
         check_resume_args(resume["args"], args, _RESUME_KEYS, ckpts.last)
-    train_ds, val_ds = make_datasets(args)  # data problems surface before the (slow) model build
+    train_ds, val_ds = make_datasets(args, info)  # data problems surface before the (slow) model build
     seed_everything(args.seed)
     ae = build_model(args, resume)
     dev, world = info.device, info.world_size
@@ -196,10 +199,15 @@ def train(args, info) -> int:
     ctx = dict(args=args, info=info, ae=ae, ema=ema, logger=logger, val_loader=val_loader, out=out,
                lpips=lpips)
 
-    def save(step_: int) -> None:
+    policy = SavePolicy(args.ckpt_every, args.ckpt_minutes,
+                        milestone_steps(args.milestone_epochs, probe.steps_per_epoch, args.max_steps),
+                        args.max_steps, is_main=info.is_main)
+
+    def save(step_: int, why: str) -> None:
         rng = D.all_gather_object(checkpoint.capture_rng())
         latent_norm = _latent_norm(ctx, step_)
         if info.is_main:
+            t = time.monotonic()
             ckpts.save({"step": step_, "data_chunk": step_ * args.grad_accum, "model": ae.state_dict(),
                         "latent_norm": latent_norm,
                         "ema": ema.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -208,6 +216,9 @@ def train(args, info) -> int:
                         "guard": guard.state_dict(), "bad_files": sorted(bad_files), "rng": rng,
                         "args": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},
                         "world_size": world}, step_)
+            secs, size = time.monotonic() - t, ckpts.last.stat().st_size
+            policy.saved(size, secs)
+            logger.log("checkpoint", step_, reason=why, seconds=round(secs, 3), gb=round(size / 1e9, 4))
         D.barrier()
 
     if step >= args.max_steps and info.is_main:
@@ -238,18 +249,21 @@ def train(args, info) -> int:
                     reported_bad = nbad
                 if args.eval_every > 0 and (step % args.eval_every == 0 or step == args.max_steps):
                     _evaluate(ctx, step)
-                stopping = D.any_true(stop.requested or step == args.stop_after, dev)
-                periodic = step % args.ckpt_every == 0 or step == args.max_steps
+                stopping, by_signal, timed = policy.poll(stop.requested, step == args.stop_after, dev)
                 if stopping:
                     close_loader(it)  # workers done before the last checkpoint (they may have a SIGTERM too)
-                if (periodic and guard.consecutive == 0) or stopping:  # keep the last *good* one
-                    save(step)
+                    write, why_not = policy.stop_write(args.stop_budget) if by_signal else (True, "")
+                if (policy.due(step, timed) and guard.consecutive == 0 and not stopping) or (stopping and write):
+                    save(step, "stop" if stopping else policy.reason(step, timed))
+                if info.is_main and policy.milestone(step) and ckpts.exists():
+                    ckpts.keep(policy.milestone(step))  # the newest good last.pt, as epoch_E.pt
                 if stopping:
-                    why = signal.Signals(stop.signum).name if stop.signum else "--stop-after"
-                    logger.log("stopped", step, signal=why)
+                    why = (signal.Signals(stop.signum).name if stop.signum else
+                           "SIGTERM" if by_signal else "--stop-after")
+                    logger.log("stopped", step, signal=why, **({"note": why_not} if why_not else {}))
                     if info.is_main:
-                        progress.write(f"in1k_ae: stopped ({why}) at step {step}; checkpoint {ckpts.last}; "
-                                       f"re-run the same command to continue")
+                        progress.write(f"in1k_ae: stopped ({why}) at step {step}; " + (f"{why_not}; " if why_not
+                                       else "") + f"checkpoint {ckpts.last}; re-run the same command to continue")
                     code = 128 + stop.signum if stop.signum else 0
                     break
         except NonFiniteError as e:

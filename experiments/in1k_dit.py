@@ -12,9 +12,10 @@ x₀ = latents of the AE (data, t = 0), x₁ = ``Hypersphere(R).random_uniform``
 t = ``sample_time(B, alpha=α)`` with α = ``dimension_shift(N, C)`` unless ``--alpha``,
 (x_t, u_t) = ``geodesic_flow(x₀, x₁, t)``, labels dropped to the null class with prob. ``--cfg-dropout``,
 loss = ``rfm_loss(DiT(x_t, t, y), x_t, u_t, lambda_rad=λ_rad)``; AdamW + EMA.
-Noise, times and label dropout of step s on rank r come from a generator seeded by (seed, s, r), and the
-data order from :class:`experiments.common.data.ResumableBatchSampler`, so a resumed run repeats an uninterrupted
-one exactly. Outputs in ``--out``: ``metrics.jsonl``, ``checkpoints/last.pt`` (model, EMA, optimiser,
+Noise, times and label dropout of step s are pure functions of (seed, s, global sample index)
+(:func:`experiments.common.flows.step_draws`), and the data order comes from
+:class:`experiments.common.data.ResumableBatchSampler`, so a resumed run repeats an uninterrupted one exactly,
+also on another number of processes (global batch fixed; equal up to float summation order). Outputs in ``--out``: ``metrics.jsonl``, ``checkpoints/last.pt`` (model, EMA, optimiser,
 scheduler, RNG, data position, ``dit_config`` and ``latent`` metadata for ``sample.py``) and
 ``train-samples.png`` (EMA samples, one column per class). Re-running the same command resumes.
 """
@@ -37,12 +38,13 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from experiments.common import checkpoint, distributed as D  # noqa: E402
+from experiments.common.ckpt_policy import SavePolicy, milestone_steps  # noqa: E402
 from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
-                              close_loader, collate, mix_seed, worker_init)
+                              close_loader, collate, worker_init)
 from experiments.common.dit_cli import build_parser, resolve  # noqa: E402
 from experiments.common.ema import EMA  # noqa: E402
 from experiments.common.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
-from experiments.common.microbatch import maybe_no_sync, sample_generators, sample_positions  # noqa: E402
+from experiments.common.microbatch import maybe_no_sync, sample_positions  # noqa: E402
 from experiments.common.rundir import run_folder  # noqa: E402
 from experiments.common.trainer import (NonFiniteError, NonFiniteGuard, StepBookkeeper, UserError,  # noqa: E402
                                  abort_nonfinite, autocast, build_adamw, check_resume_args, grads_finite_norm,
@@ -67,18 +69,24 @@ def _main(argv=None) -> int:
 
 def open_data(args, info, ae_path: Path, ae):
     """Training dataset (images encoded on the fly, or cached latents), its collate fn and metadata."""
-    from experiments.cache_latents import LatentShards, cache_latents, collate_latents, open_source
+    from experiments.cache_latents import LatentShards, cache_latents, collate_latents, complete_cache, open_source
 
     if args.cache_latents:
         src = Path(args.out) / "latents"
-        ds, meta = open_source(args.data, args.image_size or ae.image_size, 0, args.seed)
-        cache_latents(ae, ds, src, meta=dict(meta, ae_ckpt=str(ae_path), image_size=args.image_size or
-                                             ae.image_size), flip=args.flip, dtype=args.cache_dtype, info=info,
-                      log=print if info.is_main else (lambda *_: None))
+        expect = dict(source=str(Path(args.data).resolve()), ae_ckpt=str(ae_path), flip=args.flip,
+                      image_size=args.image_size or ae.image_size, dtype=args.cache_dtype)
+        if complete_cache(src, expect):  # resuming: the cache is done, the train tree is not walked again
+            if info.is_main:
+                print(f"in1k_dit: using the complete latent cache {src}", flush=True)
+        else:
+            ds, meta = open_source(args.data, args.image_size or ae.image_size, 0, args.seed, info=info)
+            cache_latents(ae, ds, src, meta=dict(meta, ae_ckpt=str(ae_path), image_size=args.image_size or
+                                                 ae.image_size), flip=args.flip, dtype=args.cache_dtype,
+                          info=info, num_workers=args.num_workers, log=print if info.is_main else (lambda *_: None))
     else:
         src = args.latents
     if src is not None:
-        ds = LatentShards(src, seed=args.seed)
+        ds = LatentShards(src, seed=args.seed, project=False)  # as stored; cast + projected on the device
         shape = (ds.index["num_tokens"], ds.index["channels"])
         if shape != (ae.num_tokens, ae.latent_dim):
             raise UserError(f"{src} holds {shape[0]}x{shape[1]} latents but the autoencoder {ae_path} gives "
@@ -91,7 +99,7 @@ def open_data(args, info, ae_path: Path, ae):
     else:
         # the latent cache's crop policy: centre crops, flipped with probability 1/2 only with --flip
         ds = ImageFolderDataset(Path(args.data) / "train", size, train=True, seed=args.seed,
-                                augment="flip" if args.flip else "none")
+                                augment="flip" if args.flip else "none", info=info)
     return ds, collate, {"num_classes": len(ds.classes), "classes": list(ds.classes),
                          "source": "embedded photos encoded on the fly" if args.embedded else
                          f"{args.data} encoded on the fly"}
@@ -209,13 +217,21 @@ def train(args, info) -> int:
     ctx = dict(args=args, info=info, ae=ae, sphere=Hypersphere(float(ae.radius)), alpha=alpha,
                precision=precision, bad_files=set(), decode_norm=s_vae)
 
-    def save(step_: int) -> None:
+    policy = SavePolicy(args.ckpt_every, args.ckpt_minutes,
+                        milestone_steps(args.milestone_epochs, sampler.steps_per_epoch, args.steps), args.steps,
+                        is_main=info.is_main)
+
+    def save(step_: int, why: str) -> None:
         rng = D.all_gather_object(checkpoint.capture_rng())
         if info.is_main:
+            t = time.monotonic()
             ckpts.save({"step": step_, "data_chunk": step_ * args.grad_accum, "model": model.state_dict(), "ema": ema.state_dict(),
                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "guard": guard.state_dict(), "rng": rng, "args": vars(args), "world_size": world,
                         "dit_config": asdict(model.config), "latent": latent}, step_)
+            secs, size = time.monotonic() - t, ckpts.last.stat().st_size
+            policy.saved(size, secs)
+            logger.log("checkpoint", step_, reason=why, seconds=round(secs, 3), gb=round(size / 1e9, 4))
         D.barrier()
 
     progress = Progress(args.steps, step, enabled=info.is_main and not args.no_progress)
@@ -235,18 +251,21 @@ def train(args, info) -> int:
                                epoch=round(sampler.epoch_of_chunk(step * args.grad_accum), 4), nonfinite_total=guard.total)
                 if args.sample_every > 0 and step % args.sample_every == 0 and step < args.steps:
                     sample_grid(ctx, model, ema, latent, out / f"train-samples-{step:07d}.png")
-                stopping = D.any_true(stop.requested or step == args.stop_after, dev)
-                periodic = step % args.ckpt_every == 0 or step == args.steps
+                stopping, by_signal, timed = policy.poll(stop.requested, step == args.stop_after, dev)
                 if stopping:
                     close_loader(it)  # workers done before the last checkpoint
-                if (periodic and guard.consecutive == 0) or stopping:
-                    save(step)
+                    write, why_not = policy.stop_write(args.stop_budget) if by_signal else (True, "")
+                if (policy.due(step, timed) and guard.consecutive == 0 and not stopping) or (stopping and write):
+                    save(step, "stop" if stopping else policy.reason(step, timed))
+                if info.is_main and policy.milestone(step) and ckpts.exists():
+                    ckpts.keep(policy.milestone(step))  # the newest good last.pt, as epoch_E.pt
                 if stopping:
                     sig = stop.signum or signal.SIGTERM
-                    logger.log("stopped", step, signal=signal.Signals(sig).name)
+                    logger.log("stopped", step, signal=signal.Signals(sig).name, **({"note": why_not} if why_not else {}))
                     if info.is_main:
                         progress.write(f"in1k_dit: stopped ({signal.Signals(sig).name}) at step {step}; "
-                                       f"checkpoint {ckpts.last}; re-run the same command to continue")
+                                       + (f"{why_not}; " if why_not else "")
+                                       + f"checkpoint {ckpts.last}; re-run the same command to continue")
                     code = 0 if stop.signum is None else 128 + sig
                     break
         except NonFiniteError as e:
@@ -270,7 +289,8 @@ def _micro(args, world: int) -> str:
 
 
 def latents_of(ctx, batch: dict) -> torch.Tensor:
-    """The batch's data latents x₀ ``[B, N, C]`` in float32 on the sphere (encoded now if images)."""
+    """The batch's data latents x₀ ``[B, N, C]`` in float32 on the sphere: cached latents arrive as stored
+    (float16 by default) and are cast and projected here, on the device; images are encoded now."""
     from experiments.cache_latents import encode_batch
 
     dev = ctx["info"].device
@@ -279,23 +299,28 @@ def latents_of(ctx, batch: dict) -> torch.Tensor:
     return encode_batch(ctx["ae"], batch["image"].to(dev, non_blocking=True), ctx["precision"])
 
 
-def flow_loss(ctx, net, x0: torch.Tensor, y: torch.Tensor, gen):
+def flow_loss(ctx, net, x0: torch.Tensor, y: torch.Tensor, draw: int | torch.Generator, offset: int | None = None):
     """Flow-matching loss of one batch (``--flow``: Riemannian, or flat on the same latents); returns
-    :class:`spherical.RFMLoss` (fp32). ``gen``: one generator for the batch, or a list of one per sample."""
-    from experiments.common.flows import euclidean_fm_loss, euclidean_path, flow_noise
+    :class:`spherical.RFMLoss` (fp32).
+
+    ``draw``: the training step, and ``offset`` the position of ``x0[0]`` in that step's global batch (default
+    ``rank·b``): noise, times and label dropout are then those of :func:`experiments.common.flows.step_draws`,
+    a pure function of (seed, step, global sample index), so neither the number of processes nor of
+    micro-batches changes them. Or a generator the three are drawn from in turn (benchmarks, tests).
+    """
+    from experiments.common.flows import euclidean_fm_loss, euclidean_path, flow_noise, step_draws
 
     args, sphere, b = ctx["args"], ctx["sphere"], x0.shape[0]
-
-    def draws(g: torch.Generator, n: int):
-        x1 = flow_noise(args.flow, (n,) + tuple(x0.shape[1:]), float(sphere.radius), generator=g, device=x0.device)
-        t = sample_time(n, alpha=ctx["alpha"], loc=args.time_loc, scale=args.time_scale, generator=g,
+    if isinstance(draw, torch.Generator):
+        x1 = flow_noise(args.flow, tuple(x0.shape), float(sphere.radius), generator=draw, device=x0.device)
+        t = sample_time(b, alpha=ctx["alpha"], loc=args.time_loc, scale=args.time_scale, generator=draw,
                         device=x0.device)
-        return x1, t, torch.rand(n, generator=g, device=x0.device) < args.cfg_dropout
-
-    if isinstance(gen, torch.Generator):
-        x1, t, drop = draws(gen, b)
-    else:  # one generator per sample: draws independent of how the batch is split
-        x1, t, drop = (torch.cat(parts) for parts in zip(*(draws(g, 1) for g in gen)))
+        drop = torch.rand(b, generator=draw, device=x0.device) < args.cfg_dropout
+    else:
+        start = ctx["info"].rank * b if offset is None else offset
+        x1, t, drop = step_draws(args.flow, args.seed, draw, start, b, args.batch_size,
+                                 tuple(x0.shape[1:]), float(sphere.radius), alpha=ctx["alpha"], loc=args.time_loc,
+                                 scale=args.time_scale, drop_prob=args.cfg_dropout, device=x0.device)
     if args.flow == "euclidean":
         xt, ut = euclidean_path(x0, x1, t.view(b, 1, 1))
     else:
@@ -309,8 +334,8 @@ def flow_loss(ctx, net, x0: torch.Tensor, y: torch.Tensor, gen):
 
 def train_step(ctx, net, model, opt, it, step: int, meter):
     """One optimizer step over ``--grad-accum`` micro-batches read from ``it`` (DDP all-reduces only on the
-    last). Sample j of the step's global batch gets its noise, time and label dropout from a generator seeded
-    by (seed, step, j), so the update does not depend on how the batch is split. Returns (loss parts,
+    last). Sample j of the step's global batch gets its noise, time and label dropout as a function of
+    (seed, step, j) (``flows.step_draws``), so the update does not depend on how the batch is split. Returns (loss parts,
     finite, pre-clip grad norm)."""
     args, info = ctx["args"], ctx["info"]
     dev, accum = info.device, args.grad_accum
@@ -323,9 +348,9 @@ def train_step(ctx, net, model, opt, it, step: int, meter):
         x0 = latents_of(ctx, batch)
         y = batch["label"].to(dev)
         meter.add(x0.shape[0] * info.world_size)
-        gens = sample_generators(args.seed, step, sample_positions(m, chunk, info.rank, info.world_size), dev)
+        pos = sample_positions(m, chunk, info.rank, info.world_size)
         with maybe_no_sync(net, m == accum - 1):
-            loss = flow_loss(ctx, net, x0, y, gens)
+            loss = flow_loss(ctx, net, x0, y, step, offset=pos.start)
             total = loss.total
             if step + 1 in args.inject_nan_steps:  # 1-based, as logged
                 total = total * float("nan")

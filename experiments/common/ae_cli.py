@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments.common.cli_common import (PresetHelpFormatter, parse_step_list, add_checkpoint_args, add_optimisation_args,
+from experiments.common.cli_common import (PresetHelpFormatter, parse_epoch_list, parse_step_list, add_checkpoint_args, add_optimisation_args,
                                           add_run_control_args, validate_args)
 from experiments.common.trainer import OneLineParser, UserError
 
@@ -18,14 +18,16 @@ from experiments.common.trainer import OneLineParser, UserError
 _PAPER_1 = dict(lr=1e-5, beta1=0.9, beta2=0.999, weight_decay=0.0, ema_decay=0.9999, ema_warmup=0,
                 batch_size=512, epochs=20, warmup_steps=0, lr_schedule="constant", grad_clip=0.0,
                 cos_weight=0.5, l1_weight=1.0, lpips_weight=1.0, gan_weight=0.0, disc_warmup_epochs=0.0,
-                log_every=50, eval_every=2000, ckpt_every=1000, eval_images=1000, precision="bf16")
+                log_every=50, eval_every=2000, ckpt_every=1000, eval_images=1000, precision="bf16",
+                milestone_epochs="20")
 _PAPER_2 = dict(_PAPER_1, lr=5e-5, beta1=0.5, beta2=0.9, ema_decay=0.9975, epochs=40, cos_weight=0.0,
-                gan_weight=0.5, disc_warmup_epochs=2.0)
+                gan_weight=0.5, disc_warmup_epochs=2.0, milestone_epochs="40")
 # Tiny / embedded photos: a few thousand decoder parameters on 2 CPU cores in ~3 minutes: a large
 # learning rate with warm-up + cosine decay, a short-memory EMA with warm-up, small batches, clipping at 1.
 _TINY_1 = dict(_PAPER_1, lr=4e-3, beta2=0.99, ema_decay=0.98, ema_warmup=10, batch_size=24, grad_clip=1.0,
                epochs=None, max_steps=600, warmup_steps=20, lr_schedule="cosine", lpips_weight=0.0,
-               log_every=10, eval_every=100, ckpt_every=200, eval_images=32, precision="fp32")
+               log_every=10, eval_every=100, ckpt_every=200, eval_images=32, precision="fp32",
+               milestone_epochs="none")
 _TINY_2 = dict(_TINY_1, lr=1e-3, beta1=0.5, beta2=0.9, cos_weight=0.0, gan_weight=0.5,
                disc_warmup_epochs=0.1)
 # CPU demo (the embedded default): 8×8 tokens × 192 channels, a 2 M-parameter decoder, 2 threads, bf16 autocast
@@ -176,4 +178,5 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.stage == 2 and args.init_from is None and not args.eval_only:
         print("note: stage 2 without --init-from starts from untrained stem/decoder weights")
     args.inject_nan_steps = parse_step_list(args.inject_nan_steps)
+    args.milestone_epochs = parse_epoch_list(args.milestone_epochs)
     return args

@@ -116,7 +116,8 @@ def restore_training(state: dict, rank: int, world_size: int, **objects: Any) ->
 
 
 class CheckpointDir:
-    """A folder of checkpoints: ``last.pt`` (always the newest) plus optional ``step_XXXXXXX.pt`` copies."""
+    """A folder of checkpoints: ``last.pt`` (always the newest) plus optional ``step_XXXXXXX.pt`` and
+    ``epoch_E.pt`` files kept by :meth:`keep` (hard links of an earlier ``last.pt``)."""
 
     def __init__(self, folder: str | os.PathLike, *, keep_every: int = 0):
         self.folder = Path(folder)
@@ -132,8 +133,30 @@ class CheckpointDir:
     def save(self, state: dict, step: int | None = None) -> Path:
         path = save_atomic(state, self.last)
         if step is not None and self.keep_every and step % self.keep_every == 0:
-            save_atomic(state, self.folder / f"step_{step:07d}.pt")
+            self.keep(f"step_{step:07d}.pt")
         return path
+
+    def keep(self, name: str) -> Path:
+        """Keep the current ``last.pt`` as ``name`` in this folder: a hard link (no second write, the same
+        bytes; :func:`save_atomic` later replaces ``last.pt`` by a new file, the link keeps the old one),
+        or a copy where the file system has no hard links. Atomic like :func:`save_atomic`."""
+        import shutil
+
+        dest = self.folder / name
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)
+        os.close(fd)
+        os.unlink(tmp)
+        try:
+            try:
+                os.link(self.last, tmp)
+            except OSError:
+                shutil.copyfile(self.last, tmp)
+            os.replace(tmp, dest)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return dest
 
     def load_latest(self, map_location: str | torch.device = "cpu", required: tuple[str, ...] = ("step",)
                     ) -> dict | None:

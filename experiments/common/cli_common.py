@@ -10,6 +10,7 @@ import argparse
 import math
 from typing import Callable
 
+from experiments.common.distributed import DEFAULT_TIMEOUT_MIN
 from experiments.common.trainer import UserError
 
 AddArgs = Callable[[argparse._ArgumentGroup], None]
@@ -58,6 +59,8 @@ def add_optimisation_args(parser: argparse.ArgumentParser, *, length: AddArgs, e
     return g
 
 
+
+
 def add_run_control_args(g: argparse._ArgumentGroup, *, folder: str, tensorboard_help: str,
                          inject_nan_help: str, inject_nan_default: str | None = None) -> None:
     """The tail of the ``run`` group: TensorBoard, progress bar, resume, and the two testing hooks.
@@ -69,13 +72,31 @@ def add_run_control_args(g: argparse._ArgumentGroup, *, folder: str, tensorboard
     g.add_argument("--no-resume", action="store_true",
                    help=f"ignore {folder}/checkpoints/last.pt, start over")
     g.add_argument("--stop-after", type=int, help="(testing) stop like SIGTERM after this step")
+    g.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_MIN,
+                   help="minutes a process may wait for the others in a collective (or at start-up) before "
+                        "the run fails instead of hanging")
     g.add_argument("--inject-nan-steps", default=inject_nan_default, help=inject_nan_help)
 
 
+#: Default ``--ckpt-minutes``: a checkpoint at least this often whatever the step count (preemption).
+DEFAULT_CKPT_MINUTES = 30.0
+
+
 def add_checkpoint_args(g: argparse._ArgumentGroup) -> None:
-    """``--ckpt-every`` [preset] and ``--keep-every``."""
+    """``--ckpt-every`` [preset], ``--ckpt-minutes``, ``--stop-budget``, ``--keep-every`` and
+    ``--milestone-epochs`` [preset] (see :mod:`experiments.common.ckpt_policy`)."""
     g.add_argument("--ckpt-every", type=int, help="steps between checkpoints [preset]")
-    g.add_argument("--keep-every", type=int, default=0, help="also keep step_N.pt every N steps (0 = off)")
+    g.add_argument("--ckpt-minutes", type=float, default=DEFAULT_CKPT_MINUTES,
+                   help="also write last.pt when this many minutes have passed since the last one (rank 0's "
+                        "clock decides for all ranks; 0 = off)")
+    g.add_argument("--stop-budget", type=float, default=20.0,
+                   help="seconds a SIGTERM/SIGINT stop may spend writing last.pt: when the run's previous "
+                        "write took longer, the stop writes nothing (torchrun kills its workers 30 s after a "
+                        "SIGTERM; the last checkpoint is kept); 0 = always write")
+    g.add_argument("--keep-every", type=int, default=0, help="also keep step_N.pt every N steps (0 = off; a "
+                   "hard link of last.pt, no second write)")
+    g.add_argument("--milestone-epochs", help="comma list of epochs whose checkpoint is kept as "
+                   "checkpoints/epoch_E.pt (a hard link of last.pt written at that epoch) [preset]")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -125,7 +146,9 @@ RULES: dict[str, tuple[Check, str]] = {
     "grad_clip": non_negative(), "ema_decay": interval(0.0, 1.0), "ema_warmup": at_least(0),
     "max_nonfinite": at_least(0), "ckpt_every": at_least(1), "keep_every": at_least(0),
     "log_every": at_least(1), "eval_every": at_least(0), "eval_images": at_least(1), "threads": at_least(1),
-    "num_workers": at_least(0), "stop_after": at_least(1),
+    "num_workers": at_least(0), "stop_after": at_least(1), "ckpt_minutes": non_negative(),
+    "stop_budget": non_negative(),
+    "dist_timeout": positive(),
     "image_size": ((lambda v: isinstance(v, int) and 1 <= v <= MAX_IMAGE_SIZE),
                    f"an integer in [1, {MAX_IMAGE_SIZE}]"),
     "cos_weight": non_negative(), "l1_weight": non_negative(), "lpips_weight": non_negative(),
@@ -186,6 +209,20 @@ def parse_step_list(text: str | None) -> set[int]:
         return {int(v) for v in str(text or "").split(",") if v.strip()}
     except ValueError:
         raise UserError(f"--inject-nan-steps expects comma-separated integers, got {text!r}") from None
+
+
+def parse_epoch_list(text: str | None) -> list[float]:
+    """``"80,550"`` → ``[80.0, 550.0]`` (``--milestone-epochs``; ``""``/``"none"`` → ``[]``); anything else
+    (or an epoch <= 0) is one :class:`UserError` line."""
+    if text is None or str(text).strip().lower() in ("", "none", "0"):
+        return []
+    try:
+        vals = sorted({float(v) for v in str(text).split(",") if v.strip()})
+    except ValueError:
+        vals = [float("nan")]
+    if not all(math.isfinite(v) and v > 0 for v in vals):
+        raise UserError(f"--milestone-epochs expects comma-separated epochs > 0 (e.g. 80,550), got {text!r}")
+    return vals
 
 
 #: Rules of ``sample.py`` that differ from :data:`RULES` (its ``--steps`` are integration steps).

@@ -5,19 +5,29 @@ Launch::
     torchrun --nproc_per_node=K experiments/in1k_ae.py ...
 
 :func:`setup` reads ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` (set by torchrun), initialises the process
-group (NCCL on CUDA, gloo on CPU) and picks the device. Without those variables it returns a single-process
-:class:`DistInfo` and initialises nothing, so the same code runs with and without torchrun.
+group (NCCL on CUDA, gloo on CPU) with a timeout (``--dist-timeout``, :data:`DEFAULT_TIMEOUT_MIN` minutes) and
+picks the device. Without those variables it returns a single-process :class:`DistInfo` and initialises
+nothing, so the same code runs with and without torchrun.
 :func:`spawn_local` starts K local gloo processes without torchrun (tests, debugging).
+:func:`check_shared_folder` stops a run whose processes do not all see the same run folder.
 """
 from __future__ import annotations
 
+import datetime
 import os
+import secrets
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+
+#: Default ``--dist-timeout`` in minutes: how long a collective (and the process-group set-up) may wait for
+#: the slowest process before the run fails instead of hanging. Generous, because rank 0 alone writes
+#: checkpoints (~11 GB for the DiT-XL) and evaluates while the others wait at a barrier.
+DEFAULT_TIMEOUT_MIN = 30.0
 
 
 @dataclass(frozen=True)
@@ -46,8 +56,14 @@ def pick_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device(spec)
 
 
-def setup(device: str = "auto") -> DistInfo:
-    """Initialise ``torch.distributed`` from torchrun's environment (no-op for a single process)."""
+
+
+def setup(device: str = "auto", timeout_min: float = DEFAULT_TIMEOUT_MIN) -> DistInfo:
+    """Initialise ``torch.distributed`` from torchrun's environment (no-op for a single process).
+
+    ``timeout_min`` is the process group's timeout: a collective (NCCL/gloo) or the group's own set-up that
+    waits longer for another process raises instead of hanging for ever (NCCL's default would be 10 min).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -59,6 +75,7 @@ def setup(device: str = "auto") -> DistInfo:
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(minutes=timeout_min),
                                 **({"device_id": dev} if dev.type == "cuda" else {}))
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev, backend=backend)
 
@@ -111,6 +128,41 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
         dist.broadcast_object_list(box, src=src)
         return box[0]
     return obj
+
+
+SHARED_CHECK = ".shared-check-"
+
+
+def check_shared_folder(folder: str | os.PathLike, info: DistInfo) -> str | None:
+    """Whether every process sees the same ``folder`` (a shared file system): rank 0 writes a file holding a
+    random nonce, the others read it after a barrier. Returns ``None`` when all do, else the one line that
+    says which ranks (on which hosts) do not; every process returns the same value. One process: ``None``.
+
+    A run needs this because rank 0 alone writes ``checkpoints/last.pt`` and every rank reads it on resume
+    (and each rank writes its own latent-cache shards, which rank 0 then checks).
+    """
+    if not info.enabled:
+        return None
+    name, nonce = f"{SHARED_CHECK}{secrets.token_hex(8)}", secrets.token_hex(16)
+    if info.is_main:
+        (Path(folder) / name).write_text(nonce)
+    name, nonce = broadcast_object((name, nonce))  # each rank then reads ITS folder (its own --out path)
+    barrier()
+    try:
+        ok = (Path(folder) / name).read_text() == nonce
+    except OSError:
+        ok = False
+    seen = all_gather_object((ok, socket.gethostname()))
+    barrier()
+    if info.is_main:
+        (Path(folder) / name).unlink(missing_ok=True)
+    bad = [(r, h) for r, (ok_, h) in enumerate(seen) if not ok_]
+    if not bad:
+        return None
+    hosts = sorted({h for _, h in bad})
+    return (f"the run folder {folder} is not shared by every process: rank(s) {', '.join(str(r) for r, _ in bad)}"
+            f" on host(s) {', '.join(hosts)} cannot read the file rank 0 (host {seen[0][1]}) wrote there; put "
+            f"--out on a file system every node mounts at the same path")
 
 
 def wrap_ddp(module: torch.nn.Module, info: DistInfo, **kwargs) -> torch.nn.Module:

@@ -24,7 +24,8 @@ from torch import Tensor
 from models.latent import gaussian_norm_radius
 from spherical import Hypersphere, RFMLoss
 
-__all__ = ["FLOWS", "check_flow", "flow_noise", "euclidean_path", "euclidean_fm_loss", "euclidean_euler"]
+__all__ = ["FLOWS", "check_flow", "flow_noise", "step_draws", "euclidean_path", "euclidean_fm_loss",
+           "euclidean_euler"]
 
 FLOWS = ("riemannian", "euclidean")
 
@@ -48,6 +49,31 @@ def flow_noise(flow: str, shape: tuple[int, ...], radius: float, *, generator: t
         return Hypersphere(radius).random_uniform(*shape, generator=generator, device=device)
     eps = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
     return eps * (float(radius) / gaussian_norm_radius(shape[-1]))
+
+
+def step_draws(flow: str, seed: int, step: int, offset: int, b: int, global_batch: int, shape: tuple[int, int],
+               radius: float, *, alpha: float, loc: float, scale: float, drop_prob: float,
+               device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor]:
+    """The random draws of one training step for the global samples ``offset .. offset + b − 1``.
+
+    Returns ``(x1 [b, N, C] float32, t [b], drop [b] bool)`` on ``device``: noise, times and label dropout.
+    Each is a pure function of ``(seed, step, global sample index)``: times and dropout are drawn for the whole
+    global batch of ``global_batch`` samples on the CPU from a generator seeded by ``(seed, step)`` and sliced;
+    the noise of sample i comes from a generator seeded by ``(seed, step, i)``. So the union over processes of
+    a step's draws, hence the averaged gradient, does not depend on how many processes share the batch (rank
+    r of W passes ``offset = r·global_batch/W``): a run resumed on another world size continues the same
+    trajectory (up to float summation order).
+    """
+    from experiments.common.data import mix_seed
+    from spherical import sample_time
+
+    g = torch.Generator().manual_seed(mix_seed(seed, step))
+    t = sample_time(global_batch, alpha=alpha, loc=loc, scale=scale, generator=g)[offset:offset + b]
+    drop = (torch.rand(global_batch, generator=g) < drop_prob)[offset:offset + b]
+    gi = torch.Generator(device)
+    x1 = torch.cat([flow_noise(flow, (1, *shape), radius, generator=gi.manual_seed(mix_seed(seed, step, offset + i)),
+                               device=device) for i in range(b)])
+    return x1, t.to(device), drop.to(device)
 
 
 def euclidean_path(x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:

@@ -7,8 +7,9 @@ samples, as one batch of ``B`` would, within float rounding.
 
 For that equality the randomness of a sample must not depend on how the step is split. :func:`sample_positions`
 gives every sample its position in the step's global batch (the :class:`ResumableBatchSampler` reads chunk
-``m`` of size ``B/K``, rank ``r`` its ``r``-th slice), and :func:`sample_generators` one generator per
-position, seeded by ``(seed, step, position)``: the same sample gets the same noise for any ``K`` and any ``W``.
+``m`` of size ``B/K``, rank ``r`` its ``r``-th slice), and :func:`experiments.common.flows.step_draws` draws a
+sample's noise, time and label dropout as a function of ``(seed, step, position)``: the same sample gets the
+same draws for any ``K`` and any ``W``.
 
 ``--grad-accum auto`` (:func:`auto_grad_accum`): the smallest ``K`` whose micro-batch fits the device's free
 memory by the measured memory plan (:mod:`experiments.common.memory_plan`), with the plan's headroom; on a
@@ -22,7 +23,6 @@ from typing import Callable
 
 import torch
 
-from experiments.common.data import mix_seed
 
 
 def grad_accum_arg(text: str) -> int | str:
@@ -55,11 +55,6 @@ def sample_positions(micro: int, chunk: int, rank: int, world: int) -> range:
     local = chunk // world
     start = micro * chunk + rank * local
     return range(start, start + local)
-
-
-def sample_generators(seed: int, step: int, positions: range, device: torch.device) -> list[torch.Generator]:
-    """One generator per sample, seeded by ``(seed, step, position)`` (independent of K and W)."""
-    return [torch.Generator(device).manual_seed(mix_seed(seed, step, p)) for p in positions]
 
 
 def auto_grad_accum(per_rank_batch: int, device: torch.device, bytes_for: Callable[[int], float], *,

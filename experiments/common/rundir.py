@@ -235,7 +235,9 @@ def run_folder(out: str | os.PathLike, info=None, *, prog: str, no_resume: bool 
 
     Lock ``out`` (:class:`RunLock`), remove temporary leftovers (:func:`clean_tmp`), and, with
     ``fresh_rule``, apply :func:`prepare` (``--no-resume``, or a log without a checkpoint, moves the old
-    run aside). Yields the lock (``None`` off the main process); released on exit.
+    run aside). Then every process checks that it sees the folder rank 0 locked
+    (:func:`experiments.common.distributed.check_shared_folder`: a run whose nodes do not share ``out``
+    stops with one line). Yields the lock (``None`` off the main process); released on exit.
     """
     from experiments.common import distributed as D
 
@@ -245,13 +247,15 @@ def run_folder(out: str | os.PathLike, info=None, *, prog: str, no_resume: bool 
     if is_main:
         try:
             lock = RunLock(out, prog=prog).acquire()
-            clean_tmp(out, tmp_globs, log=note)
+            clean_tmp(out, (*tmp_globs, D.SHARED_CHECK + "*"), log=note)
             if fresh_rule:
                 prepare(out, resume_possible=(Path(out) / "checkpoints" / "last.pt").exists(),
                         no_resume=no_resume, artefacts=artefacts, log=note)
         except RunFolderError as e:
             err = str(e)
     err = D.broadcast_object(err)
+    if err is None and info is not None:
+        err = D.check_shared_folder(out, info)  # every rank must see rank 0's folder (one line if not)
     if err is not None:
         if lock is not None:
             lock.release()

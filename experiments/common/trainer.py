@@ -176,7 +176,7 @@ def training_session(args: argparse.Namespace):
     1 on an idle 2-core box); yields the ``DistInfo``. Undone on exit."""
     from experiments.common import distributed as D
 
-    info = D.setup(args.device)
+    info = D.setup(args.device, getattr(args, "dist_timeout", None) or D.DEFAULT_TIMEOUT_MIN)
     default = None
     if info.device.type == "cpu" and args.preset in ("tiny", "cpu"):
         default = 1 if args.preset == "tiny" else min(2, os.cpu_count() or 1)

@@ -15,7 +15,11 @@ Noise, times and label dropout of step s on rank r come from a generator seeded 
 data order from :class:`experiments.common.data.ResumableBatchSampler`, so a resumed run repeats an uninterrupted
 one exactly. Outputs in ``--out``: ``metrics.jsonl``, ``checkpoints/last.pt`` (model, EMA, optimiser,
 scheduler, RNG, data position, ``dit_config`` and ``latent`` metadata for ``sample.py``) and
-``train-samples.png`` (EMA samples, one column per class). Re-running the same command resumes.
+``train-samples.png`` (EMA samples, one column per class). Re-running the same command resumes; the
+checkpoint records the autoencoder's content identity, the class list and the data listing's digest, so a
+resume with another autoencoder or class list stops with one line before any compute
+(``--accept-changed-ae`` continues on purpose and logs it), and the resume line states every changed
+option and whether the data order is still exact (:mod:`experiments.common.dit_checks`).
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from experiments.common import checkpoint, distributed as D  # noqa: E402
+from experiments.common import checkpoint, distributed as D, dit_checks, provenance  # noqa: E402
 from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
                               close_loader, collate, mix_seed, worker_init)
 from experiments.common.dit_cli import build_parser, resolve  # noqa: E402
@@ -62,19 +66,26 @@ def _main(argv=None) -> int:
             return train(args, info)
 
 
-def open_data(args, info, ae_path: Path, ae):
-    """Training dataset (images encoded on the fly, or cached latents), its collate fn and metadata."""
+def open_data(args, info, ae_path: Path, ae, resumed: dict | None = None):
+    """Training dataset (images encoded on the fly, or cached latents), its collate fn and metadata.
+
+    The class list is checked against the resumed run's ``latent`` record (``resumed``) before any image
+    is encoded (:func:`dit_checks.check_classes`)."""
     from experiments.cache_latents import LatentShards, cache_latents, collate_latents, open_source
 
     if args.cache_latents:
         src = Path(args.out) / "latents"
         ds, meta = open_source(args.data, args.image_size or ae.image_size, 0, args.seed)
+        dit_checks.check_classes(resumed, meta["classes"], meta["num_classes"], args, args.data)
         cache_latents(ae, ds, src, meta=dict(meta, ae_ckpt=str(ae_path), image_size=args.image_size or
                                              ae.image_size), flip=args.flip, dtype=args.cache_dtype, info=info,
                       log=print if info.is_main else (lambda *_: None))
     else:
         src = args.latents
     if src is not None:
+        if not args.cache_latents:
+            index = json.loads((Path(src) / "index.json").read_text())
+            dit_checks.check_classes(resumed, index.get("classes"), index.get("num_classes") or 1, args, src)
         ds = LatentShards(src, seed=args.seed)
         shape = (ds.index["num_tokens"], ds.index["channels"])
         if shape != (ae.num_tokens, ae.latent_dim):
@@ -89,6 +100,7 @@ def open_data(args, info, ae_path: Path, ae):
         # the latent cache's crop policy: centre crops, flipped with probability 1/2 only with --flip
         ds = ImageFolderDataset(Path(args.data) / "train", size, train=True, seed=args.seed,
                                 augment="flip" if args.flip else "none")
+    dit_checks.check_classes(resumed, list(ds.classes), len(ds.classes), args, args.data or "the embedded photos")
     return ds, collate, {"num_classes": len(ds.classes), "classes": list(ds.classes),
                          "source": "embedded photos encoded on the fly" if args.embedded else
                          f"{args.data} encoded on the fly"}
@@ -145,13 +157,15 @@ def train(args, info) -> int:
         args.ae_ckpt = json.loads((Path(args.latents) / "index.json").read_text())["ae_ckpt"]
     ae_path, note = default_autoencoder(args.ae_ckpt, out, args.seed, is_main=info.is_main)
     ae = load_autoencoder(ae_path, dev)
+    ae_changes = dit_checks.check_autoencoder(args, resume, ae, ckpts.last)  # before any compute
     s_vae, s_src = decode_norm(ae, args.decode_norm)
-    train_ds, collate_fn, data_meta = open_data(args, info, ae_path, ae)
+    train_ds, collate_fn, data_meta = open_data(args, info, ae_path, ae, resume and resume.get("latent"))
     n_tok, chans = ae.num_tokens, ae.latent_dim
     alpha = args.alpha if args.alpha is not None else dimension_shift(n_tok, chans)
     latent = dict(num_tokens=n_tok, channels=chans, radius=float(ae.radius), alpha=float(alpha),
                   num_classes=args.num_classes or data_meta["num_classes"], ae_ckpt=str(ae_path),
-                  classes=data_meta["classes"], image_size=args.image_size or ae.image_size, flow=args.flow)
+                  classes=data_meta["classes"], image_size=args.image_size or ae.image_size, flow=args.flow,
+                  ae_identity=provenance.ae_identity(ae), data_listing=provenance.listing_digest(train_ds))
     sampler_probe = ResumableBatchSampler(len(train_ds), args.batch_size, world=world)
     if args.steps is None:
         args.steps = max(1, round(args.epochs * sampler_probe.steps_per_epoch))
@@ -181,11 +195,18 @@ def train(args, info) -> int:
     if resume is not None:
         step = checkpoint.restore_training(resume, info.rank, world, model=model, ema=ema, optimizer=opt,
                                            scheduler=sched, guard=guard)
+        line, record = dit_checks.resume_report(resume, args, latent["data_listing"], ae_changes, step, ckpts.last)
         if info.is_main:
             truncate_after(logger.path, step)
-            print(f"in1k_dit: resuming from {ckpts.last} at step {step}", flush=True)
+            print(line, flush=True)
+        logger.log("resume", step, **record)
     else:
-        logger.log("start", 0, **vars(args), latent=latent, world_size=world, precision_used=mode)
+        logger.log("start", 0, **vars(args), latent=latent, world_size=world, precision_used=mode,
+                   ae_changes=ae_changes)
+        if ae_changes and info.is_main:
+            print(f"in1k_dit: note: --accept-changed-ae: training on {ae_changes[0]['what']} with "
+                  f"{provenance.describe(ae_changes[0]['to'])} (it was made with "
+                  f"{provenance.describe(ae_changes[0]['from'])})", flush=True)
     net = D.wrap_ddp(model, info)
     if args.compile:
         net = torch.compile(net)

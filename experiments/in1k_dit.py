@@ -329,7 +329,8 @@ def train_step(ctx, net, model, opt, batch, step: int, meter):
 
 @torch.no_grad()
 def sample_grid(ctx, model, ema, latent: dict, path: Path, per_class: int = 4) -> Path:
-    """EMA samples (Euler, ``--sample-steps``), ``per_class`` rows × one column per class (≤ 8), as PNG."""
+    """EMA samples (Euler, ``--sample-steps``), ``per_class`` rows × one column per class (≤ 8), as PNG;
+    not written (one warning line) when they are not finite."""
     from experiments.common.metrics import save_grid
     from experiments.sample import generate, sample_noise
 
@@ -345,7 +346,14 @@ def sample_grid(ctx, model, ema, latent: dict, path: Path, per_class: int = 4) -
             _, img = generate(model, ctx["ae"], labels, latent, noise=noise, steps=args.sample_steps,
                               precision=ctx["precision"], decode_norm=ctx["decode_norm"])
         model.train(was)
-        save_grid(list(img.cpu().split(k)), path, nrow=k)
+        from experiments.common.finite import first_bad
+
+        bad = first_bad(img)
+        if bad is None:
+            save_grid(list(img.cpu().split(k)), path, nrow=k)
+        else:  # finite or nothing: no black grid (the run itself goes on; its losses are guarded)
+            print(f"in1k_dit: warning: EMA samples hold {bad[0]} NaN/Inf values (first in image {bad[1][0]}); "
+                  f"{path} not written", file=sys.stderr, flush=True)
     D.barrier()
     return path
 

@@ -228,3 +228,33 @@ def test_empty_class_folders_are_not_classes_and_are_named(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"warning: 2 empty class folder(s) under {tmp_path} ignored (no image files; they are not " \
                   f"classes): 'b', 'd'"
+
+
+def test_a_non_finite_stored_latent_norm_is_one_line(run, tmp_path, capsys, no_sampling):
+    state = torch.load(run / "ae.pt", weights_only=False)
+    state["latent_norm"] = float("nan")
+    torch.save(state, tmp_path / "nan_norm.pt")                # same weights: the identity check passes
+    assert sample.main(_argv(run, tmp_path, "--ae-ckpt", str(tmp_path / "nan_norm.pt"))) == 2
+    assert "stores latent_norm = nan (expected a finite number > 0): pass --decode-norm S" in \
+        _one_error(capsys.readouterr().err)
+
+
+def test_training_sample_grid_is_not_written_when_not_finite(run, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from experiments import in1k_dit
+    from experiments.common.distributed import DistInfo
+    from experiments.common.dit_io import load_dit
+    from experiments.common.ema import EMA
+
+    model, latent, _ = load_dit(run)
+    ctx = dict(args=SimpleNamespace(seed=0, flow="riemannian", sample_steps=1), info=DistInfo(),
+               ae=load_autoencoder(run / "ae.pt"), precision="fp32", decode_norm=6.0)
+    in1k_dit.sample_grid(ctx, model, EMA(model, 0.9), latent, tmp_path / "ok.png", per_class=1)
+    assert (tmp_path / "ok.png").is_file()
+    with torch.no_grad():
+        next(ctx["ae"].decoder.parameters()).fill_(float("nan"))  # a decoder that returns NaN
+    in1k_dit.sample_grid(ctx, model, EMA(model, 0.9), latent, tmp_path / "bad.png", per_class=1)
+    assert not (tmp_path / "bad.png").exists()                   # before: an all-black grid
+    err = capsys.readouterr().err
+    assert "in1k_dit: warning: EMA samples hold" in err and f"{tmp_path / 'bad.png'} not written" in err

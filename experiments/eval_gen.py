@@ -343,7 +343,10 @@ def run(args, extractor: nn.Module | None = None) -> dict:
     s = Path(args.samples)
     rec = s.with_name(f"{s.stem}.provenance.json") if s.is_file() else None
     if rec is not None and rec.is_file():
-        res["samples_provenance"] = json.loads(rec.read_text())
+        try:
+            res["samples_provenance"] = json.loads(rec.read_text())
+        except (OSError, ValueError) as e:  # a damaged record is reported, never fatal
+            res["samples_provenance"] = {"unreadable": str(rec), "error": type(e).__name__}
     out = Path(args.out or s.with_name(f"{s.stem if s.is_file() else s.name}-gfid.json"))
     from experiments.common.finite import write_json_strict
 

@@ -159,8 +159,10 @@ def listing_digest(ds) -> dict:
     if hasattr(ds, "samples") and hasattr(ds, "root"):
         root = str(ds.root)
         h = hashlib.sha256()
-        for path, label in ds.samples:
-            h.update(f"{os.path.relpath(path, root)}\t{label}\n".encode())
+        cut = len(root) + 1
+        for path, label in ds.samples:  # paths are root/<class>/...: a slice is the relative path
+            rel = path[cut:] if path.startswith(root + os.sep) else os.path.relpath(path, root)
+            h.update(f"{rel}\t{label}\n".encode())
         return {"n": len(ds), "digest": h.hexdigest()}
     index = getattr(ds, "index", None)
     if isinstance(index, dict):

@@ -8,9 +8,14 @@ Layout of ``--out DIR``: ``shard-00000.safetensors``, ... each holding ``latents
 ``labels`` ``[S]`` int64 and, with ``--flip``, ``latents_flip`` (the horizontally flipped image), for images
 ``[k·S, (k+1)·S)`` of the dataset (centre crops of ``DIR/train`` for ``--data``, the crop policy of
 ``in1k_dit.py``'s on-the-fly path too; the fixed epoch-0 crops of the embedded photos otherwise);
-``index.json`` describes the cache (``complete: true`` once every shard is written). Resumable: finished
-shards (written atomically) are skipped, so re-running the same command after a kill only encodes what
-is missing. DDP-aware: rank r writes shards r, r + W, ...
+``index.json`` describes the cache (``complete: true`` once every shard is written) and records the
+content identity of the autoencoder (``ae_identity``: digests of its encoder and decoder weights, latent
+shape, ``latent_norm``; :mod:`experiments.common.provenance`), the class list and every shard's size and
+sha256 (``shards``). Resumable: finished shards (written atomically, each with a size/checksum record)
+are verified and skipped, so re-running the same command after a kill only encodes what is missing; a
+damaged shard is named and re-made; a rerun with another autoencoder (other weights, even at the same
+path) or another class list is refused. No non-finite latent is ever written: the check names the shard
+and the first bad image. DDP-aware: rank r writes shards r, r + W, ...
 
 Size: images × N × C × bytes(dtype) × (2 with ``--flip``): 256 × 1024 tokens in float16 are 512 KiB per
 image, ≈ 671 GB for ImageNet's 1.28 M images (1.34 TB with ``--flip``). The size is printed before the
@@ -40,12 +45,14 @@ from torch.utils.data import Dataset  # noqa: E402
 from experiments.common import distributed as D  # noqa: E402
 from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, _split_key,  # noqa: E402
                               close_loader, collate, mix_seed, worker_init)
+from experiments.common import provenance, shards as S  # noqa: E402
+from experiments.common.finite import require_finite  # noqa: E402
 from experiments.common.trainer import OneLineParser, UserError, autocast, run_cli, script_exit  # noqa: E402
 from spherical import Hypersphere  # noqa: E402
 
 INDEX = "index.json"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_KEYS = ("num_images", "shard_size", "flip", "dtype", "ae_ckpt", "image_size", "source")
+_KEYS = ("num_images", "shard_size", "flip", "dtype", "image_size", "source", "classes")
 
 
 def shard_path(root: str | os.PathLike, k: int) -> Path:
@@ -58,7 +65,10 @@ def _write_json(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-_TMP_GLOBS = (".shard-*.safetensors.tmp", ".index.json.tmp")  # left by a kill mid-write
+_TMP_GLOBS = (".shard-*.safetensors.tmp", ".index.json.tmp", *S.TMP_GLOBS)  # left by a kill mid-write
+
+
+
 def cache_bytes(num_images: int, num_tokens: int, channels: int, dtype: str, flip: bool) -> int:
     """Bytes of latent data a cache holds: ``num_images · N · C · itemsize(dtype) · (2 if flip)`` plus the
     int64 labels (safetensors headers not counted)."""
@@ -118,7 +128,9 @@ def encode_to_shards(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict
     Args:
         ae: autoencoder in eval mode on ``info.device``.
         meta: identifies the cache (``ae_ckpt``, ``image_size``, ``source``, ``classes``); a rerun into the
-            same folder with different settings raises :class:`UserError` instead of mixing shards.
+            same folder with different settings, or with an autoencoder of another identity
+            (:func:`experiments.common.provenance.ae_identity`, stored as ``ae_identity``), raises
+            :class:`UserError` instead of mixing shards.
         shard_size: images per shard S.
         batch_size: images per encoder batch.
         flip: also store the latents of the flipped images (the flip is done on the device: no second
@@ -145,19 +157,34 @@ def encode_to_shards(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict
     root.mkdir(parents=True, exist_ok=True)
     index = dict(meta, num_images=n, shard_size=shard_size, num_shards=math.ceil(n / shard_size), flip=flip,
                  dtype=dtype, num_tokens=ae.num_tokens, channels=ae.latent_dim, radius=ae.radius,
-                 complete=False)
-    old = json.loads((root / INDEX).read_text()) if (root / INDEX).is_file() else None
+                 ae_identity=provenance.ae_identity(ae), complete=False)
+    old = _read_index(root)
     if old is not None:
         diff = [k for k in _KEYS if old.get(k) != index.get(k)]
         if diff:
             raise UserError(f"{root} holds a cache written with different {', '.join(diff)}; use another --out")
+        if old.get("ae_identity"):
+            provenance.check_ae(old["ae_identity"], index["ae_identity"], what=f"the latent cache {root}",
+                                hint="pass the autoencoder it was made with, or another --out")
+        elif old.get("ae_ckpt") != index.get("ae_ckpt"):
+            raise UserError(f"{root} holds a cache written with different ae_ckpt; use another --out")
     D.barrier()
     if info.is_main:
-        _write_json(dict(index, complete=bool(old and old.get("complete"))), root / INDEX)
+        _write_json(dict(index, shards=(old or {}).get("shards"), complete=bool(old and old.get("complete"))),
+                    root / INDEX)
     from safetensors.torch import save_file
 
     mine = range(info.rank, index["num_shards"], info.world_size)
-    todo = [k for k in mine if not shard_path(root, k).is_file()]
+    todo = []
+    for k in mine:
+        path = shard_path(root, k)
+        if path.is_file():
+            bad = S.problem(path, S.read_record(path))
+            if bad is None:
+                continue
+            log(f"cache_latents: {path} is damaged ({bad}): re-making it")
+            S.discard(path)
+        todo.append(k)
     skipped = len(mine) - len(todo)
     # One DataLoader over every batch of this rank's missing shards (workers decode ahead across shard
     # boundaries); batches never straddle two shards, and arrive in order.
@@ -176,12 +203,17 @@ def encode_to_shards(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict
             if flip:
                 parts["latents_flip"].append(encode_batch(ae, x.flip(-1), precision).to(_DTYPES[dtype]).cpu())
             parts["labels"].append(batch["label"])
-            if j + 1 == len(plan) or plan[j + 1][0] != k:  # shard k complete: write it atomically
+            if j + 1 == len(plan) or plan[j + 1][0] != k:  # shard k complete: check, then write it atomically
                 tensors = {key: torch.cat(v).contiguous() for key, v in parts.items() if v}
+                first = k * shard_size
+                require_finite(f"shard {k} of {root} (images {first}..{first + len(tensors['labels']) - 1})",
+                               offset=first, hint="nothing written (check the autoencoder's weights and the images)",
+                               **tensors)
                 path = shard_path(root, k)
                 tmp = path.with_name(f".{path.name}.tmp")
                 save_file(tensors, str(tmp))
                 os.replace(tmp, path)
+                S.write_record(path)
                 written += 1
                 log(f"cache_latents: wrote {path} ({len(tensors['labels'])} images)")
                 parts = {key: [] for key in parts}
@@ -192,9 +224,25 @@ def encode_to_shards(ae, dataset: Dataset, out: str | os.PathLike, *, meta: dict
         missing = [k for k in range(index["num_shards"]) if not shard_path(root, k).is_file()]
         if missing:
             raise RuntimeError(f"shards {missing[:5]} missing after encoding")
-        _write_json(dict(index, complete=True), root / INDEX)
+        records = [S.read_record(shard_path(root, k)) for k in range(index["num_shards"])]
+        _write_json(dict(index, shards=records, complete=True), root / INDEX)
     D.barrier()
     return {"written": written, "skipped": skipped}
+
+
+def _read_index(root: Path) -> dict | None:
+    """``root/index.json`` or ``None``; an unreadable one is one :class:`DataError` line naming it."""
+    path = root / INDEX
+    if not path.is_file():
+        return None
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path} is not a readable latent-cache index ({type(e).__name__}); delete it and "
+                        f"re-run cache_latents.py") from None
+    if not isinstance(index, dict):
+        raise DataError(f"{path} is not a latent-cache index (a {type(index).__name__})")
+    return index
 
 
 class LatentShards(Dataset):
@@ -206,34 +254,59 @@ class LatentShards(Dataset):
     latent as stored (float16 by default: half the bytes through the loader workers, pinned memory and the
     host-to-device copy); the training step casts it to float32 and projects it on the device.
     Shards are read through safetensors' memory map on first use (``preload=True``: all in RAM, as stored;
-    default: when that is under 2 GiB).
+    default: when that is under 2 GiB). Every shard is checked against the index's size/sha256 record first
+    (``verify``: ``"full"`` size and checksum, ``"size"`` size only, default full when preloading, since the
+    data is read anyway); a damaged shard is one :class:`DataError` line naming it.
     """
 
     def __init__(self, root: str | os.PathLike, *, seed: int = 0, preload: bool | None = None,
-                 project: bool = True):
+                 project: bool = True, verify: str | None = None):
         self.root = Path(root)
-        if not (self.root / INDEX).is_file():
+        index = _read_index(self.root)
+        if index is None:
             raise DataError(f"{self.root}/{INDEX} not found (write it with experiments/cache_latents.py)")
-        self.index = json.loads((self.root / INDEX).read_text())
+        self.index = index
         if not self.index.get("complete"):
             raise DataError(f"{self.root} is an incomplete latent cache: re-run cache_latents.py to finish it")
         self.n, self.shard_size = self.index["num_images"], self.index["shard_size"]
         self.flip, self.seed = bool(self.index["flip"]), seed
         self.sphere = Hypersphere(self.index["radius"])
-        from safetensors import safe_open
-
-        self.labels = torch.cat([safe_open(str(shard_path(self.root, k)), "pt").get_tensor("labels")
-                                 for k in range(self.index["num_shards"])])
         item = torch.empty((), dtype=_DTYPES[self.index["dtype"]]).element_size()
         size = self.n * self.index["num_tokens"] * self.index["channels"] * (2 if self.flip else 1) * item
+        preload = preload if preload is not None else size < 2**31
+        self._verify([shard_path(self.root, k) for k in range(self.index["num_shards"])],
+                     checksum=(verify or ("full" if preload else "size")) == "full")
+        from safetensors import safe_open
+
+        self.labels = torch.cat([self._read(k, lambda p: safe_open(p, "pt").get_tensor("labels"))
+                                 for k in range(self.index["num_shards"])])
         self._mem, self.project = None, project
-        if preload if preload is not None else size < 2**31:
+        if preload:
             from safetensors.torch import load_file
 
-            shards = [load_file(str(shard_path(self.root, k))) for k in range(self.index["num_shards"])]
+            shards = [self._read(k, load_file) for k in range(self.index["num_shards"])]
             self._mem = {key: torch.cat([s[key] for s in shards])
                          for key in (("latents", "latents_flip") if self.flip else ("latents",))}
         self._open: dict[int, object] = {}
+
+    def _verify(self, paths: list[Path], checksum: bool) -> None:
+        records = self.index.get("shards") or [None] * len(paths)
+        for path, rec in zip(paths, records):
+            bad = S.problem(path, rec, checksum=checksum) if rec is not None else (
+                None if path.is_file() else "missing")  # a cache from before records: existence only
+            if bad is not None:
+                raise DataError(f"latent shard {path} is damaged ({bad}); re-run cache_latents.py with the "
+                                f"same arguments to re-make it")
+
+    def _read(self, k: int, fn):
+        """``fn(str(shard k))``; a shard safetensors cannot parse is one :class:`DataError` naming it."""
+        path = shard_path(self.root, k)
+        try:
+            return fn(str(path))
+        except Exception as e:  # noqa: BLE001 - safetensors' header / buffer errors of a damaged file
+            raise DataError(f"latent shard {path} is unreadable ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}); re-run cache_latents.py with the "
+                            f"same arguments to re-make it") from None
 
     @property
     def num_classes(self) -> int:

@@ -246,8 +246,9 @@ def _run_eval(ae, state, a, ckpt, *, data, out_json, info, batch_size, num_image
     res.update(step=int(state["step"]), checkpoint=str(ckpt), data=data or "embedded", ema=use_ema,
                lpips_status=note, image_size=ae.image_size)
     if info.is_main and out_json:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(res, indent=2) + "\n")
+        from experiments.common.finite import write_json_strict
+
+        write_json_strict(out_json, res, f"eval_ae.py results for {ckpt}", indent=2)  # no NaN in JSON
     return res
 
 
@@ -275,9 +276,9 @@ def run_sweep(ckpt, norms: list[float], *, data, out_json, info, batch_size=50, 
            "checkpoint": str(ckpt), "data": data or "embedded", "ema": use_ema,
            "decoder_input": ae.config.decoder_input}
     if info.is_main:
-        out_json = Path(out_json)
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps(res, indent=2) + "\n")
+        from experiments.common.finite import write_json_strict
+
+        out_json = write_json_strict(out_json, res, f"eval_ae.py decode-norm sweep of {ckpt}", indent=2)
         res["plot"] = str(plot_sweep(rows, ref, out_json.with_suffix(".png")))
         for r in rows:
             print(f"eval_ae: decode norm {r['norm']:8.4g}: PSNR {r['psnr']:6.2f} dB, SSIM {r['ssim']:.4f}"

@@ -24,7 +24,10 @@ hub cache or ``--inception-weights``; nothing is downloaded.
   evaluator (all 50 k samples against the 10 k reference images); ``--pr-max-features M`` takes a seeded
   random subset of M per side instead (memory: the k-NN radii of n features cost ~8·1024·n bytes per block).
 * IS: torchmetrics' ``InceptionScore`` with ``--splits`` splits (ADM: 10).
-Results go to ``--out`` as JSON and one line on the console.
+Results go to ``--out`` as strict JSON (never ``NaN``: stored reference statistics and every feature
+batch are checked to be finite first, naming the key or the batch and the first bad image) and one line
+on the console. A ``<samples>.provenance.json`` record written by ``sample.py`` is copied into the
+results (``samples_provenance``: the DiT and autoencoder the images came from).
 """
 from __future__ import annotations
 
@@ -146,8 +149,16 @@ def stored_statistics(path: str | os.PathLike) -> dict[str, np.ndarray]:
     p = Path(path)
     if not p.is_file():
         return {}
+    from experiments.common.finite import first_bad
+
     with np.load(p) as f:
-        return {k: f[k].astype(np.float64) for k in ("mu", "sigma", "mu_s", "sigma_s") if k in f.files}
+        stats = {k: f[k].astype(np.float64) for k in ("mu", "sigma", "mu_s", "sigma_s") if k in f.files}
+    for k, v in stats.items():
+        bad = first_bad(v)
+        if bad is not None:
+            raise UserError(f"{p}: stored {k} holds {bad[0]} NaN/Inf values (first at {list(bad[1])}); recompute "
+                            f"the reference statistics")
+    return stats
 
 
 def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -194,11 +205,16 @@ def _features(src, extractor: nn.Module, batch_size: int, image_size: int | None
     features (float32, CPU, for precision/recall) and, if ``want_logits``, the logits."""
     from experiments.common.metrics import FrechetStats
 
+    from experiments.common.finite import require_finite
+
     out: dict = {"n": 0, "pool": [], "logits": [], "stats": None, "stats_s": None, "spatial": True}
     for imgs in iter_images(src, batch_size, image_size):
         feats = extractor(imgs.to(device))
         pool, logits = feats[0], feats[1]
         spatial = feats[2] if len(feats) > 2 else None
+        require_finite(f"the features of {src}, images {out['n']}..{out['n'] + imgs.shape[0] - 1}",
+                       offset=out["n"], hint="no metric written (check the feature network's weights)",
+                       pool_features=pool, logits=logits if want_logits else None, spatial_features=spatial)
         if out["stats"] is None:
             out["stats"] = FrechetStats(pool.shape[-1], device)
             if spatial is not None:
@@ -326,9 +342,16 @@ def run(args, extractor: nn.Module | None = None) -> dict:
                    pr_max_features=args.pr_max_features)
     res.update(samples=str(args.samples), reference=str(args.ref))
     s = Path(args.samples)
+    rec = s.with_name(f"{s.stem}.provenance.json") if s.is_file() else None
+    if rec is not None and rec.is_file():
+        try:
+            res["samples_provenance"] = json.loads(rec.read_text())
+        except (OSError, ValueError) as e:  # a damaged record is reported, never fatal
+            res["samples_provenance"] = {"unreadable": str(rec), "error": type(e).__name__}
     out = Path(args.out or s.with_name(f"{s.stem if s.is_file() else s.name}-gfid.json"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    from experiments.common.finite import write_json_strict
+
+    write_json_strict(out, res, f"eval_gen.py results for {s}")
     print(f"eval_gen.py: {summary(res)} -> {out}", flush=True)
     return res
 

@@ -17,7 +17,11 @@ Noise, times and label dropout of step s are pure functions of (seed, s, global 
 :class:`experiments.common.data.ResumableBatchSampler`, so a resumed run repeats an uninterrupted one exactly,
 also on another number of processes (global batch fixed; equal up to float summation order). Outputs in ``--out``: ``metrics.jsonl``, ``checkpoints/last.pt`` (model, EMA, optimiser,
 scheduler, RNG, data position, ``dit_config`` and ``latent`` metadata for ``sample.py``) and
-``train-samples.png`` (EMA samples, one column per class). Re-running the same command resumes.
+``train-samples.png`` (EMA samples, one column per class). Re-running the same command resumes; the
+checkpoint records the autoencoder's content identity, the class list and the data listing's digest, so a
+resume with another autoencoder or class list stops with one line before any compute
+(``--accept-changed-ae`` continues on purpose and logs it), and the resume line states every changed
+option and whether the data order is still exact (:mod:`experiments.common.dit_checks`).
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from experiments.common import checkpoint, distributed as D  # noqa: E402
+from experiments.common import checkpoint, distributed as D, dit_checks, provenance  # noqa: E402
 from experiments.common.ckpt_policy import SavePolicy, milestone_steps  # noqa: E402
 from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
                               close_loader, collate, worker_init)
@@ -67,25 +71,33 @@ def _main(argv=None) -> int:
             return train(args, info)
 
 
-def open_data(args, info, ae_path: Path, ae):
-    """Training dataset (images encoded on the fly, or cached latents), its collate fn and metadata."""
+def open_data(args, info, ae_path: Path, ae, resumed: dict | None = None):
+    """Training dataset (images encoded on the fly, or cached latents), its collate fn and metadata.
+
+    The class list is checked against the resumed run's ``latent`` record (``resumed``) before any image
+    is encoded (:func:`dit_checks.check_classes`)."""
     from experiments.cache_latents import LatentShards, cache_latents, collate_latents, complete_cache, open_source
 
     if args.cache_latents:
         src = Path(args.out) / "latents"
-        expect = dict(source=str(Path(args.data).resolve()), ae_ckpt=str(ae_path), flip=args.flip,
+        expect = dict(source=str(Path(args.data).resolve()), flip=args.flip,
                       image_size=args.image_size or ae.image_size, dtype=args.cache_dtype)
-        if complete_cache(src, expect):  # resuming: the cache is done, the train tree is not walked again
+        done = complete_cache(src, expect) and provenance.same_latent_space(
+            json.loads((src / "index.json").read_text()).get("ae_identity") or {}, provenance.ae_identity(ae))
+        if done:  # resuming: the cache is done (same data, same autoencoder), the train tree is not walked again
             if info.is_main:
                 print(f"in1k_dit: using the complete latent cache {src}", flush=True)
         else:
             ds, meta = open_source(args.data, args.image_size or ae.image_size, 0, args.seed, info=info)
+            dit_checks.check_classes(resumed, meta["classes"], meta["num_classes"], args, args.data)
             cache_latents(ae, ds, src, meta=dict(meta, ae_ckpt=str(ae_path), image_size=args.image_size or
                                                  ae.image_size), flip=args.flip, dtype=args.cache_dtype,
                           info=info, num_workers=args.num_workers, log=print if info.is_main else (lambda *_: None))
     else:
         src = args.latents
     if src is not None:
+        index = json.loads((Path(src) / "index.json").read_text())
+        dit_checks.check_classes(resumed, index.get("classes"), index.get("num_classes") or 1, args, src)
         ds = LatentShards(src, seed=args.seed, project=False)  # as stored; cast + projected on the device
         shape = (ds.index["num_tokens"], ds.index["channels"])
         if shape != (ae.num_tokens, ae.latent_dim):
@@ -100,6 +112,7 @@ def open_data(args, info, ae_path: Path, ae):
         # the latent cache's crop policy: centre crops, flipped with probability 1/2 only with --flip
         ds = ImageFolderDataset(Path(args.data) / "train", size, train=True, seed=args.seed,
                                 augment="flip" if args.flip else "none", info=info)
+    dit_checks.check_classes(resumed, list(ds.classes), len(ds.classes), args, args.data or "the embedded photos")
     return ds, collate, {"num_classes": len(ds.classes), "classes": list(ds.classes),
                          "source": "embedded photos encoded on the fly" if args.embedded else
                          f"{args.data} encoded on the fly"}
@@ -165,13 +178,15 @@ def train(args, info) -> int:
         args.ae_ckpt = json.loads((Path(args.latents) / "index.json").read_text())["ae_ckpt"]
     ae_path, note = default_autoencoder(args.ae_ckpt, out, args.seed, is_main=info.is_main)
     ae = load_autoencoder(ae_path, dev)
+    ae_changes = dit_checks.check_autoencoder(args, resume, ae, ckpts.last)  # before any compute
     s_vae, s_src = decode_norm(ae, args.decode_norm)
-    train_ds, collate_fn, data_meta = open_data(args, info, ae_path, ae)
+    train_ds, collate_fn, data_meta = open_data(args, info, ae_path, ae, resume and resume.get("latent"))
     n_tok, chans = ae.num_tokens, ae.latent_dim
     alpha = args.alpha if args.alpha is not None else dimension_shift(n_tok, chans)
     latent = dict(num_tokens=n_tok, channels=chans, radius=float(ae.radius), alpha=float(alpha),
                   num_classes=args.num_classes or data_meta["num_classes"], ae_ckpt=str(ae_path),
-                  classes=data_meta["classes"], image_size=args.image_size or ae.image_size, flow=args.flow)
+                  classes=data_meta["classes"], image_size=args.image_size or ae.image_size, flow=args.flow,
+                  ae_identity=provenance.ae_identity(ae), data_listing=provenance.listing_digest(train_ds))
     chunk = args.batch_size // args.grad_accum  # global micro-batch
     sampler_probe = ResumableBatchSampler(len(train_ds), chunk, world=world, chunks_per_step=args.grad_accum)
     if args.steps is None:
@@ -201,11 +216,18 @@ def train(args, info) -> int:
     if resume is not None:
         step = checkpoint.restore_training(resume, info.rank, world, model=model, ema=ema, optimizer=opt,
                                            scheduler=sched, guard=guard)
+        line, record = dit_checks.resume_report(resume, args, latent["data_listing"], ae_changes, step, ckpts.last)
         if info.is_main:
             truncate_after(logger.path, step)
-            print(f"in1k_dit: resuming from {ckpts.last} at step {step}", flush=True)
+            print(line, flush=True)
+        logger.log("resume", step, **record)
     else:
-        logger.log("start", 0, **vars(args), latent=latent, world_size=world, precision_used=mode)
+        logger.log("start", 0, **vars(args), latent=latent, world_size=world, precision_used=mode,
+                   ae_changes=ae_changes)
+        if ae_changes and info.is_main:
+            print(f"in1k_dit: note: --accept-changed-ae: training on {ae_changes[0]['what']} with "
+                  f"{provenance.describe(ae_changes[0]['to'])} (it was made with "
+                  f"{provenance.describe(ae_changes[0]['from'])})", flush=True)
     net = D.wrap_ddp(model, info)
     if args.compile:
         net = torch.compile(net)
@@ -367,7 +389,8 @@ def train_step(ctx, net, model, opt, it, step: int, meter):
 
 @torch.no_grad()
 def sample_grid(ctx, model, ema, latent: dict, path: Path, per_class: int = 4) -> Path:
-    """EMA samples (Euler, ``--sample-steps``), ``per_class`` rows × one column per class (≤ 8), as PNG."""
+    """EMA samples (Euler, ``--sample-steps``), ``per_class`` rows × one column per class (≤ 8), as PNG;
+    not written (one warning line) when they are not finite."""
     from experiments.common.metrics import save_grid
     from experiments.sample import generate, sample_noise
 
@@ -383,7 +406,14 @@ def sample_grid(ctx, model, ema, latent: dict, path: Path, per_class: int = 4) -
             _, img = generate(model, ctx["ae"], labels, latent, noise=noise, steps=args.sample_steps,
                               precision=ctx["precision"], decode_norm=ctx["decode_norm"])
         model.train(was)
-        save_grid(list(img.cpu().split(k)), path, nrow=k)
+        from experiments.common.finite import first_bad
+
+        bad = first_bad(img)
+        if bad is None:
+            save_grid(list(img.cpu().split(k)), path, nrow=k)
+        else:  # finite or nothing: no black grid (the run itself goes on; its losses are guarded)
+            print(f"in1k_dit: warning: EMA samples hold {bad[0]} NaN/Inf values (first in image {bad[1][0]}); "
+                  f"{path} not written", file=sys.stderr, flush=True)
     D.barrier()
     return path
 

@@ -18,6 +18,11 @@ rescale-and-decode.
 Outputs: a PNG grid and, with ``--npz``, an ADM-evaluator ``.npz`` (uint8 NHWC under ``arr_0``; labels are
 ``arange(N) % num_classes``, i.e. 50 per class for N = 50000). Sample ``i``'s noise depends only on
 ``(--seed, i)``: results do not depend on the number of processes or the batch size.
+Checks before any sampling: ``--out``/``--npz`` are file paths (not folders, not under a file); the
+autoencoder gives the DiT's latent shape and has the encoder the DiT was trained on (content identity,
+:mod:`experiments.common.provenance`; ``--accept-changed-ae`` decodes with another one on purpose); the
+folders written into are locked as run folders (a training run writing there makes this refuse). Each
+output gets a ``<name>.provenance.json`` record (DiT weights digest, autoencoder identity, settings).
 """
 from __future__ import annotations
 
@@ -33,9 +38,10 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from experiments.common import distributed as D  # noqa: E402
+from experiments.common import distributed as D, provenance  # noqa: E402
 from experiments.common.cli_common import require_finite, validate_sample_args  # noqa: E402
 from experiments.common.data import mix_seed  # noqa: E402
+from experiments.common.finite import write_json_strict  # noqa: E402
 from experiments.common.dit_io import (DEFAULT_DIT_RUN, decode_norm, load_autoencoder, load_dit,  # noqa: E402
                                       resolve_ckpt)
 from experiments.common.trainer import NonFiniteError, OneLineParser, UserError, autocast, run_cli  # noqa: E402
@@ -183,6 +189,8 @@ def build_parser() -> OneLineParser:
     a("--nrow", type=int, default=8, help="images per grid row")
     a("--npz", nargs="?", const="auto", help="also write an ADM .npz (default path <run>/samples-N.npz)")
     a("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
+    a("--accept-changed-ae", action="store_true", help="decode with an autoencoder whose encoder differs from "
+      "the one the DiT was trained on, on purpose (recorded in the provenance record)")
     a("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast of the DiT (CUDA only)")
     a("--device", default="auto", help="auto | cpu | cuda")
     a("--threads", type=int, help="CPU intra-op threads (default: 1 for DiTs under 10 M parameters on CPU, "
@@ -198,6 +206,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--method {args.method!r}: expected one of {', '.join(METHODS + ADAPTIVE_METHODS)} "
                         "or odeint[:SOLVER]")
     validate_sample_args(args)  # ranges, --cfg-interval order, odeint solver, --device
+    for flag, path in (("--out", args.out), ("--npz", None if args.npz in (None, "auto") else args.npz)):
+        if path is not None:
+            check_output_path(path, flag)
     info = D.setup(args.device)
     threads = torch.get_num_threads()
     try:
@@ -207,16 +218,55 @@ def _main(argv: Sequence[str] | None = None) -> int:
         D.cleanup()
 
 
+def check_output_path(path: str | Path, flag: str) -> None:
+    """An output path must name a file: not an existing folder, and no part of its folder path a file.
+    Raises :class:`UserError` (one line) before anything is computed or written."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{flag} {p} is a folder; pass a file path (e.g. {p / 'samples.png'})")
+    for parent in p.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"{flag} {p}: {parent} is a file, not a folder; pass a path in a folder")
+
+
+def _outputs(args, run_dir: Path, n: int) -> tuple[Path, Path | None]:
+    out = Path(args.out or run_dir / "samples.png")
+    npz = Path(run_dir / f"samples-{n}.npz" if args.npz == "auto" else args.npz) if args.npz else None
+    for flag, p in (("--out", out), ("--npz", npz)):
+        if p is not None:
+            check_output_path(p, flag)
+    return out, npz
+
+
 def run(args, info) -> int:
+    """Load, check, lock the output folders, sample (see the module docstring)."""
+    import contextlib
+
+    from experiments.common.rundir import run_folder
+
+    ckpt = resolve_ckpt(args.ckpt, "DiT", "--ckpt")
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    out, npz = _outputs(args, run_dir, args.num_samples)
+    folders = list(dict.fromkeys(provenance.run_dir_of(p) for p in (out, npz) if p is not None))
+    with contextlib.ExitStack() as stack:
+        for folder in folders:  # one writer per folder: a training run (or another sample.py) there refuses
+            stack.enter_context(run_folder(folder, info, prog="sample.py", fresh_rule=False, tmp_globs=_TMP_GLOBS))
+        return _run(args, info, ckpt, run_dir, out, npz)
+
+
+#: Temporary files a killed sample.py leaves (removed under the folder's lock).
+_TMP_GLOBS = (".*.tmp.npz", ".*.tmp.png", ".*.provenance.json.tmp")  # not the ranks' parts: live
+
+
+def _run(args, info, ckpt: Path, run_dir: Path, out: Path, npz: Path | None) -> int:
     from experiments.common.metrics import save_grid
 
     dev = info.device
-    ckpt = resolve_ckpt(args.ckpt, "DiT", "--ckpt")
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     model, latent, _ = load_dit(ckpt, dev, ema=not args.raw)
     if args.threads or (dev.type == "cpu" and sum(p.numel() for p in model.parameters()) < 10_000_000):
         torch.set_num_threads(args.threads or 1)
     ae = load_autoencoder(args.ae_ckpt or latent["ae_ckpt"], dev)
+    record = check_pair(args, ckpt, model, latent, ae, info)  # before any sampling
     s_vae, s_src = decode_norm(ae, args.decode_norm)
     n, k = args.num_samples, latent["num_classes"]
     labels = (torch.tensor(args.labels).repeat((n + len(args.labels) - 1) // len(args.labels))[:n]
@@ -244,24 +294,53 @@ def run(args, info) -> int:
         except FloatingPointError as e:  # the integrators stop at the first non-finite step
             raise NonFiniteError(f"non-finite latents in samples {idx[0]}..{idx[-1]} ({e}); nothing written "
                                  f"(check --cfg and the other sampling settings, or the checkpoint)") from None
-        require_finite(f"samples {idx[0]}..{idx[-1]}", latents=z, images=img)  # never write garbage
+        require_finite(f"samples {idx[0]}..{idx[-1]}", offset=idx[0], latents=z, images=img)  # never write garbage
         parts.append(to_uint8(img))
         if sum(g.shape[0] for g in grid) < args.grid:
             grid.append(img.cpu())
     local = np.concatenate(parts) if parts else np.zeros((0,), np.uint8)
-    npz = None
-    if args.npz:
-        npz = Path(run_dir / f"samples-{n}.npz" if args.npz == "auto" else args.npz)
+    if npz is not None:
         arr = _gather(local, npz, info)
         if info.is_main:
             write_npz(arr, npz)
     if info.is_main:
         imgs = torch.cat(grid)[:args.grid] if grid else torch.zeros(0)
-        out = Path(args.out or run_dir / "samples.png")
         save_grid(list(imgs.split(args.nrow)), out, nrow=args.nrow)
+        record.update(outputs=[str(p) for p in (out, npz) if p is not None], num_samples=n, seed=args.seed,
+                      settings={k: v for k, v in vars(args).items() if k not in ("device", "threads")},
+                      decode_norm=s_vae, decode_norm_source=s_src)
+        for p in (out, npz):
+            if p is not None:
+                write_json_strict(provenance_path(p), record, f"provenance of {p}")
         print(f"sample.py: wrote {out}" + (f" and {npz} ({n} images)" if npz else ""), flush=True)
     D.barrier()
     return 0
+
+
+def provenance_path(output: str | Path) -> Path:
+    """The provenance record of an output file: ``samples.png`` → ``samples.provenance.json``."""
+    p = Path(output)
+    return p.with_name(f"{p.stem}.provenance.json")
+
+
+def check_pair(args, ckpt: Path, model: torch.nn.Module, latent: dict, ae: torch.nn.Module, info=None) -> dict:
+    """The DiT and the decoding autoencoder belong together: the same latent shape (always required) and
+    the encoder the DiT was trained on (its recorded identity; ``--accept-changed-ae`` accepts another,
+    noted in the record). Returns the samples' provenance record ``{"dit", "autoencoder",
+    "ae_change_accepted"}``."""
+    ident = provenance.ae_identity(ae)
+    if (latent["num_tokens"], latent["channels"]) != (ident["num_tokens"], ident["channels"]):
+        raise UserError(f"the DiT {ckpt} samples {latent['num_tokens']}x{latent['channels']} latents but the "
+                        f"autoencoder {ident['path']} decodes {ident['num_tokens']}x{ident['channels']}; pass "
+                        f"the --ae-ckpt it was trained with ({latent.get('ae_ckpt')})")
+    change = provenance.check_ae(latent.get("ae_identity"), ident, what=f"the DiT {ckpt}",
+                                 accept=args.accept_changed_ae)
+    if change is not None and (info is None or info.is_main):
+        print(f"sample.py: note: --accept-changed-ae: decoding with {provenance.describe(ident)}; the DiT was "
+              f"trained on {provenance.describe(change['from'])}", flush=True)
+    return {"dit": {"path": str(ckpt), "weights": provenance.tensor_digest(model.state_dict()),
+                    "ema": not args.raw, "trained_on": latent.get("ae_identity")},
+            "autoencoder": ident, "ae_change_accepted": change is not None}
 
 
 def _gather(local: np.ndarray, npz: Path, info) -> np.ndarray | None:
@@ -290,8 +369,12 @@ def write_npz(arr: np.ndarray, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, arr_0=arr)
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, arr_0=arr)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     return path
 
 

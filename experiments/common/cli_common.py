@@ -250,16 +250,11 @@ def validate_sample_args(args: argparse.Namespace) -> None:
                             f"with SOLVER one of {', '.join(sorted(SOLVERS))}")
 
 
-def require_finite(what: str, **tensors) -> None:
+def require_finite(what: str, *, offset: int = 0, **tensors) -> None:
     """Raise :class:`experiments.common.trainer.NonFiniteError` (one line, exit 3 through ``run_cli``)
-    naming ``what`` and the first tensor among ``tensors`` (name → tensor) holding NaN or ±Inf."""
-    import torch
+    naming ``what``, the first tensor among ``tensors`` (name → tensor, item on axis 0) holding NaN or
+    ±Inf and its first bad item (``offset`` + index; :func:`experiments.common.finite.require_finite`)."""
+    from experiments.common.finite import require_finite as check
 
-    from experiments.common.trainer import NonFiniteError
-
-    for name, t in tensors.items():
-        if t is not None and not bool(torch.isfinite(t).all()):
-            n_bad = int((~torch.isfinite(t)).sum())
-            raise NonFiniteError(f"non-finite {name} ({n_bad} of {t.numel()} values NaN/Inf) in {what}; "
-                                 f"nothing written (check --cfg and the other sampling settings, or the "
-                                 f"checkpoint)")
+    check(what, offset=offset, hint="nothing written (check --cfg and the other sampling settings, or the "
+          "checkpoint)", **tensors)

@@ -33,8 +33,7 @@ EMBEDDED_TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "hubble_deep_field", "
 EMBEDDED_EVAL_PHOTOS = ("chelsea", "flower")
 
 
-class DataError(ValueError):
-    """A dataset path or layout problem the user must fix (reported as one line)."""
+from experiments.common.errors import DataError  # noqa: E402,F401 (re-export; images.py raises it too)
 
 
 def mix_seed(*parts: int) -> int:
@@ -68,26 +67,7 @@ def _as_rgb_u8(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-#: Pillow modes holding more than 8 bits per sample, and the value that maps to 255.
-_WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
-
-
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to uint8 RGB ``[H, W, 3]``; raises on unreadable / corrupt files.
-
-    16-bit grey images (Pillow modes ``I;16``, ``I;16B``, ``I;16L``, ``I;16N``; ``I`` as Pillow opens 16-bit
-    PNGs) are scaled ``round(v · 255 / 65535)`` (Pillow's own conversion would clip them to 255: white).
-    """
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()  # forces full decode: truncated files fail here, not later
-        top = _WIDE_MODES.get(im.mode)
-        if top is not None:
-            v = np.asarray(im).astype(np.float64)
-            grey = np.clip(np.rint(v * (255.0 / top)), 0, 255).astype(np.uint8)
-            return np.repeat(grey[..., None], 3, axis=-1)
-        return np.asarray(im.convert("RGB"))
+from experiments.common.images import load_rgb  # noqa: E402,F401 (re-export: decoding lives there)
 
 
 def resize_short_side(img: np.ndarray, size: int) -> np.ndarray:
@@ -122,15 +102,19 @@ def random_crop_flip(img: np.ndarray, size: int, rng: random.Random) -> np.ndarr
 def _scan(root: Path) -> tuple[list[str], list[tuple[str, int]]] | str:
     if not root.is_dir():
         return f"dataset folder not found: {root}"
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    samples: list[tuple[str, int]] = []
-    for label, cls in enumerate(classes):
-        for dirpath, _, files in sorted(os.walk(root / cls)):
-            for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    samples.append((os.path.join(dirpath, f), label))
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir())
+    found = {cls: [os.path.join(dirpath, f) for dirpath, _, files in sorted(os.walk(root / cls))
+                   for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)] for cls in folders}
+    # class folders without image files are not classes (a label no image has): named in one warning
+    empty = [c for c in folders if not found[c]]
+    classes = [c for c in folders if found[c]]
+    samples = [(path, label) for label, cls in enumerate(classes) for path in found[cls]]
     if not samples:
         return f"no images found under {root} (expected {root}/<class>/<image>)"
+    if empty and os.environ.get("RANK", "0") == "0":
+        print(f"warning: {len(empty)} empty class folder(s) under {root} ignored (no image files; they are not "
+              f"classes): {', '.join(map(repr, empty[:5]))}{' ...' if len(empty) > 5 else ''}",
+              file=sys.stderr, flush=True)
     return classes, samples
 
 

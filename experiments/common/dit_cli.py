@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="storage dtype of --cache-latents (rounding per token: float16 ~2e-4 rad, bfloat16 "
                         "~1.7e-3 rad; read back in float32 and re-projected)")
     g.add_argument("--ae-ckpt", help="in1k_ae.py run folder or checkpoint (EMA weights are used)")
+    g.add_argument("--accept-changed-ae", action="store_true", help="resume (or train on --latents) with an "
+                   "autoencoder whose encoder weights differ from the recorded one, on purpose (the change is "
+                   "printed and logged as a 'resume' record; the latent shape must still agree)")
     g.add_argument("--preset", choices=tuple(DEFAULTS), default=None,
                    help="hyper-parameter preset (default: tiny without --data/--latents, else paper)")
     g.add_argument("--model", help="DiT name (LightningDiT-T/1, -S/1, -B/1, -L/1, -XL/1) [preset]")

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -107,6 +108,9 @@ def decode_norm(ae, override: float | None = None) -> tuple[float, str]:
         return float(override), "--decode-norm"
     where = getattr(ae, "ckpt_path", "the autoencoder checkpoint")
     if getattr(ae, "latent_norm", None) is not None:
+        if not (math.isfinite(ae.latent_norm) and ae.latent_norm > 0):
+            raise UserError(f"{where} stores latent_norm = {ae.latent_norm} (expected a finite number > 0): "
+                            f"pass --decode-norm S, the typical norm of the tokens its decoder read")
         return float(ae.latent_norm), f"latent_norm stored in {where}"
     if ae.config.decoder_input == "sphere":
         return float(ae.radius), f"the sphere radius R ({where} has no latent_norm; its decoder read sphere tokens)"

@@ -62,8 +62,8 @@ def _docs_commands():
     text = "\n".join((ROOT / "docs" / f).read_text() for f in ("scale.md", "autoencoder.md", "dit.md"))
     for cmd in re.findall(r"torchrun(?:[^\n]*\\\n)*[^\n]*", text):
         cmd = cmd.replace("\\\n", " ")
-        if "--data /imagenet" not in cmd or "sample.py" in cmd:
-            continue
+        if "--data /imagenet" not in cmd or not ("in1k_ae.py" in cmd or "in1k_dit.py" in cmd):
+            continue  # training commands only (caching, sampling and evaluation hold no optimizer state)
         nodes = int(re.search(r"--nnodes[ =](\d+)", cmd).group(1)) if "--nnodes" in cmd else 1
         accum = int(re.search(r"--grad-accum (\d+)", cmd).group(1)) if "--grad-accum" in cmd else 1
         kind = "dit" if "in1k_dit" in cmd else ("ae_s2" if "--stage 2" in cmd else "ae_s1")

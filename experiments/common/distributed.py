@@ -136,13 +136,14 @@ SHARED_CHECK = ".shared-check-"
 def check_shared_folder(folder: str | os.PathLike, info: DistInfo) -> str | None:
     """Whether every process sees the same ``folder`` (a shared file system): rank 0 writes a file holding a
     random nonce, the others read it after a barrier. Returns ``None`` when all do, else the one line that
-    says which ranks (on which hosts) do not; every process returns the same value. One process: ``None``.
+    says which ranks (on which hosts) do not; every process returns the same value. One process, or no
+    process group: ``None``.
 
     A run needs this because rank 0 alone writes ``checkpoints/last.pt`` and every rank reads it on resume
     (and each rank writes its own latent-cache shards, which rank 0 then checks).
     """
-    if not info.enabled:
-        return None
+    if not info.enabled or not (dist.is_available() and dist.is_initialized()):
+        return None  # one process, or a rank driven without a process group (tests): nothing to compare
     name, nonce = f"{SHARED_CHECK}{secrets.token_hex(8)}", secrets.token_hex(16)
     if info.is_main:
         (Path(folder) / name).write_text(nonce)

@@ -95,20 +95,27 @@ def fd_directions(z: Tensor, ref: Tensor) -> float:
 
 @dataclass
 class DemoFigures:
-    """What :func:`embedded_demo_figures` measured (fractions in [0, 1])."""
+    """What :func:`embedded_demo_figures` measured (fractions in [0, 1]).
+
+    The ``*_held_out`` consistencies score real held-out crops the same way: the ceiling of the measure at
+    this bank (a held-out crop's nearest training crop is not always of its photo: flat sky, dark space).
+    """
 
     num_samples: int
     num_classes: int
     bank_crops: int
     held_out_crops: int
-    consistency_latent: float   # nearest training crop in latent directions has the sample's class
-    consistency_pixels: float   # the same, nearest in pixels
-    fd_directions: float        # generated vs held-out crops
-    fd_directions_floor: float  # as many further held-out crops as samples vs the reference (the floor)
+    consistency_latent: float           # nearest training crop in latent directions has the sample's class
+    consistency_pixels: float           # the same, nearest in pixels
+    consistency_latent_held_out: float  # held-out crops, nearest in latent directions (the ceiling)
+    consistency_pixels_held_out: float  # held-out crops, nearest in pixels
+    fd_directions: float                # generated vs held-out crops
+    fd_directions_floor: float          # as many further held-out crops as samples vs the same reference
 
     def line(self) -> str:
         return (f"class consistency (nearest of {self.bank_crops} training crops has the sample's class; chance "
-                f"{1 / self.num_classes:.1%}): {self.consistency_latent:.1%} in latent directions, "
+                f"{1 / self.num_classes:.1%}; held-out crops {self.consistency_latent_held_out:.1%} / "
+                f"{self.consistency_pixels_held_out:.1%}): {self.consistency_latent:.1%} in latent directions, "
                 f"{self.consistency_pixels:.1%} in pixels; FD of latent directions vs {self.held_out_crops} "
                 f"held-out crops {self.fd_directions:.4f} (held-out vs held-out {self.fd_directions_floor:.4f})")
 
@@ -116,12 +123,13 @@ class DemoFigures:
         return asdict(self)
 
 
-def embedded_crops(image_size: int, n: int, seed: int, length: int) -> tuple[Tensor, Tensor]:
-    """Crops ``0..n-1`` of epoch 0 of ``EmbeddedPhotos("train", image_size, length=length, seed=seed)``:
-    ``(images [n, 3, H, W] in [-1, 1], labels [n])`` (labels cycle over the photos)."""
+def embedded_crops(image_size: int, n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Crops ``0..n-1`` of epoch 0 of ``EmbeddedPhotos("train", image_size, length=n, seed=seed)`` (the
+    crops ``cache_latents.py`` / ``in1k_dit.py --cache-latents`` encode): ``(images [n, 3, H, W] in [-1, 1],
+    labels [n])`` (labels cycle over the photos)."""
     from experiments.common.data import EmbeddedPhotos
 
-    ds = EmbeddedPhotos("train", image_size, length=max(length, n), seed=seed)
+    ds = EmbeddedPhotos("train", image_size, length=n, seed=seed)
     items = [ds[i] for i in range(n)]
     return torch.stack([it["image"] for it in items]), torch.tensor([it["label"] for it in items])
 
@@ -137,7 +145,7 @@ def encode_directions(ae, images: Tensor, batch: int = 128) -> Tensor:
 
 @torch.no_grad()
 def embedded_demo_figures(z: Tensor, images: Tensor, labels: Tensor, ae, *, image_size: int, train_seed: int,
-                          train_length: int, num_classes: int, bank: int = 1024, held_out: int = 256
+                          bank: int, num_classes: int, bank_latents: Tensor | None = None, held_out: int = 256
                           ) -> DemoFigures:
     """Class consistency and FD of samples of a DiT trained on the embedded photos.
 
@@ -145,21 +153,31 @@ def embedded_demo_figures(z: Tensor, images: Tensor, labels: Tensor, ae, *, imag
         z: ``[B, N, C]`` generated latents (any token norm); images: ``[B, 3, H, W]`` their decodings in
             [-1, 1]; labels: ``[B]`` their classes.
         ae: the autoencoder the DiT was trained on (its encoder gives the crops' directions).
-        image_size, train_seed, train_length: the training data ``EmbeddedPhotos("train", image_size,
-            length=train_length, seed=train_seed)``; the bank is its first ``bank`` crops of epoch 0 (crops
-            the DiT trained on); the reference is ``held_out`` crops of another crop seed, and the floor
-            compares ``B`` further crops of that seed with it (the FD of real data at the same count).
+        image_size, train_seed, bank: the bank is crops ``0..bank-1`` of epoch 0 of
+            ``EmbeddedPhotos("train", image_size, length=bank, seed=train_seed)``: with ``bank`` = the
+            training length, the crops a cached run trained on (``bank_latents``: their cached latents, in
+            that order; else they are encoded here).
+        held_out: the FD reference is ``held_out`` crops of another crop seed (:data:`HELD_OUT_SEED`); the
+            floor compares ``B`` further crops of that seed with it (the FD of real data at the same count).
     """
-    bank_img, bank_lab = embedded_crops(image_size, bank, train_seed, train_length)
+    bank_img, bank_lab = embedded_crops(image_size, bank, train_seed)
+    if bank_latents is not None and bank_latents.shape[0] != bank:
+        raise ValueError(f"bank_latents holds {bank_latents.shape[0]} crops, expected {bank}")
+    bank_dir = directions(bank_latents) if bank_latents is not None else encode_directions(ae, bank_img)
     n_ref = held_out + labels.numel()
-    ref_img, _ = embedded_crops(image_size, n_ref, HELD_OUT_SEED, n_ref)
-    bank_dir, ref_dir = encode_directions(ae, bank_img), encode_directions(ae, ref_img)
-    i_lat, _ = nearest_by_directions(z.cpu(), bank_dir)
-    i_pix, _ = nearest_by_pixels(images.cpu(), bank_img)
+    ref_img, ref_lab = embedded_crops(image_size, n_ref, HELD_OUT_SEED)
+    ref_dir = encode_directions(ae, ref_img)
     labels = labels.cpu()
+
+    def consistency(zq: Tensor, img: Tensor, lab: Tensor) -> tuple[float, float]:
+        i_lat, _ = nearest_by_directions(zq, bank_dir)
+        i_pix, _ = nearest_by_pixels(img, bank_img)
+        return class_consistency(bank_lab[i_lat], lab), class_consistency(bank_lab[i_pix], lab)
+
+    lat, pix = consistency(z.cpu(), images.cpu(), labels)
+    lat_ref, pix_ref = consistency(ref_dir[:held_out], ref_img[:held_out], ref_lab[:held_out])
     return DemoFigures(
         num_samples=int(labels.numel()), num_classes=num_classes, bank_crops=bank, held_out_crops=held_out,
-        consistency_latent=class_consistency(bank_lab[i_lat], labels),
-        consistency_pixels=class_consistency(bank_lab[i_pix], labels),
-        fd_directions=fd_directions(z.cpu(), ref_dir[:held_out]),
+        consistency_latent=lat, consistency_pixels=pix, consistency_latent_held_out=lat_ref,
+        consistency_pixels_held_out=pix_ref, fd_directions=fd_directions(z.cpu(), ref_dir[:held_out]),
         fd_directions_floor=fd_directions(ref_dir[held_out:], ref_dir[:held_out]))

@@ -43,8 +43,8 @@ import torch  # noqa: E402
 
 from experiments.common import checkpoint, distributed as D, dit_checks, provenance  # noqa: E402
 from experiments.common.ckpt_policy import SavePolicy, milestone_steps  # noqa: E402
-from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
-                              close_loader, collate, worker_init)
+from experiments.common.data import (EMBEDDED_TRAIN_LEN, DataError, EmbeddedPhotos, ImageFolderDataset,  # noqa: E402
+                              ResumableBatchSampler, close_loader, collate, worker_init)
 from experiments.common.dit_cli import build_parser, resolve  # noqa: E402
 from experiments.common.ema import EMA  # noqa: E402
 from experiments.common.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
@@ -56,7 +56,6 @@ from experiments.common.trainer import (NonFiniteError, NonFiniteGuard, StepBook
 from models.dit import config_from_dict  # noqa: E402
 from spherical import Hypersphere, dimension_shift, geodesic_flow, rfm_loss, sample_time  # noqa: E402
 
-EMBEDDED_TRAIN_LEN = 4096
 _RESUME_KEYS = ("preset", "model", "batch_size", "seed", "data", "latents", "lambda_rad", "cfg_dropout", "flow")
 # A run's own files besides checkpoints/ and metrics.jsonl (moved aside on a fresh start, see rundir);
 # OUT/latents (a reusable cache) and OUT/ae-random-init.pt stay.

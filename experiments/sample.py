@@ -365,7 +365,7 @@ def _demo_figures(args, kept: list, labels: Tensor, ae, latent: dict, train_args
     import json
 
     from experiments.common.demo_metrics import embedded_demo_figures
-    from experiments.in1k_dit import EMBEDDED_TRAIN_LEN
+    from experiments.common.data import EMBEDDED_TRAIN_LEN
 
     bank_latents, cache = None, run_dir / "latents"
     if train_args.get("cache_latents") and (cache / "index.json").is_file():  # the pool the run trained on

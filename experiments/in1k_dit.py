@@ -1,6 +1,6 @@
 """Train a LightningDiT with Riemannian flow matching on spherical autoencoder latents (PAPER.md).
 
-    python experiments/in1k_dit.py                 # embedded photos, tiny AE + tiny DiT, ~2 min on 2 CPUs
+    python experiments/in1k_dit.py                 # embedded photos, cpu AE + LightningDiT-C/1 (--preset cpu)
     torchrun --nproc_per_node=8 experiments/in1k_dit.py --preset paper --data /imagenet \
         --ae-ckpt runs/ae-paper-s2 --cache-latents --grad-accum 4 --out runs/dit-xl   # 4 x 32 per 80 GB GPU
 
@@ -43,8 +43,8 @@ import torch  # noqa: E402
 
 from experiments.common import checkpoint, distributed as D, dit_checks, provenance  # noqa: E402
 from experiments.common.ckpt_policy import SavePolicy, milestone_steps  # noqa: E402
-from experiments.common.data import (DataError, EmbeddedPhotos, ImageFolderDataset, ResumableBatchSampler,  # noqa: E402
-                              close_loader, collate, worker_init)
+from experiments.common.data import (EMBEDDED_TRAIN_LEN, DataError, EmbeddedPhotos, ImageFolderDataset,  # noqa: E402
+                              ResumableBatchSampler, close_loader, collate, worker_init)
 from experiments.common.dit_cli import build_parser, resolve  # noqa: E402
 from experiments.common.ema import EMA  # noqa: E402
 from experiments.common.logging_utils import MetricsLogger, Progress, Throughput, truncate_after  # noqa: E402
@@ -56,7 +56,6 @@ from experiments.common.trainer import (NonFiniteError, NonFiniteGuard, StepBook
 from models.dit import config_from_dict  # noqa: E402
 from spherical import Hypersphere, dimension_shift, geodesic_flow, rfm_loss, sample_time  # noqa: E402
 
-EMBEDDED_TRAIN_LEN = 4096
 _RESUME_KEYS = ("preset", "model", "batch_size", "seed", "data", "latents", "lambda_rad", "cfg_dropout", "flow")
 # A run's own files besides checkpoints/ and metrics.jsonl (moved aside on a fresh start, see rundir);
 # OUT/latents (a reusable cache) and OUT/ae-random-init.pt stay.
@@ -80,16 +79,19 @@ def open_data(args, info, ae_path: Path, ae, resumed: dict | None = None):
 
     if args.cache_latents:
         src = Path(args.out) / "latents"
-        expect = dict(source=str(Path(args.data).resolve()), flip=args.flip,
+        expect = dict(source=(str(Path(args.data).resolve()) if args.data is not None else
+                              f"embedded:{EMBEDDED_TRAIN_LEN}:{args.seed}"), flip=args.flip,
                       image_size=args.image_size or ae.image_size, dtype=args.cache_dtype)
         done = complete_cache(src, expect) and provenance.same_latent_space(
             json.loads((src / "index.json").read_text()).get("ae_identity") or {}, provenance.ae_identity(ae))
         if done:  # resuming: the cache is done (same data, same autoencoder), the train tree is not walked again
             if info.is_main:
                 print(f"in1k_dit: using the complete latent cache {src}", flush=True)
-        else:
-            ds, meta = open_source(args.data, args.image_size or ae.image_size, 0, args.seed, info=info)
-            dit_checks.check_classes(resumed, meta["classes"], meta["num_classes"], args, args.data)
+        else:  # --data, or the embedded photos' EMBEDDED_TRAIN_LEN crops of epoch 0 (a fixed pool)
+            ds, meta = open_source(args.data, args.image_size or ae.image_size, EMBEDDED_TRAIN_LEN, args.seed,
+                                   info=info)
+            dit_checks.check_classes(resumed, meta["classes"], meta["num_classes"], args,
+                                     args.data or "the embedded photos")
             cache_latents(ae, ds, src, meta=dict(meta, ae_ckpt=str(ae_path), image_size=args.image_size or
                                                  ae.image_size), flip=args.flip, dtype=args.cache_dtype,
                           info=info, num_workers=args.num_workers, log=print if info.is_main else (lambda *_: None))
@@ -404,6 +406,7 @@ def sample_grid(ctx, model, ema, latent: dict, path: Path, per_class: int = 4) -
         model.eval()
         with ema.applied(model):
             _, img = generate(model, ctx["ae"], labels, latent, noise=noise, steps=args.sample_steps,
+                              cfg_scale=args.sample_cfg,
                               precision=ctx["precision"], decode_norm=ctx["decode_norm"])
         model.train(was)
         from experiments.common.finite import first_bad

@@ -1,6 +1,6 @@
 """Sample images from a trained spherical-latent DiT (PAPER.md "Riemannian flow matching", "Sampler").
 
-    python experiments/sample.py                              # runs/dit-tiny-embedded -> samples.png
+    python experiments/sample.py                              # runs/dit-cpu-embedded -> samples.png
     python experiments/sample.py --ckpt runs/dit-xl --cfg 1.5 --cfg-interval 0.0 0.7
     torchrun --nproc_per_node=8 experiments/sample.py --ckpt runs/dit-xl --num-samples 50000 --npz
 
@@ -15,6 +15,11 @@ paper's s_vae = 14 is that value for DINOv3-L (App. C); a toy autoencoder's is i
 A checkpoint trained with ``in1k_dit.py --flow euclidean`` (stored as ``latent["flow"]``) is sampled with
 its own flow instead: Gaussian noise and ambient Euler (:mod:`experiments.common.flows`), then the same
 rescale-and-decode.
+For a run trained on the embedded photos (the demo) it ends by printing, and writing to
+``<out>.figures.json``, the demo figures of :mod:`experiments.common.demo_metrics`: the fraction of samples
+whose nearest training crop (in the autoencoder's latent directions, and in pixels) is of the sample's own
+class, and the FD of latent directions against held-out crops (``--no-figures`` skips them). ``--cfg``
+defaults to the run's ``--sample-cfg`` (1 for runs written before it existed).
 Outputs: a PNG grid and, with ``--npz``, an ADM-evaluator ``.npz`` (uint8 NHWC under ``arr_0``; labels are
 ``arange(N) % num_classes``, i.e. 50 per class for N = 50000). Sample ``i``'s noise depends only on
 ``(--seed, i)``: results do not depend on the number of processes or the batch size.
@@ -170,14 +175,15 @@ def build_parser() -> OneLineParser:
     a = p.add_argument
     a("--ckpt", default=DEFAULT_DIT_RUN, help="in1k_dit.py run folder or checkpoint file")
     a("--ae-ckpt", help="autoencoder run folder / file (default: the one the DiT was trained on)")
-    a("--num-samples", type=int, default=32, help="number of images; labels = arange(N) %% num_classes")
+    a("--num-samples", type=int, default=64, help="number of images; labels = arange(N) %% num_classes")
     a("--labels", type=int, nargs="+", help="explicit class labels (cycled to --num-samples)")
     a("--steps", type=int, default=50, help="integration steps on the α-shifted time grid")
     a("--method", default="euler", help=f"one of {', '.join(METHODS + ADAPTIVE_METHODS)}, or odeint[:SOLVER] "
       "(torchdiffeq)")
     a("--rtol", type=float, default=1e-5, help="relative tolerance of dopri5/bosh3/odeint")
     a("--atol", type=float, default=1e-5, help="absolute tolerance of dopri5/bosh3/odeint")
-    a("--cfg", type=float, default=1.0, help="classifier-free guidance scale w (1 = off)")
+    a("--cfg", type=float, help="classifier-free guidance scale w (1 = off; default: the run's --sample-cfg, "
+      "1 for runs that predate it)")
     a("--cfg-interval", type=float, nargs=2, metavar=("LO", "HI"), help="guide only for LO <= t <= HI")
     a("--alpha", type=float, help="time-grid shift α (default: the training α, sqrt(N·C/4096))")
     a("--decode-norm", type=float, help="token norm s_vae before decoding (default: the autoencoder "
@@ -193,6 +199,8 @@ def build_parser() -> OneLineParser:
       "the one the DiT was trained on, on purpose (recorded in the provenance record)")
     a("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 autocast of the DiT (CUDA only)")
     a("--device", default="auto", help="auto | cpu | cuda")
+    a("--no-figures", action="store_true", help="skip the demo figures printed for runs trained on the "
+      "embedded photos (nearest-crop class consistency, FD of latent directions; demo_metrics)")
     a("--threads", type=int, help="CPU intra-op threads (default: 1 for DiTs under 10 M parameters on CPU, "
       "where more threads are slower; else torch's)")
     return p
@@ -255,14 +263,16 @@ def run(args, info) -> int:
 
 
 #: Temporary files a killed sample.py leaves (removed under the folder's lock).
-_TMP_GLOBS = (".*.tmp.npz", ".*.tmp.png", ".*.provenance.json.tmp")  # not the ranks' parts: live
+_TMP_GLOBS = (".*.tmp.npz", ".*.tmp.png", ".*.provenance.json.tmp", ".*.figures.json.tmp")  # not the ranks' parts: live
 
 
 def _run(args, info, ckpt: Path, run_dir: Path, out: Path, npz: Path | None) -> int:
     from experiments.common.metrics import save_grid
 
     dev = info.device
-    model, latent, _ = load_dit(ckpt, dev, ema=not args.raw)
+    model, latent, train_args = load_dit(ckpt, dev, ema=not args.raw)
+    if args.cfg is None:
+        args.cfg = float(train_args.get("sample_cfg", 1.0))
     if args.threads or (dev.type == "cpu" and sum(p.numel() for p in model.parameters()) < 10_000_000):
         torch.set_num_threads(args.threads or 1)
     ae = load_autoencoder(args.ae_ckpt or latent["ae_ckpt"], dev)
@@ -283,7 +293,8 @@ def _run(args, info, ckpt: Path, run_dir: Path, out: Path, npz: Path | None) -> 
     if info.is_main:
         print(f"sample.py: {n} samples from {ckpt} ({flow} flow, {args.method}, {args.steps} steps, cfg {args.cfg}, "
               f"decode norm {s_vae:.6g} from {s_src}) on {info.world_size} process(es)", flush=True)
-    parts, grid = [], []
+    figures = not args.no_figures and bool(train_args.get("embedded")) and info.world_size == 1
+    parts, grid, kept = [], [], []
     for s in range(lo, hi, args.batch_size):
         idx = list(range(s, min(hi, s + args.batch_size)))
         noise = sample_noise(idx, latent["num_tokens"], latent["channels"], latent["radius"], args.seed, dev,
@@ -296,6 +307,8 @@ def _run(args, info, ckpt: Path, run_dir: Path, out: Path, npz: Path | None) -> 
                                  f"(check --cfg and the other sampling settings, or the checkpoint)") from None
         require_finite(f"samples {idx[0]}..{idx[-1]}", offset=idx[0], latents=z, images=img)  # never write garbage
         parts.append(to_uint8(img))
+        if figures:
+            kept.append((z.cpu(), img.cpu()))
         if sum(g.shape[0] for g in grid) < args.grid:
             grid.append(img.cpu())
     local = np.concatenate(parts) if parts else np.zeros((0,), np.uint8)
@@ -313,6 +326,8 @@ def _run(args, info, ckpt: Path, run_dir: Path, out: Path, npz: Path | None) -> 
             if p is not None:
                 write_json_strict(provenance_path(p), record, f"provenance of {p}")
         print(f"sample.py: wrote {out}" + (f" and {npz} ({n} images)" if npz else ""), flush=True)
+        if figures:
+            _demo_figures(args, kept, labels, ae, latent, train_args, out, run_dir)
     D.barrier()
     return 0
 
@@ -341,6 +356,34 @@ def check_pair(args, ckpt: Path, model: torch.nn.Module, latent: dict, ae: torch
     return {"dit": {"path": str(ckpt), "weights": provenance.tensor_digest(model.state_dict()),
                     "ema": not args.raw, "trained_on": latent.get("ae_identity")},
             "autoencoder": ident, "ae_change_accepted": change is not None}
+
+
+def _demo_figures(args, kept: list, labels: Tensor, ae, latent: dict, train_args: dict, out: Path,
+                  run_dir: Path) -> None:
+    """Print and write (``<out>.figures.json``) the demo figures of a run trained on the embedded photos; the
+    bank is the run's whole training pool (its latent cache when it has one)."""
+    import json
+
+    from experiments.common.demo_metrics import embedded_demo_figures
+    from experiments.common.data import EMBEDDED_TRAIN_LEN
+
+    bank_latents, cache = None, run_dir / "latents"
+    if train_args.get("cache_latents") and (cache / "index.json").is_file():  # the pool the run trained on
+        from experiments.cache_latents import LatentShards
+
+        ds = LatentShards(cache)
+        bank_latents = torch.stack([ds[i]["latent"] for i in range(len(ds))])
+    figs = embedded_demo_figures(torch.cat([z for z, _ in kept]), torch.cat([i for _, i in kept]), labels, ae,
+                                 image_size=latent["image_size"], train_seed=int(train_args.get("seed", 0)),
+                                 bank=EMBEDDED_TRAIN_LEN, num_classes=latent["num_classes"],
+                                 bank_latents=bank_latents)
+    print(f"sample.py: {figs.line()}", flush=True)
+    path = out.with_name(f"{out.stem}.figures.json")
+    settings = dict(cfg=args.cfg, steps=args.steps, method=args.method, seed=args.seed, raw=args.raw,
+                    cfg_interval=args.cfg_interval, ckpt=str(args.ckpt))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(dict(figs.as_dict(), settings=settings), indent=1) + "\n")
+    tmp.replace(path)
 
 
 def _gather(local: np.ndarray, npz: Path, info) -> np.ndarray | None:

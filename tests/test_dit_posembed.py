@@ -93,7 +93,7 @@ def test_checkpoints_written_before_the_field_load_without_it(tmp_path) -> None:
 
 
 def _argv(out, ae, *extra: str) -> list[str]:
-    return ["--ae-ckpt", str(ae), "--out", str(out), "--steps", "2", "--batch-size", "4", "--log-every", "1",
+    return ["--preset", "tiny", "--ae-ckpt", str(ae), "--out", str(out), "--steps", "2", "--batch-size", "4", "--log-every", "1",
             "--ckpt-every", "100", "--sample-steps", "1", "--no-progress", *extra]
 
 

@@ -22,7 +22,7 @@ def _events(out: Path, event: str) -> list[dict]:
 
 
 def _argv(out: Path, ae: Path, *extra: str, steps: int = 6) -> list[str]:
-    return ["--ae-ckpt", str(ae), "--out", str(out), "--steps", str(steps), "--batch-size", "8",
+    return ["--preset", "tiny", "--ae-ckpt", str(ae), "--out", str(out), "--steps", str(steps), "--batch-size", "8",
             "--log-every", "1", "--ckpt-every", "100", "--sample-steps", "2", "--no-progress", *extra]
 
 

@@ -101,7 +101,7 @@ def test_train_flow_loss_is_the_straight_path_one(ae_ckpt) -> None:
 
 def test_flow_euclidean_end_to_end_with_sample_py(ae_ckpt, tmp_path, capsys) -> None:
     out = tmp_path / "dit"
-    argv = ["--flow", "euclidean", "--ae-ckpt", str(ae_ckpt), "--out", str(out), "--steps", "12",
+    argv = ["--preset", "tiny", "--flow", "euclidean", "--ae-ckpt", str(ae_ckpt), "--out", str(out), "--steps", "12",
             "--batch-size", "8", "--log-every", "1", "--ckpt-every", "100", "--sample-steps", "2",
             "--no-progress", "--lr", "3e-3", "--warmup-steps", "2"]
     assert in1k_dit.main(argv) == 0

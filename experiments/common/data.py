@@ -31,6 +31,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 EMBEDDED_TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "hubble_deep_field", "retina",
                          "immunohistochemistry", "stereo_motorcycle", "china")
 EMBEDDED_EVAL_PHOTOS = ("chelsea", "flower")
+#: crops per epoch of in1k_dit.py's embedded training set (and the size of its cached pool)
+EMBEDDED_TRAIN_LEN = 4096
 
 
 from experiments.common.errors import DataError  # noqa: E402,F401 (re-export; images.py raises it too)

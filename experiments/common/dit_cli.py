@@ -23,33 +23,45 @@ from experiments.common.trainer import OneLineParser, UserError
 # scripts read it from the AE checkpoint's latent_norm (--decode-norm 14 forces the paper's number).
 _PAPER = dict(model="LightningDiT-XL/1", lr=2e-4, beta1=0.9, beta2=0.95, weight_decay=0.0, batch_size=1024,
               epochs=80.0, steps=None, ema_decay=0.9995, ema_warmup=0, warmup_steps=0, lr_schedule="constant",
-              grad_clip=0.0, log_every=100, ckpt_every=5000, sample_every=0, milestone_epochs="80,550")
+              grad_clip=0.0, log_every=100, ckpt_every=5000, sample_every=0, milestone_epochs="80,550",
+              sample_cfg=1.0, cache_latents=False)
 # Embedded photos on a 2-core CPU in ~2 minutes: a 0.73 M-parameter DiT on 1 thread, larger lr with
 # warm-up + cosine decay, short-memory EMA with warm-up.
 # The toy run keeps clipping at 1.0 (our choice, a guard for its large lr on 2 CPU cores).
 _TINY = dict(_PAPER, model="LightningDiT-T/1", lr=1e-3, batch_size=32, epochs=None, steps=1000,
              ema_decay=0.999, ema_warmup=50, warmup_steps=50, lr_schedule="cosine", log_every=25,
              ckpt_every=250, grad_clip=1.0, milestone_epochs="none")
-DEFAULTS = {"paper": _PAPER, "tiny": _TINY}
+# The embedded default (demo): the tiny recipe with a DiT as wide as the cpu autoencoder's 192 channels
+# (LightningDiT-T/1's width 96 squeezes every token through 96 numbers), trained on a cached pool of the
+# embedded photos' crops (encoded once instead of every step), sampled with classifier-free guidance.
+# docs/dit.md "Demo on the embedded photos" measures what each change bought.
+_CPU = dict(_TINY, model="LightningDiT-C/1", lr=2e-3, cache_latents=True, sample_cfg=4.0)
+DEFAULTS = {"paper": _PAPER, "cpu": _CPU, "tiny": _TINY}
 
 
-def _tiny_dit(**overrides: Any):
-    from models.dit import DiTConfig, LightningDiT
+def _small_dit(depth: int, hidden: int, heads: int) -> Callable[..., Any]:
+    def build(**overrides: Any):
+        from models.dit import DiTConfig, LightningDiT
 
-    cfg = replace(DiTConfig(), depth=4, hidden_size=96, num_heads=4, mlp_ratio=4.0)
-    return LightningDiT(replace(cfg, **overrides))
+        cfg = replace(DiTConfig(), depth=depth, hidden_size=hidden, num_heads=heads, mlp_ratio=4.0)
+        return LightningDiT(replace(cfg, **overrides))
+    build.__doc__ = f"LightningDiT with depth {depth}, width {hidden}, {heads} heads; kwargs override DiTConfig."
+    return build
 
 
 def dit_registry() -> dict[str, Callable[..., Any]]:
-    """Model name → factory(**DiTConfig overrides)."""
+    """Model name → factory(**DiTConfig overrides): the paper's sizes, plus two CPU sizes:
+    ``LightningDiT-T/1`` (depth 4, width 96, 4 heads: tests, ``--preset tiny``) and ``LightningDiT-C/1``
+    (depth 4, width 192, 4 heads: ``--preset cpu``, the embedded demo)."""
     from models.dit import LightningDiT_models
 
-    return {"LightningDiT-T/1": _tiny_dit, **LightningDiT_models}
+    return {"LightningDiT-T/1": _small_dit(4, 96, 4), "LightningDiT-C/1": _small_dit(4, 192, 4),
+            **LightningDiT_models}
 
 
 def default_out(preset: str, embedded: bool, flow: str = "riemannian") -> str:
     """The default ``--out``: ``runs/dit-<preset>[-embedded][-euclidean]`` (``dit_io.DEFAULT_DIT_RUN`` for
-    tiny)."""
+    the embedded default, cpu)."""
     return f"runs/dit-{preset}{'-embedded' if embedded else ''}{'' if flow == 'riemannian' else '-' + flow}"
 
 
@@ -62,6 +74,7 @@ _EPILOG = "per-preset defaults of the options marked [preset]:\n" + "\n".join(
     "not exist)\n"
     "  --data DIR       ImageNet-style DIR/train/<class>/<img>, encoded on the fly by --ae-ckpt\n"
     "  --data DIR --cache-latents   encode once to OUT/latents (safetensors shards, resumable), train on them\n"
+    "                   (also without --data: the embedded photos' crops, the cpu preset's default)\n"
     "  --latents DIR    shards written by experiments/cache_latents.py\n"
     "Decode norm: generated tokens are rescaled to the autoencoder checkpoint's latent_norm before decoding\n"
     "  (--decode-norm overrides). The paper's s_vae for DINOv3-L is 14 (App. C sweep over 8..20).\n"
@@ -77,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data and model")
     g.add_argument("--data", help="ImageNet-style folder with train/<class>/ images (omitted: embedded photos)")
     g.add_argument("--latents", help="folder of cached latent shards (experiments/cache_latents.py)")
-    g.add_argument("--cache-latents", action="store_true",
-                   help="with --data: encode the training set once to OUT/latents, then train on it")
+    g.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,
+                   help="encode the training set (--data, or the embedded photos' fixed crops of epoch 0) once "
+                   "to OUT/latents, then train on it [preset]")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="horizontal flips with probability 1/2: on the fly, or with --cache-latents a cached "
                         "flipped copy (2x the size); both paths use centre crops (default: on with --data for "
@@ -91,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "autoencoder whose encoder weights differ from the recorded one, on purpose (the change is "
                    "printed and logged as a 'resume' record; the latent shape must still agree)")
     g.add_argument("--preset", choices=tuple(DEFAULTS), default=None,
-                   help="hyper-parameter preset (default: tiny without --data/--latents, else paper)")
+                   help="hyper-parameter preset (default: cpu without --data/--latents, else paper)")
     g.add_argument("--model", help="DiT name (LightningDiT-T/1, -S/1, -B/1, -L/1, -XL/1) [preset]")
     g.add_argument("--ddt-head", action="store_true", help="add the wide DDT head (DiT^DH)")
     g.add_argument("--qk-norm", action="store_true", help="RMS-normalise queries and keys (off by default, "
@@ -134,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample-every", type=int, help="steps between EMA sample grids, 0 = only at the "
                    "end [preset]")
     g.add_argument("--sample-steps", type=int, default=50, help="Euler steps of those sample grids")
+    g.add_argument("--sample-cfg", type=float, help="guidance scale w of those grids, stored in the checkpoint "
+                   "as sample.py's default --cfg [preset]")
     g.add_argument("--decode-norm", type=float, help="token norm before decoding those grids (default: "
                    "the autoencoder checkpoint's latent_norm; the paper's s_vae for DINOv3-L is 14)")
     add_run_control_args(g, folder="OUT", tensorboard_help="also log to OUT/tb",
@@ -157,7 +173,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Fill preset defaults, derive paths, validate; raises :class:`UserError` on bad input."""
     args.embedded = args.data is None and args.latents is None
     if args.preset is None:
-        args.preset = "tiny" if args.embedded else "paper"
+        args.preset = "cpu" if args.embedded else "paper"
     if args.flip is None:  # LightningDiT caches each image and its mirror image; the paper does not say
         args.flip = args.preset == "paper" and args.data is not None
     for k, v in DEFAULTS[args.preset].items():
@@ -170,8 +186,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("give --steps or --epochs")
     if args.data is not None and args.latents is not None:
         raise UserError("--data and --latents are exclusive (cached latents already hold the data)")
-    if args.cache_latents and args.data is None:
-        raise UserError("--cache-latents needs --data DIR")
+    if args.cache_latents and args.latents is not None:
+        raise UserError("--cache-latents encodes --data or the embedded photos; --latents are cached already")
     if args.flip and args.embedded:
         raise UserError("--flip is for --data (the embedded photos are random crops, flipped already)")
     if args.data is not None:

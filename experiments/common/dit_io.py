@@ -3,8 +3,9 @@
 * :func:`load_autoencoder` reads a checkpoint written by ``experiments/in1k_ae.py`` (a run folder, whose
   ``checkpoints/last.pt`` is used, or a ``.pt`` file) and applies its EMA weights; :func:`decode_norm`
   says at which token norm generated latents are decoded (the checkpoint's ``latent_norm`` by default).
-* :func:`dit_registry` (defined in :mod:`experiments.common.dit_cli`, re-exported here) is :data:`models.dit.LightningDiT_models` plus ``LightningDiT-T/1``, a tiny CPU
-  configuration (depth 4, width 96, 4 heads, 0.73 M parameters) for the embedded default run and the tests.
+* :func:`dit_registry` (defined in :mod:`experiments.common.dit_cli`, re-exported here) is :data:`models.dit.LightningDiT_models` plus two CPU configurations:
+  ``LightningDiT-T/1`` (depth 4, width 96, 4 heads: the tests, ``--preset tiny``) and ``LightningDiT-C/1``
+  (depth 4, width 192, 4 heads: the embedded default run, ``--preset cpu``).
 * :func:`load_dit` rebuilds the DiT of an ``experiments/in1k_dit.py`` checkpoint (its ``dit_config``) and
   loads the EMA (default) or raw weights; it also returns the checkpoint's ``latent`` metadata
   (``num_tokens``, ``channels``, ``radius``, ``alpha``, ``num_classes``, ``ae_ckpt``).
@@ -25,7 +26,7 @@ from experiments.common.trainer import UserError
 
 DEFAULT_AE_PRESET = "cpu"  # in1k_ae.py's preset without --data
 DEFAULT_AE_RUN = ae_default_out(DEFAULT_AE_PRESET, embedded=True, stage=1)  # in1k_ae.py's --out without --data
-DEFAULT_DIT_RUN = dit_default_out("tiny", embedded=True)         # in1k_dit.py's --out without --data
+DEFAULT_DIT_RUN = dit_default_out("cpu", embedded=True)         # in1k_dit.py's --out without --data
 
 
 def resolve_ckpt(path: str | os.PathLike, what: str, flag: str) -> Path:

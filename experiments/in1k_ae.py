@@ -59,7 +59,7 @@ def banner(args, info, n_train: int) -> None:
         print(f"in1k_ae: no --data, so training the {args.preset.upper()} preset ({args.stem} stem, "
               f"random-init encoder) on random "
               f"{args.image_size}px crops of 8 scikit-image/scikit-learn photos, evaluating on held-out "
-              f"chelsea+flower crops, {args.max_steps} steps, LPIPS "
+              f"chelsea+flower crops, {args.max_steps} steps, {args.precision}, LPIPS "
               f"{'on' if args.lpips_weight > 0 else 'off'} -> {args.out}. Real run: torchrun "
               f"--nproc_per_node=8 experiments/in1k_ae.py --data /imagenet --preset paper "
               f"--encoder-weights dinov3_vitl16.pth --grad-accum 4 (80 GB GPUs; docs/scale.md)", flush=True)

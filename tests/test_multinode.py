@@ -84,8 +84,8 @@ def test_two_nodes_then_resume_on_two_processes_follows_the_single_process_run(t
         assert state["world_size"] == 4 and len(state["rng"]) == 4 and state["step"] == STOP
         assert not list(run.glob(".shared-check-*"))  # the shared-folder probe leaves nothing behind
     # ... resumed on 2 processes (per-rank batch doubles, the global batch stays).
-    D.spawn_local(_resume_worker, 2, ("experiments.in1k_ae", _ae_argv(ae)), start_method="fork")
-    D.spawn_local(_resume_worker, 2, ("experiments.in1k_dit", _dit_argv(dit, ae_ckpt)), start_method="fork")
+    D.spawn_local(_resume_worker, 2, ("experiments.in1k_ae", _ae_argv(ae)), start_method="spawn")  # fresh interpreters: a fork after the suite's threads can deadlock
+    D.spawn_local(_resume_worker, 2, ("experiments.in1k_dit", _dit_argv(dit, ae_ckpt)), start_method="spawn")  # fresh interpreters: a fork after the suite's threads can deadlock
     for ref, run in ((ref_ae, ae), (ref_dit, dit)):
         assert final_state(run)["world_size"] == 2
         _same_trajectory(ref, run)

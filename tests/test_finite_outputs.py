@@ -248,7 +248,7 @@ def test_training_sample_grid_is_not_written_when_not_finite(run, tmp_path, caps
     from experiments.common.ema import EMA
 
     model, latent, _ = load_dit(run)
-    ctx = dict(args=SimpleNamespace(seed=0, flow="riemannian", sample_steps=1), info=DistInfo(),
+    ctx = dict(args=SimpleNamespace(seed=0, flow="riemannian", sample_steps=1, sample_cfg=1.0), info=DistInfo(),
                ae=load_autoencoder(run / "ae.pt"), precision="fp32", decode_norm=6.0)
     in1k_dit.sample_grid(ctx, model, EMA(model, 0.9), latent, tmp_path / "ok.png", per_class=1)
     assert (tmp_path / "ok.png").is_file()

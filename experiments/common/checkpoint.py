@@ -18,6 +18,7 @@ Usage::
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -38,17 +39,24 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+    with _removed_on_error(tmp):
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    return path
+
+
+@contextlib.contextmanager
+def _removed_on_error(tmp: str):
+    """Deletes the temporary file ``tmp`` when the block fails (a write or link killed mid-way), then re-raises."""
+    try:
+        yield
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
 
 
 def in_run(path: str | os.PathLike) -> Path:
@@ -146,16 +154,12 @@ class CheckpointDir:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)
         os.close(fd)
         os.unlink(tmp)
-        try:
+        with _removed_on_error(tmp):
             try:
                 os.link(self.last, tmp)
             except OSError:
                 shutil.copyfile(self.last, tmp)
             os.replace(tmp, dest)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
         return dest
 
     def load_latest(self, map_location: str | torch.device = "cpu", required: tuple[str, ...] = ("step",)

@@ -6,14 +6,17 @@
 
 For each run folder ``<runs>/<dataset>/seed<k>/`` it rebuilds the MLP from the checkpoint's arguments, loads
 the best EMA weights kept for early stopping, and prints the test NLL (nats/point, exact divergence, rk4 on
-the squared grid of ``experiments.common.earth_eval``) for every ``--steps`` K; with ``--val`` also the
-validation NLL. Writes ``benchmarks/results/earth_solver_check.json``.
+the squared grid of ``experiments.common.earth_eval``) for every ``--steps`` K and with the adaptive dopri5
+in float64 at every ``--tols`` (rtol = atol; the test protocol's reference is 1e-7), each with its wall time;
+with ``--val`` also the validation NLL. Writes ``benchmarks/results/earth_solver_check.json``.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -47,6 +50,8 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", nargs="+", default=["volcano", "fire"])
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 for volcano, 0 otherwise")
     p.add_argument("--steps", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    p.add_argument("--tols", type=float, nargs="*", default=[1e-5, 1e-7],
+                   help="dopri5 tolerances (rtol = atol), evaluated in float64")
     p.add_argument("--val", action="store_true", help="also the validation NLL")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "earth_solver_check.json"))
     args = p.parse_args(argv)
@@ -59,11 +64,22 @@ def main(argv=None) -> int:
                 print(f"earth_solver_check: no checkpoint in {run}; run experiments/earth_rfm.py first")
                 return 2
             model, data = best_model(run), split(load_earth(ds), seed)
-            row = {f"test_K{k}": nll(model, data.test, steps=k) for k in args.steps}
-            if args.val:
-                row.update({f"val_K{k}": nll(model, data.val, steps=k) for k in args.steps})
+            model64 = copy.deepcopy(model).double()
+            row: dict[str, float] = {}
+            for part in ("test", "val") if args.val else ("test",):
+                x = getattr(data, part)
+                for k in args.steps:
+                    t0 = time.perf_counter()
+                    row[f"{part}_K{k}"] = nll(model, x, steps=k)
+                    row[f"{part}_K{k}_s"] = round(time.perf_counter() - t0, 2)
+                for tol in args.tols:
+                    t0 = time.perf_counter()
+                    row[f"{part}_dopri5_{tol:g}"] = nll(model64, x.double(), steps=1, method="dopri5", rtol=tol,
+                                                        atol=tol)
+                    row[f"{part}_dopri5_{tol:g}_s"] = round(time.perf_counter() - t0, 2)
             out[f"{ds}/seed{seed}"] = row
-            print(f"{ds} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
+            print(f"{ds} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if not k.endswith("_s")),
+                  flush=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     return 0
 

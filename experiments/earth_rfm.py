@@ -1,26 +1,32 @@
 """Riemannian flow matching density estimation on the earth-event datasets (S²), test NLL in nats/point.
 
     python experiments/earth_rfm.py --dataset fire                 # one dataset, seed 0, < 15 min on 2 CPUs
-    python experiments/earth_rfm.py --dataset all --seeds 0 1 2    # the table -> benchmarks/results/earth_nll.*
-    python experiments/earth_rfm.py --preset paper --device cuda --dataset all --seeds 0 1 2 3 4
+    python experiments/earth_rfm.py --dataset all                  # the table (seeds 0-4) -> benchmarks/results/
+    python experiments/earth_rfm.py --preset paper --device cuda --dataset all
 
-Data (``experiments.common.earth``): lat/lon events → unit vectors, random 80/10/10 split of each seed.
+Data (``experiments.common.earth``): lat/lon events → unit vectors, the anchor's random 80/10/10 split of each
+seed (``random_split`` with val = test = ⌊N/10⌋).
 One step: x₀ = a batch of training points (data, t = 0), x₁ = uniform on S² (noise, t = 1), t = u^p with
 u ~ U(0, 1) and p = ``--time-power``,
 (x_t, u_t) = ``geodesic_flow(x₀, x₁, t)``, loss = ``rfm_loss(v(x_t, t), x_t, u_t)``; Adam with warm-up and
 cosine decay, EMA weights. The model is :class:`models.sphere_mlp.SphereVelocityMLP` (tangent output).
 Every ``--eval-every`` steps the EMA model's validation NLL (the whole split by default, or its first
 ``--val-points``; rk4 with ``--val-steps`` steps) is measured; the best EMA weights are kept and training stops after ``--patience`` evaluations without
-improvement. The test NLL of the best weights is then computed with ``spherical.log_likelihood``
-(exact divergence, rk4 on the grid t_k = (k/K)², K = ``--test-steps``) and again with K doubled: both are
-reported, the finer one is the result. Run folder ``--out/<dataset>/seed<k>/``: ``metrics.jsonl``,
+improvement (``--val-method dopri5`` measures it with the adaptive solver at ``--val-tol`` instead). The test
+NLL of the best weights is then computed with ``spherical.log_likelihood`` (exact divergence) by the adaptive
+dopri5 in float64 at rtol = atol = ``--test-tol`` (the anchor's 1e-7): the result; and, as a cross-check, by rk4
+on the grid t_k = (k/K)², K = ``--test-steps``. Run folder ``--out/<dataset>/seed<k>/``: ``metrics.jsonl``,
 ``checkpoints/last.pt``, ``result.json`` and ``density.png`` (log-density on a lat/lon grid, test points
-overlaid). Re-running the same command resumes an interrupted run and skips finished ones;
-``--dataset all`` then writes ``earth_nll.{json,md}`` and ``earth_density_<dataset>.png`` to ``--results``.
+overlaid). Every finished run also writes a record ``--records/<dataset>/seed<k>.json`` (default
+``<results>/earth_runs``, committed with the table). Re-running the same command resumes an interrupted run and
+skips finished ones (by their run folder or their record, when its settings match), so the table can be built
+over several sittings or machines; ``--dataset all`` then writes ``earth_nll.{json,md}`` and
+``earth_density_<dataset>.png`` to ``--results``.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import shutil
@@ -55,33 +61,45 @@ PRESETS = {
     # CPU default: ≈ 14 ms per step on one core, so 40 000 steps (cosine decay to 0, EMA 0.999) plus one
     # whole-validation-split NLL every 1000 steps fit one dataset and seed in < 15 min (README: measured).
     "default": dict(width=256, depth=4, x_features=128, x_scale=64.0, time_power=3.0, steps=40_000, batch_size=512,
-                    lr=2e-3, warmup_steps=100, ema_decay=0.999, eval_every=1000, patience=6, val_points=0,
-                    val_steps=16, test_steps=32, plot_lat=60, plot_steps=16, threads=0),
+                    lr=2e-3, warmup_steps=100, weight_decay=0.0, ema_decay=0.999, eval_every=1000, patience=6,
+                    val_points=0, val_method="dopri5", val_steps=16, val_tol=1e-4, test_steps=64, test_tol=1e-7,
+                    plot_lat=60, plot_steps=16, threads=0),
     # The published scale (Chen & Lipman: 512×6 MLP, long training) for a GPU.
     "paper": dict(width=512, depth=6, x_features=256, x_scale=64.0, time_power=3.0, steps=100_000, batch_size=2048,
-                  lr=1e-3, warmup_steps=1000, ema_decay=0.9995, eval_every=2000, patience=10, val_points=0,
-                  val_steps=32, test_steps=128, plot_lat=180, plot_steps=64, threads=0),
+                  lr=1e-3, warmup_steps=1000, weight_decay=0.0, ema_decay=0.9995, eval_every=2000, patience=10,
+                  val_points=0, val_method="dopri5", val_steps=32, val_tol=1e-4, test_steps=128, test_tol=1e-7,
+                  plot_lat=180, plot_steps=64, threads=0),
     # Seconds: tests and smoke runs.
     "tiny": dict(width=32, depth=2, x_features=8, x_scale=4.0, time_power=1.0, steps=60, batch_size=128, lr=3e-3,
-                 warmup_steps=5, ema_decay=0.9, eval_every=20, patience=2, val_points=64, val_steps=2, test_steps=2,
-                 plot_lat=8, plot_steps=2, threads=1),
+                 warmup_steps=5, weight_decay=0.0, ema_decay=0.9, eval_every=20, patience=2, val_points=64,
+                 val_method="rk4", val_steps=2, val_tol=1e-3, test_steps=2, test_tol=1e-4, plot_lat=8,
+                 plot_steps=2, threads=1),
 }
 _RESUME_KEYS = ("preset", "width", "depth", "x_features", "x_scale", "time_power", "steps", "batch_size", "lr",
-                "warmup_steps", "ema_decay", "eval_every", "patience", "val_points", "val_steps", "lambda_rad")
+                "warmup_steps", "weight_decay", "ema_decay", "eval_every", "patience", "val_points", "val_method",
+                "val_steps", "val_tol", "test_steps", "test_tol", "lambda_rad")
+VAL_METHODS = ("rk4", "dopri5")
+PUBLISHED_SEEDS = [0, 1, 2, 3, 4]
 
 
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog="earth_rfm.py", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", default="fire", choices=(*FILES, "all"), help="which dataset(s)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="split/training seeds (published: 0-4)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="split/training seeds (default: 0-4, the published protocol, with --dataset all; else 0)")
     p.add_argument("--preset", default="default", choices=tuple(PRESETS), help="model/training scale")
     p.add_argument("--out", default=str(ROOT / "runs" / "earth"), help="run folders <out>/<dataset>/seed<k>")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"),
                    help="where --dataset all writes earth_nll.{json,md} and the density PNGs")
+    p.add_argument("--records", default=None,
+                   help="one JSON record per finished run, <records>/<dataset>/seed<k>.json (default: "
+                        "<results>/earth_runs); a matching record counts as done")
     p.add_argument("--data-dir", default=None, help="folder of the CSVs (default: benchmarks/data/earth)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     for k, v in PRESETS["default"].items():
-        p.add_argument("--" + k.replace("_", "-"), type=type(v), default=None, help=f"[preset: {v} by default]")
+        choices = VAL_METHODS if k == "val_method" else None
+        p.add_argument("--" + k.replace("_", "-"), type=type(v), default=None, choices=choices,
+                       help=f"[preset: {v} by default]")
     p.add_argument("--lambda-rad", type=float, default=0.1, help="rfm_loss radial weight (0 effect: tangent output)")
     p.add_argument("--no-plot", action="store_true", help="skip the density plot")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -101,8 +119,14 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
               "plot_steps"):
         if getattr(args, k) < 1:
             raise UserError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(args, k)}")
+    if args.seeds is None:
+        args.seeds = list(PUBLISHED_SEEDS) if args.dataset == "all" else [0]
     if args.lr <= 0 or not 0 <= args.ema_decay < 1 or args.patience < 1 or min(args.seeds) < 0:
         raise UserError("expected --lr > 0, 0 <= --ema-decay < 1, --patience >= 1 and seeds >= 0")
+    if args.weight_decay < 0 or not 0 < args.val_tol < 1 or not 0 < args.test_tol < 1:
+        raise UserError("expected --weight-decay >= 0 and tolerances --val-tol, --test-tol in (0, 1)")
+    if args.records is None:
+        args.records = str(Path(args.results) / "earth_runs")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -136,18 +160,19 @@ def train_one(args, dataset: str, seed: int) -> dict:
     dev = torch.device(args.device)
     run = Path(args.out) / dataset / f"seed{seed}"
     res_path, ckpts = run / "result.json", checkpoint.CheckpointDir(run / "checkpoints")
-    if not args.no_resume and res_path.is_file():
-        res = json.loads(res_path.read_text())
-        if all(res["args"].get(k) == getattr(args, k) for k in _RESUME_KEYS):
-            print(f"earth_rfm: {dataset} seed {seed}: done before, test NLL {res['test_nll']:.4f} ({res_path})")
-            return res
+    for path in (res_path, record_path(args, dataset, seed)):
+        if not args.no_resume and path.is_file():
+            res = json.loads(path.read_text())
+            if all(res["args"].get(k) == getattr(args, k) for k in _RESUME_KEYS):
+                print(f"earth_rfm: {dataset} seed {seed}: done before, test NLL {res['test_nll']:.4f} ({path})")
+                return res
     data = split(load_earth(dataset, args.data_dir), seed)
     train_x, val_x, test_x = (d.to(dev) for d in data)
     val_sub = val_x[:args.val_points] if args.val_points > 0 else val_x
     seed_everything(seed)
     model = build_model(vars(args)).to(dev)
     ema = EMA(model, args.ema_decay)
-    opt = build_adamw(model.parameters(), args.lr, (0.9, 0.999), 0.0)
+    opt = build_adamw(model.parameters(), args.lr, (0.9, 0.999), args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda("cosine", args.warmup_steps, args.steps))
     guard, logger = NonFiniteGuard(5), MetricsLogger(run)
     state = {"step": 0, "best_nll": math.inf, "best_step": 0, "best_ema": None, "bad_evals": 0,
@@ -194,7 +219,8 @@ def train_one(args, dataset: str, seed: int) -> dict:
                 progress.update(1, loss=lval, best=state["best_nll"])
                 if step % args.eval_every == 0 or step == args.steps:
                     with ema.applied(model):
-                        v_nll = nll(model, val_sub, steps=args.val_steps)
+                        v_nll = nll(model, val_sub, steps=args.val_steps, method=args.val_method,
+                                    rtol=args.val_tol, atol=args.val_tol)
                     if v_nll < state["best_nll"] - 1e-3:
                         state.update(best_nll=v_nll, best_step=step, bad_evals=0,
                                      best_ema={k: t.clone() for k, t in ema.shadow.items()})
@@ -223,15 +249,32 @@ def train_one(args, dataset: str, seed: int) -> dict:
     return finish(args, dataset, seed, run, model, ema, state, data, logger, t_start)
 
 
+def record_path(args, dataset: str, seed: int) -> Path:
+    """Where a finished run's record lives: ``<records>/<dataset>/seed<k>.json``."""
+    return Path(args.records) / dataset / f"seed{seed}.json"
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
 def finish(args, dataset, seed, run, model, ema, state, data, logger, t_start) -> dict:
-    """Test NLL of the best EMA weights at ``--test-steps`` and twice that, the density plot, result.json."""
+    """Test NLL of the best EMA weights (dopri5 in float64 at ``--test-tol``; rk4 with ``--test-steps`` as a
+    cross-check), the density plot, ``result.json`` and the run's record."""
     if state["best_ema"] is not None:
         ema.shadow = {k: t.clone() for k, t in state["best_ema"].items()}
     dev = next(model.parameters()).device
     t0 = time.time()
     with ema.applied(model):
         coarse = nll(model, data.test.to(dev), steps=args.test_steps)
-        fine = nll(model, data.test.to(dev), steps=2 * args.test_steps)
+        t1 = time.time()
+        model64 = copy.deepcopy(model).double()
+        exact = nll(model64, data.test.to(dev, torch.float64), steps=1, method="dopri5", rtol=args.test_tol,
+                    atol=args.test_tol)
+        t_adaptive = time.time() - t1
         mass, plot = None, None
         if not args.no_plot:
             lat, lon, grid = latlon_grid(args.plot_lat)
@@ -239,21 +282,22 @@ def finish(args, dataset, seed, run, model, ema, state, data, logger, t_start) -
             logp = logp.reshape(grid.shape[:-1])
             mass = grid_mass(logp, lat)
             plot = plot_density(run / "density.png", lat, lon, logp, xyz_to_latlon(data.test.cpu().double()),
-                                f"{dataset} (seed {seed}): test NLL {fine:.3f} nats, best step {state['best_step']}")
-    res = {"dataset": dataset, "seed": seed, "test_nll": fine, "test_nll_coarse": coarse,
-           "test_steps": 2 * args.test_steps, "coarse_steps": args.test_steps,
-           "best_val_nll_subset": state["best_nll"], "best_step": state["best_step"], "steps_run": state["step"],
+                                f"{dataset} (seed {seed}): test NLL {exact:.3f} nats, best step {state['best_step']}")
+    res = {"dataset": dataset, "seed": seed, "test_nll": exact, "test_solver": f"dopri5 float64 rtol=atol={args.test_tol:g}",
+           "test_nll_coarse": coarse, "coarse_steps": args.test_steps, "test_adaptive_s": round(t_adaptive, 1),
+           "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
+           "best_val_nll": state["best_nll"], "best_step": state["best_step"], "steps_run": state["step"],
            "stopped_early": state["stopped_early"], "train_s": round(state["wall_s"], 1),
            "eval_s": round(time.time() - t0, 1), "wall_s": round(time.time() - t_start, 1),
-           "grid_mass": mass, "density_png": str(plot) if plot else None, "uniform_nll": LOG_4PI,
-           "args": {k: v for k, v in vars(args).items() if k != "seeds"}}
+           "threads": torch.get_num_threads(), "grid_mass": mass, "uniform_nll": LOG_4PI,
+           "args": {k: v for k, v in vars(args).items() if k not in ("seeds", "out", "results", "records", "data_dir")}}
     logger.log("test", state["step"], **{k: v for k, v in res.items() if k != "args"})
-    tmp = run / "result.json.tmp"
-    tmp.write_text(json.dumps(res, indent=1) + "\n")
-    tmp.replace(run / "result.json")
-    print(f"earth_rfm: {dataset} seed {seed}: test NLL {fine:.4f} nats/point (rk4 {2 * args.test_steps} steps; "
-          f"{coarse:.4f} with {args.test_steps}), best val {state['best_nll']:.4f} at step {state['best_step']}, "
-          f"{res['wall_s']:.0f} s" + (f", grid mass {mass:.3f}" if mass is not None else ""), flush=True)
+    _write_json(run / "result.json", {**res, "density_png": str(plot) if plot else None})
+    _write_json(record_path(args, dataset, seed), res)
+    print(f"earth_rfm: {dataset} seed {seed}: test NLL {exact:.4f} nats/point (dopri5 float64, tol "
+          f"{args.test_tol:g}, {t_adaptive:.0f} s; rk4 {args.test_steps} steps: {coarse:.4f}), best val "
+          f"{state['best_nll']:.4f} at step {state['best_step']}, {res['wall_s']:.0f} s"
+          + (f", grid mass {mass:.3f}" if mass is not None else ""), flush=True)
     return res
 
 
@@ -270,7 +314,7 @@ def _main(argv=None) -> int:
                 results[d].append(res)
     if args.dataset == "all":
         out = Path(args.results)
-        settings = {k: v for k, v in vars(args).items() if k not in ("out", "results", "data_dir")}
+        settings = {k: v for k, v in vars(args).items() if k not in ("out", "results", "records", "data_dir")}
         summ = write_table(results, settings, out / "earth_nll.json", out / "earth_nll.md")
         for d in datasets:
             png = Path(args.out) / d / f"seed{results[d][0]['seed']}" / "density.png"  # the run folder's own

@@ -22,8 +22,8 @@ def test_shipped_file_matches_its_published_sha256(name):
     assert hashlib.sha256((DATA_DIR / FILES[name]).read_bytes()).hexdigest() == SHA256[FILES[name]]
 
 
-@pytest.mark.parametrize("name,rows,sizes", [("volcano", 827, (661, 83, 83)), ("earthquake", 6120, (4896, 612, 612)),
-                                             ("flood", 4875, (3899, 488, 488)), ("fire", 12809, (10247, 1281, 1281))])
+@pytest.mark.parametrize("name,rows,sizes", [("volcano", 827, (663, 82, 82)), ("earthquake", 6120, (4896, 612, 612)),
+                                             ("flood", 4875, (3901, 487, 487)), ("fire", 12809, (10249, 1280, 1280))])
 def test_row_counts_unit_vectors_and_split_sizes(name, rows, sizes):
     x = load_earth(name)
     assert x.shape == (rows, 3) and ROWS[name] == rows
@@ -41,6 +41,23 @@ def test_split_is_a_function_of_the_seed():
     assert all(torch.equal(p, q) for p, q in zip(a, b))
     assert not torch.equal(a.test, c.test)
     assert sorted(torch.cat(list(a)).squeeze(-1).tolist()) == list(range(100))
+
+
+@pytest.mark.parametrize("n,seed", [(827, 0), (4875, 3), (12809, 4), (20, 1)])
+def test_split_is_the_anchors_random_split(n, seed):
+    """The published protocol's split: ``random_split(range(n), [n - 2⌊n/10⌋, ⌊n/10⌋, ⌊n/10⌋])`` with a
+    generator seeded by the seed: the same rows in the same order for every seed."""
+    sizes = split_sizes(n)
+    assert sizes == (n - 2 * (n // 10), n // 10, n // 10)
+    x = torch.arange(float(n)).unsqueeze(-1)
+    ref = torch.utils.data.random_split(range(n), list(sizes), generator=torch.Generator().manual_seed(seed))
+    for ours, theirs in zip(split(x, seed), ref):
+        assert ours.squeeze(-1).long().tolist() == list(theirs)
+
+
+def test_split_refuses_too_few_rows():
+    with pytest.raises(EarthDataError, match="at least 20 rows"):
+        split_sizes(19)
 
 
 def test_known_points():

@@ -81,7 +81,8 @@ def test_summary_means_std_and_beaten_rows():
     assert s["mean"] == pytest.approx(-1.45) and s["std"] == pytest.approx(0.1 / math.sqrt(2))
     assert s["solver_gap"] == pytest.approx(0.02)
     assert s["beats"] == pytest.approx({"Mixture of Kent": 0.27, "Riemannian CNF": 0.65, "Moser Flow": 0.17,
-                                        "Stereographic score-based": 0.17, "Riemannian score-based (RSGM)": 0.12})
+                                        "Stereographic score-based": 0.17, "Riemannian score-based (RSGM)": 0.12,
+                                        "Riemannian diffusion models": 0.07})
 
 
 def test_table_files(tmp_path):
@@ -91,21 +92,29 @@ def test_table_files(tmp_path):
     md = (tmp_path / "t.md").read_text()
     assert "| **ours: RFM, MLP (earth_rfm.py)** | not run | not run | not run | −1.50 ± 0.00 (n=1) |" in md
     assert "| Mixture of Kent | −0.80 ± 0.47 | 0.33 ± 0.05 | 0.73 ± 0.07 | −1.18 ± 0.06 |" in md
+    assert "| Riemannian flow matching (reported) | −7.93 ± 1.67 | −0.28 ± 0.08 | 0.42 | −1.86 ± 0.11 |" in md
+    assert "| Generalised Flow Maps (second-hand) | — | −1.08 | −0.88 | −2.48 |" in md
+    assert "| ours: margin over Riemannian flow matching (reported) (> 0: ours lower) | — | — | — | -0.36 |" in md
     assert json.loads((tmp_path / "t.json").read_text())["summary"]["fire"]["mean"] == -1.5
 
 
 def test_cli_resumes_exactly_and_plots(tmp_path):
     """Stopped at step 30 and re-run, the tiny preset ends with the same test NLL as an uninterrupted run."""
     common = ["--preset", "tiny", "--dataset", "volcano", "--no-progress"]
-    assert main(common + ["--out", str(tmp_path / "a"), "--no-plot"]) == 0
-    assert main(common + ["--out", str(tmp_path / "b"), "--stop-after", "30"]) == 0
+    assert main(common + ["--out", str(tmp_path / "a"), "--results", str(tmp_path / "ra"), "--no-plot"]) == 0
+    b_args = common + ["--out", str(tmp_path / "b"), "--results", str(tmp_path / "rb")]
+    assert main(b_args + ["--stop-after", "30"]) == 0
     run_b = tmp_path / "b" / "volcano" / "seed0"
     assert (run_b / "checkpoints" / "last.pt").is_file() and not (run_b / "result.json").exists()
-    assert main(common + ["--out", str(tmp_path / "b")]) == 0
+    assert not (tmp_path / "rb" / "earth_runs" / "volcano" / "seed0.json").exists()
+    assert main(b_args) == 0
     a = json.loads((tmp_path / "a" / "volcano" / "seed0" / "result.json").read_text())
     b = json.loads((run_b / "result.json").read_text())
     assert b["test_nll"] == pytest.approx(a["test_nll"], abs=1e-6) and b["best_step"] == a["best_step"]
     assert a["test_nll"] < LOG_4PI and abs(a["test_nll"] - a["test_nll_coarse"]) < 0.05
+    assert a["test_solver"] == "dopri5 float64 rtol=atol=0.0001" and (a["n_train"], a["n_test"]) == (663, 82)
+    record = json.loads((tmp_path / "rb" / "earth_runs" / "volcano" / "seed0.json").read_text())
+    assert record["test_nll"] == b["test_nll"] and "out" not in record["args"]
     assert (run_b / "density.png").read_bytes()[:4] == b"\x89PNG" and abs(b["grid_mass"] - 1) < 0.1
     events = [json.loads(line)["event"] for line in (run_b / "metrics.jsonl").read_text().splitlines()]
     assert events.count("start") == 1 and events[-1] == "test" and "stopped" in events
@@ -154,12 +163,37 @@ def test_solver_check_reloads_the_best_ema_weights_of_a_run(tmp_path):
     from benchmarks.earth_solver_check import main as check
 
     assert main(["--preset", "tiny", "--dataset", "volcano", "--no-progress", "--no-plot",
-                 "--out", str(tmp_path / "runs")]) == 0
+                 "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]) == 0
     res = json.loads((tmp_path / "runs" / "volcano" / "seed0" / "result.json").read_text())
     out = tmp_path / "check.json"
     assert check(["--runs", str(tmp_path / "runs"), "--dataset", "volcano", "--seeds", "0", "--steps",
-                  str(res["test_steps"]), "16", "--out", str(out)]) == 0
+                  str(res["coarse_steps"]), "16", "--tols", "1e-4", "--out", str(out)]) == 0
     row = json.loads(out.read_text())["volcano/seed0"]
-    assert row[f"test_K{res['test_steps']}"] == pytest.approx(res["test_nll"], abs=1e-9)
+    assert row[f"test_K{res['coarse_steps']}"] == pytest.approx(res["test_nll_coarse"], abs=1e-9)
+    assert row["test_dopri5_0.0001"] == pytest.approx(res["test_nll"], abs=1e-9)
     assert abs(row["test_K16"] - res["test_nll"]) < 0.05
     assert check(["--runs", str(tmp_path / "none"), "--dataset", "fire", "--out", str(out)]) == 2
+
+
+def test_a_matching_record_counts_as_done_and_a_changed_setting_does_not(tmp_path, capsys):
+    """The table can be built over several machines: a run whose record (in ``--records``) has the same
+    settings is not trained again, even in an empty ``--out``; a record with other settings is ignored."""
+    common = ["--preset", "tiny", "--dataset", "volcano", "--no-progress", "--no-plot",
+              "--records", str(tmp_path / "rec")]
+    assert main(common + ["--out", str(tmp_path / "a")]) == 0
+    rec = json.loads((tmp_path / "rec" / "volcano" / "seed0.json").read_text())
+    capsys.readouterr()
+    assert main(common + ["--out", str(tmp_path / "b")]) == 0
+    assert "done before" in capsys.readouterr().out and not (tmp_path / "b" / "volcano").exists()
+    assert main(common + ["--out", str(tmp_path / "c"), "--weight-decay", "0.01"]) == 0
+    assert (tmp_path / "c" / "volcano" / "seed0" / "result.json").is_file()
+    assert json.loads((tmp_path / "rec" / "volcano" / "seed0.json").read_text())["args"]["weight_decay"] == 0.01
+    assert rec["args"]["weight_decay"] == 0.0
+
+
+def test_dataset_all_defaults_to_the_five_published_seeds():
+    from experiments.earth_rfm import build_parser, resolve
+
+    assert resolve(build_parser().parse_args(["--dataset", "all"])).seeds == [0, 1, 2, 3, 4]
+    assert resolve(build_parser().parse_args(["--dataset", "fire"])).seeds == [0]
+    assert resolve(build_parser().parse_args(["--dataset", "all", "--seeds", "2", "2"])).seeds == [2]

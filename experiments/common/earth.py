@@ -22,7 +22,6 @@ from torch import Tensor
 DATA_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "earth"
 FILES = {"volcano": "volerup.csv", "earthquake": "quakes_all.csv", "flood": "flood.csv", "fire": "fire.csv"}
 ROWS = {"volcano": 827, "earthquake": 6120, "flood": 4875, "fire": 12809}  # events per file (README)
-FRACTIONS = (0.8, 0.1, 0.1)  # train / val / test
 
 
 class EarthDataError(ValueError):
@@ -98,15 +97,19 @@ class Split(NamedTuple):
 
 
 def split_sizes(n: int) -> tuple[int, int, int]:
-    """``(train, val, test)`` sizes for ``n`` rows: val = test = round(0.1·n), train the rest (≈ 80 %)."""
-    if n < 3:
-        raise EarthDataError(f"need at least 3 rows to split, got {n}")
-    k = max(1, round(FRACTIONS[1] * n))
+    """``(train, val, test)`` sizes for ``n`` rows, the anchor's rule: val = test = ⌊n/10⌋, train the rest.
+
+    (Riemannian flow matching's data loader: ``N_val = N_test = N // 10``.)"""
+    if n < 20:
+        raise EarthDataError(f"need at least 20 rows to split 80/10/10, got {n}")
+    k = n // 10
     return n - 2 * k, k, k
 
 
 def split(x: Tensor, seed: int) -> Split:
-    """Random 80/10/10 split of the rows of ``x`` ``[N, D]``: a permutation from ``torch.Generator(seed)``."""
+    """Random 80/10/10 split of the rows of ``x`` ``[N, D]``, made as the anchor makes it: the permutation
+    ``torch.randperm(N, generator=torch.Generator().manual_seed(seed))`` cut into train, val, test in that
+    order (what ``torch.utils.data.random_split`` does with that generator and :func:`split_sizes`)."""
     n_train, n_val, _ = split_sizes(x.shape[0])
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(int(seed)))
     return Split(x[perm[:n_train]], x[perm[n_train:n_train + n_val]], x[perm[n_train + n_val:]])

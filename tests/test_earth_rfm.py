@@ -197,3 +197,15 @@ def test_dataset_all_defaults_to_the_five_published_seeds():
     assert resolve(build_parser().parse_args(["--dataset", "all"])).seeds == [0, 1, 2, 3, 4]
     assert resolve(build_parser().parse_args(["--dataset", "fire"])).seeds == [0]
     assert resolve(build_parser().parse_args(["--dataset", "all", "--seeds", "2", "2"])).seeds == [2]
+
+
+def test_dataset_overrides_apply_per_dataset_unless_given_explicitly():
+    from experiments.earth_rfm import DATASET_OVERRIDES, build_parser, for_dataset, resolve
+
+    args = resolve(build_parser().parse_args(["--dataset", "all"]))
+    assert DATASET_OVERRIDES["default"]["flood"] == {"steps": 8000}
+    assert for_dataset(args, "flood").steps == 8000 and for_dataset(args, "fire").steps == args.steps == 40_000
+    explicit = resolve(build_parser().parse_args(["--dataset", "all", "--steps", "123"]))
+    assert for_dataset(explicit, "flood").steps == 123
+    tiny = resolve(build_parser().parse_args(["--dataset", "flood", "--preset", "tiny"]))
+    assert for_dataset(tiny, "flood").steps == 60

@@ -189,7 +189,7 @@ def training_session(args: argparse.Namespace):
 
 #: Options added after checkpoints already existed, with the value every older checkpoint was written with
 #: (the loaders read them the same way: ``args.get("stem", "conv")``, ``latent.get("flow", "riemannian")``).
-RESUME_LEGACY_DEFAULTS = {"stem": "conv", "flow": "riemannian", "structure": "table8"}
+RESUME_LEGACY_DEFAULTS = {"stem": "conv", "flow": "riemannian", "structure": "table8", "data_noise": 0.0}
 
 
 def check_resume_args(old: dict, args: argparse.Namespace, keys: Sequence[str], ckpt) -> None:

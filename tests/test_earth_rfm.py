@@ -203,9 +203,10 @@ def test_dataset_overrides_apply_per_dataset_unless_given_explicitly():
     from experiments.earth_rfm import DATASET_OVERRIDES, build_parser, for_dataset, resolve
 
     args = resolve(build_parser().parse_args(["--dataset", "all"]))
-    assert DATASET_OVERRIDES["default"]["flood"] == {"steps": 8000}
-    assert for_dataset(args, "flood").steps == 8000 and for_dataset(args, "fire").steps == args.steps == 40_000
-    explicit = resolve(build_parser().parse_args(["--dataset", "all", "--steps", "123"]))
-    assert for_dataset(explicit, "flood").steps == 123
+    assert DATASET_OVERRIDES["default"]["flood"] == {"data_noise": 0.01}
+    assert for_dataset(args, "flood").data_noise == 0.01 and for_dataset(args, "fire").data_noise == 0.0
+    assert args.data_noise == 0.0  # the shared namespace is not changed
+    explicit = resolve(build_parser().parse_args(["--dataset", "all", "--data-noise", "0.002"]))
+    assert for_dataset(explicit, "flood").data_noise == 0.002
     tiny = resolve(build_parser().parse_args(["--dataset", "flood", "--preset", "tiny"]))
-    assert for_dataset(tiny, "flood").steps == 60
+    assert for_dataset(tiny, "flood").data_noise == 0.0

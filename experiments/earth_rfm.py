@@ -37,6 +37,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 if __package__ in (None, ""):
@@ -120,6 +121,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--no-plot", action="store_true", help="skip the density plot")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints and results")
+    p.add_argument("--table-only", action="store_true",
+                   help="with --dataset all: train nothing, write the table of the runs finished so far")
     p.add_argument("--stop-after", type=int, default=None, help="(testing) stop like SIGTERM after this step")
     return p
 
@@ -143,6 +146,9 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.weight_decay < 0 or args.data_noise < 0 or not 0 < args.val_tol < 1 or not 0 < args.test_tol < 1:
         raise UserError("expected --weight-decay >= 0, --data-noise >= 0 and tolerances --val-tol, --test-tol "
                         "in (0, 1)")
+    if args.table_only and (args.dataset != "all" or args.no_resume):
+        raise UserError("--table-only writes the table of finished runs: use it with --dataset all, without "
+                        "--no-resume")
     if args.records is None:
         args.records = str(Path(args.results) / "earth_runs")
     if args.device == "auto":
@@ -187,17 +193,26 @@ def for_dataset(args: argparse.Namespace, dataset: str) -> argparse.Namespace:
     return out
 
 
+def finished(args, dataset: str, seed: int) -> Optional[dict]:
+    """The result of a finished run with these settings (its run folder's ``result.json``, else its record), or
+    ``None``. A setting a result predates counts as its ``RESUME_LEGACY_DEFAULTS`` value."""
+    for path in (Path(args.out) / dataset / f"seed{seed}" / "result.json", record_path(args, dataset, seed)):
+        if path.is_file():
+            res = json.loads(path.read_text())
+            if all(res["args"].get(k, RESUME_LEGACY_DEFAULTS.get(k)) == getattr(args, k) for k in _RESUME_KEYS):
+                print(f"earth_rfm: {dataset} seed {seed}: done before, test NLL {res['test_nll']:.4f} ({path})")
+                return res
+    return None
+
+
 def train_one(args, dataset: str, seed: int) -> dict:
     """Train (or resume) one dataset × seed; returns its ``result.json`` content."""
     dev = torch.device(args.device)
     run = Path(args.out) / dataset / f"seed{seed}"
     res_path, ckpts = run / "result.json", checkpoint.CheckpointDir(run / "checkpoints")
-    for path in (res_path, record_path(args, dataset, seed)):
-        if not args.no_resume and path.is_file():
-            res = json.loads(path.read_text())
-            if all(res["args"].get(k, RESUME_LEGACY_DEFAULTS.get(k)) == getattr(args, k) for k in _RESUME_KEYS):
-                print(f"earth_rfm: {dataset} seed {seed}: done before, test NLL {res['test_nll']:.4f} ({path})")
-                return res
+    res = None if args.no_resume else finished(args, dataset, seed)
+    if res is not None:
+        return res
     data = split(load_earth(dataset, args.data_dir), seed)
     train_x, val_x, test_x = (d.to(dev) for d in data)
     val_sub = val_x[:args.val_points] if args.val_points > 0 else val_x
@@ -341,7 +356,13 @@ def _main(argv=None) -> int:
     with cpu_threads(args.threads or None):
         for d in datasets:
             for s in args.seeds:
-                res = train_one(for_dataset(args, d), d, s)
+                if args.table_only:
+                    res = finished(for_dataset(args, d), d, s)
+                    if res is None:
+                        print(f"earth_rfm: {d} seed {s}: not run yet with these settings (left out of the table)")
+                        continue
+                else:
+                    res = train_one(for_dataset(args, d), d, s)
                 if res.get("stopped"):
                     return res["code"]
                 results[d].append(res)

@@ -135,13 +135,7 @@ def test_all_datasets_write_the_table_and_rerun_is_a_no_op(tmp_path):
     run finds every result and rewrites the same table."""
     from experiments.common.earth import FILES
 
-    data = tmp_path / "data"
-    data.mkdir()
-    gen = torch.Generator().manual_seed(0)
-    for i, f in enumerate(FILES.values()):
-        lat = (torch.rand(40, generator=gen) * 40 - 20 + 10 * i).tolist()
-        lon = (torch.rand(40, generator=gen) * 60 - 30 * i).tolist()
-        (data / f).write_text("# stand-in\nlat,lon\n" + "".join(f"{a:.3f},{b:.3f}\n" for a, b in zip(lat, lon)))
+    data = _stand_in_data(tmp_path)
     argv = ["--preset", "tiny", "--dataset", "all", "--seeds", "3", "--steps", "20", "--eval-every", "10",
             "--data-dir", str(data), "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
             "--no-progress"]
@@ -210,3 +204,32 @@ def test_dataset_overrides_apply_per_dataset_unless_given_explicitly():
     assert for_dataset(explicit, "flood").data_noise == 0.002
     tiny = resolve(build_parser().parse_args(["--dataset", "flood", "--preset", "tiny"]))
     assert for_dataset(tiny, "flood").data_noise == 0.0
+
+
+def _stand_in_data(tmp_path):
+    """A small data folder: one 40-row CSV per dataset name (comments + header)."""
+    from experiments.common.earth import FILES
+
+    data = tmp_path / "data"
+    data.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for i, f in enumerate(FILES.values()):
+        lat = (torch.rand(40, generator=gen) * 40 - 20 + 10 * i).tolist()
+        lon = (torch.rand(40, generator=gen) * 60 - 30 * i).tolist()
+        (data / f).write_text("# stand-in\nlat,lon\n" + "".join(f"{a:.3f},{b:.3f}\n" for a, b in zip(lat, lon)))
+    return data
+
+
+def test_table_only_collects_finished_runs_and_trains_nothing(tmp_path, capsys):
+    data = _stand_in_data(tmp_path)
+    common = ["--preset", "tiny", "--steps", "20", "--eval-every", "10", "--data-dir", str(data), "--no-progress",
+              "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]
+    assert main(common + ["--dataset", "fire", "--seeds", "1"]) == 0
+    capsys.readouterr()
+    assert main(common + ["--dataset", "all", "--seeds", "1", "2", "--table-only"]) == 0
+    out = capsys.readouterr().out
+    assert "fire seed 2: not run yet" in out and "volcano seed 1: not run yet" in out
+    table = json.loads((tmp_path / "res" / "earth_nll.json").read_text())
+    assert list(table["summary"]) == ["fire"] and table["summary"]["fire"]["seeds"] == [1]
+    assert not (tmp_path / "runs" / "volcano").exists() and not (tmp_path / "runs" / "fire" / "seed2").exists()
+    assert main(common + ["--dataset", "fire", "--table-only"]) == 2

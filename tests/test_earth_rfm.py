@@ -90,7 +90,7 @@ def test_table_files(tmp_path):
                                      "best_step": 5}]}
     write_table(runs, {"preset": "x"}, tmp_path / "t.json", tmp_path / "t.md")
     md = (tmp_path / "t.md").read_text()
-    assert "| **ours: RFM, MLP (earth_rfm.py)** | not run | not run | not run | −1.50 ± 0.00 (n=1) |" in md
+    assert "| **ours: RFM, MLP (earth_rfm.py)** | not run | not run | not run | −1.50 (n=1) |" in md
     assert "| Mixture of Kent | −0.80 ± 0.47 | 0.33 ± 0.05 | 0.73 ± 0.07 | −1.18 ± 0.06 |" in md
     assert "| Riemannian flow matching (reported) | −7.93 ± 1.67 | −0.28 ± 0.08 | 0.42 | −1.86 ± 0.11 |" in md
     assert "| Generalised Flow Maps (second-hand) | — | −1.08 | −0.88 | −2.48 |" in md

@@ -154,8 +154,8 @@ def write_table(results: dict[str, list[dict]], settings: dict, json_path: Path,
     lines = ["| method | " + " | ".join(d.capitalize() for d in order) + " |", "|---" * (len(order) + 1) + "|"]
     for m, row in PUBLISHED.items():
         lines.append(f"| {m} | " + " | ".join(_fmt(row[d]) for d in order) + " |")
-    ours = [(_fmt((summ[d]["mean"], summ[d]["std"])) + f" (n={len(summ[d]['seeds'])})") if d in summ else "not run"
-            for d in order]
+    ours = [(_fmt((summ[d]["mean"], summ[d]["std"] if len(summ[d]["seeds"]) > 1 else None))
+             + f" (n={len(summ[d]['seeds'])})") if d in summ else "not run" for d in order]
     lines.append("| **ours: RFM, MLP (earth_rfm.py)** | " + " | ".join(ours) + " |")
     walls = [f"{statistics.fmean(summ[d]['wall_s']):.0f} s" if d in summ else "—" for d in order]
     lines.append("| ours: wall time per seed (mean) | " + " | ".join(walls) + " |")

@@ -28,7 +28,6 @@ over several sittings or machines; ``--dataset all`` then writes ``earth_nll.{js
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import shutil
@@ -48,7 +47,7 @@ import torch  # noqa: E402
 from experiments.common import checkpoint  # noqa: E402
 from experiments.common.data import mix_seed  # noqa: E402
 from experiments.common.earth import FILES, EarthDataError, load_earth, split, xyz_to_latlon  # noqa: E402
-from experiments.common.earth_eval import (LOG_4PI, grid_mass, latlon_grid, log_density, nll,  # noqa: E402
+from experiments.common.earth_eval import (LOG_4PI, grid_mass, latlon_grid, log_density, nll, nll_tight,  # noqa: E402
                                            plot_density, write_table)
 from experiments.common.ema import EMA  # noqa: E402
 from experiments.common.logging_utils import MetricsLogger, Progress, truncate_after  # noqa: E402
@@ -318,9 +317,7 @@ def finish(args, dataset, seed, run, model, ema, state, data, logger, t_start) -
     with ema.applied(model):
         coarse = nll(model, data.test.to(dev), steps=args.test_steps)
         t1 = time.time()
-        model64 = copy.deepcopy(model).double()
-        exact = nll(model64, data.test.to(dev, torch.float64), steps=1, method="dopri5", rtol=args.test_tol,
-                    atol=args.test_tol)
+        exact = nll_tight(model, data.test.to(dev), args.test_tol)
         t_adaptive = time.time() - t1
         mass, plot = None, None
         if not args.no_plot:

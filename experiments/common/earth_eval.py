@@ -79,6 +79,15 @@ def nll(velocity: Velocity, x: Tensor, *, steps: int, method: str = "rk4", chunk
                               atol=atol).double().mean())
 
 
+def nll_tight(model: torch.nn.Module, x: Tensor, tol: float, *, chunk: int = 4096) -> float:
+    """Mean NLL (nats per point) by the adaptive dopri5 at ``rtol = atol = tol`` on a float64 copy of ``model``
+    and ``x`` (float32 cannot resolve the tolerances of the protocol, 1e-7)."""
+    import copy
+
+    model64 = copy.deepcopy(model).double()
+    return nll(model64, x.double(), steps=1, method="dopri5", chunk=chunk, rtol=tol, atol=tol)
+
+
 def latlon_grid(n_lat: int) -> tuple[Tensor, Tensor, Tensor]:
     """Cell centres of an ``n_lat × 2·n_lat`` equiangular grid: (lat ``[n_lat]``, lon ``[2·n_lat]`` in degrees,
     points ``[n_lat, 2·n_lat, 3]``)."""

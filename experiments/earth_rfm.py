@@ -94,7 +94,7 @@ _RESUME_KEYS = ("preset", "width", "depth", "x_features", "x_scale", "time_power
                 "warmup_steps", "weight_decay", "ema_decay", "eval_every", "patience", "val_points", "val_method",
                 "val_steps", "val_tol", "test_steps", "test_tol", "lambda_rad", "data_noise")
 VAL_METHODS = ("rk4", "dopri5")
-_NOT_SETTINGS = ("out", "results", "records", "data_dir", "explicit")  # paths and bookkeeping, not the recipe
+_NOT_SETTINGS = ("out", "results", "records", "data_dir", "explicit", "jobs")  # paths and bookkeeping, not the recipe
 PUBLISHED_SEEDS = [0, 1, 2, 3, 4]
 
 
@@ -122,6 +122,10 @@ def build_parser() -> OneLineParser:
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints and results")
     p.add_argument("--table-only", action="store_true",
                    help="with --dataset all: train nothing, write the table of the runs finished so far")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train this many dataset × seed runs at once, each a child process on "
+                        "max(1, threads // jobs) threads (threads: --threads, else all cores), largest dataset first; "
+                        "their output goes to <out>/<dataset>/seed<k>/log.txt")
     p.add_argument("--stop-after", type=int, default=None, help="(testing) stop like SIGTERM after this step")
     return p
 
@@ -145,6 +149,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.weight_decay < 0 or args.data_noise < 0 or not 0 < args.val_tol < 1 or not 0 < args.test_tol < 1:
         raise UserError("expected --weight-decay >= 0, --data-noise >= 0 and tolerances --val-tol, --test-tol "
                         "in (0, 1)")
+    if args.jobs < 1 or (args.jobs > 1 and args.stop_after is not None):
+        raise UserError(f"expected --jobs >= 1 (and no --stop-after with --jobs > 1), got --jobs {args.jobs}")
     if args.table_only and (args.dataset != "all" or args.no_resume):
         raise UserError("--table-only writes the table of finished runs: use it with --dataset all, without "
                         "--no-resume")
@@ -346,9 +352,86 @@ def finish(args, dataset, seed, run, model, ema, state, data, logger, t_start) -
     return res
 
 
+_CHILD_DROPS = ("help", "dataset", "seeds", "jobs", "threads", "no_progress", "table_only")
+
+
+def child_argv(parser: argparse.ArgumentParser, given: argparse.Namespace, dataset: str, seed: int,
+               threads: int) -> list[str]:
+    """The command line of one ``--jobs`` child: the options given to the parent (``given``: parsed, before
+    :func:`resolve`; unset preset options stay unset, so the child applies the same per-dataset overrides),
+    for one dataset and seed, on ``threads`` threads, without a progress bar."""
+    out = ["--dataset", dataset, "--seeds", str(seed), "--threads", str(threads), "--no-progress"]
+    for a in parser._actions:
+        v = getattr(given, a.dest, None)
+        if a.dest in _CHILD_DROPS or v is None or v is False:
+            continue
+        out += [a.option_strings[0]] if v is True else [a.option_strings[0], str(v)]
+    return out
+
+
+def run_jobs(parser: argparse.ArgumentParser, given: argparse.Namespace, args: argparse.Namespace,
+             datasets: list[str]) -> int:
+    """Train the unfinished dataset × seed runs as ``--jobs`` child processes at a time (largest dataset
+    first, so the longest runs do not come last). Each child is this script for one run, its output in
+    ``<out>/<dataset>/seed<k>/log.txt``. SIGTERM / SIGINT are passed on to the children, which checkpoint and
+    stop; re-running the same command resumes them. Returns 0 when every run finished, else the first
+    failing child's exit code."""
+    import os
+    import subprocess
+
+    sizes = {d: len(load_earth(d, args.data_dir)) for d in datasets}
+    todo = [(d, s) for d in sorted(datasets, key=lambda d: -sizes[d]) for s in args.seeds
+            if args.no_resume or finished(for_dataset(args, d), d, s) is None]
+    threads = max(1, (args.threads or os.cpu_count() or 1) // args.jobs)
+    running: list[tuple[str, int, subprocess.Popen, object]] = []
+    failed: list[tuple[str, int, int, Path]] = []
+    t0 = time.time()
+    print(f"earth_rfm: {len(todo)} run(s) to train, {args.jobs} at a time on {threads} thread(s) each", flush=True)
+    with checkpoint.StopSignals() as stop:
+        try:
+            while (todo or running) and not stop.requested:
+                while todo and len(running) < args.jobs:
+                    d, s = todo.pop(0)
+                    log_path = Path(args.out) / d / f"seed{s}" / "log.txt"
+                    log_path.parent.mkdir(parents=True, exist_ok=True)
+                    log = open(log_path, "a")
+                    cmd = [sys.executable, str(Path(__file__).resolve()), *child_argv(parser, given, d, s, threads)]
+                    running.append((d, s, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+                    print(f"earth_rfm: {d} seed {s}: started ({log_path})", flush=True)
+                time.sleep(0.2)
+                for item in [r for r in running if r[2].poll() is not None]:
+                    d, s, proc, log = item
+                    running.remove(item)
+                    log.close()
+                    log_path = Path(log.name)
+                    last = (log_path.read_text().strip().splitlines() or [""])[-1]
+                    print(f"{last}  [{(time.time() - t0) / 60:.1f} min]" if proc.returncode == 0 else
+                          f"earth_rfm: {d} seed {s}: failed with exit code {proc.returncode}, see {log_path}",
+                          flush=True)
+                    if proc.returncode != 0:
+                        failed.append((d, s, proc.returncode, log_path))
+        finally:
+            for _, _, proc, log in running:  # a stop (or an error here): the children checkpoint and stop
+                proc.send_signal(signal.SIGTERM)
+            for _, _, proc, log in running:
+                proc.wait()
+                log.close()
+    if stop.requested:
+        print("earth_rfm: stopped; re-run the same command to continue", flush=True)
+        return 128 + stop.signum
+    return failed[0][2] if failed else 0
+
+
 def _main(argv=None) -> int:
-    args = resolve(build_parser().parse_args(argv))
+    parser = build_parser()
+    given = parser.parse_args(argv)
+    args = resolve(argparse.Namespace(**vars(given)))
     datasets = list(FILES) if args.dataset == "all" else [args.dataset]
+    if args.jobs > 1 and not args.table_only:
+        code = run_jobs(parser, given, args, datasets)
+        if code != 0:
+            return code
+        args.table_only = True  # every run is finished: collect them
     results: dict[str, list[dict]] = {d: [] for d in datasets}
     with cpu_threads(args.threads or None):
         for d in datasets:

@@ -149,6 +149,33 @@ def test_all_datasets_write_the_table_and_rerun_is_a_no_op(tmp_path):
     assert md.count("(n=1)") == 4
     assert main(argv) == 0
     assert json.loads((tmp_path / "res" / "earth_nll.json").read_text())["summary"] == table["summary"]
+    # the same table from two child processes at a time (the tiny preset trains on one thread either way)
+    par = [a for a in argv if a not in (str(tmp_path / "runs"), str(tmp_path / "res"))]
+    par = [a for a in par if a not in ("--out", "--results")]
+    par += ["--out", str(tmp_path / "par"), "--results", str(tmp_path / "rpar"), "--jobs", "2"]
+    assert main(par) == 0
+    untimed = lambda summary: {d: {k: v for k, v in s.items() if k != "wall_s"} for d, s in summary.items()}  # noqa: E731
+    assert untimed(json.loads((tmp_path / "rpar" / "earth_nll.json").read_text())["summary"]) \
+        == untimed(table["summary"])
+    assert all("test NLL" in (tmp_path / "par" / d / "seed3" / "log.txt").read_text() for d in FILES)
+
+
+def test_jobs_children_get_the_given_options_only():
+    """A ``--jobs`` child repeats what was given (so per-dataset overrides still apply to unset options), for
+    its one dataset and seed."""
+    import argparse
+
+    from experiments.earth_rfm import build_parser, child_argv
+
+    parser = build_parser()
+    given = parser.parse_args(["--dataset", "all", "--seeds", "0", "1", "--lr", "0.001", "--no-plot",
+                               "--jobs", "2", "--out", "/tmp/x"])
+    argv = child_argv(parser, given, "flood", 1, 1)
+    child = parser.parse_args(argv)
+    assert (child.dataset, child.seeds, child.threads, child.jobs) == ("flood", [1], 1, 1)
+    assert child.lr == 0.001 and child.no_plot and child.no_progress and child.out == "/tmp/x"
+    assert child.data_noise is None and child.steps is None  # left to the preset and DATASET_OVERRIDES
+    assert isinstance(given, argparse.Namespace) and given.seeds == [0, 1]
 
 
 def test_solver_check_reloads_the_best_ema_weights_of_a_run(tmp_path):

@@ -225,7 +225,9 @@ def test_dataset_overrides_apply_per_dataset_unless_given_explicitly():
 
     args = resolve(build_parser().parse_args(["--dataset", "all"]))
     assert DATASET_OVERRIDES["default"]["flood"] == {"data_noise": 0.01}
+    assert DATASET_OVERRIDES["default"]["fire"] == {"eval_every": 2000}
     assert for_dataset(args, "flood").data_noise == 0.01 and for_dataset(args, "fire").data_noise == 0.0
+    assert for_dataset(args, "fire").eval_every == 2000 and for_dataset(args, "flood").eval_every == 1000
     assert args.data_noise == 0.0  # the shared namespace is not changed
     explicit = resolve(build_parser().parse_args(["--dataset", "all", "--data-noise", "0.002"]))
     assert for_dataset(explicit, "flood").data_noise == 0.002

@@ -234,9 +234,17 @@ def train_one(args, dataset: str, seed: int) -> dict:
              "wall_s": 0.0, "stopped_early": False}
     resume = None if args.no_resume else ckpts.load_latest()
     if resume is not None:
-        check_resume_args(resume["args"], args, _RESUME_KEYS, ckpts.last)
+        check_resume_args(resume["args"], args, [k for k in _RESUME_KEYS if k != "patience"], ckpts.last)
+        old_patience = resume["args"]["patience"]
+        if args.patience < old_patience:
+            raise UserError(f"{ckpts.last} was written with --patience {old_patience}; a smaller patience could "
+                            f"have stopped it earlier: use --patience >= {old_patience}, another --out, or "
+                            "--no-resume")
         checkpoint.restore_training(resume, 0, 1, model=model, ema=ema, optimizer=opt, scheduler=sched, guard=guard)
         state = resume["state"]
+        # A larger patience continues a run that stopped early exactly where it stopped: nothing before the
+        # stop depends on the patience (the batches are a function of seed and step).
+        state["stopped_early"] = state["bad_evals"] >= args.patience
         truncate_after(logger.path, state["step"])
         print(f"earth_rfm: {dataset} seed {seed}: resuming from {ckpts.last} at step {state['step']}")
     else:

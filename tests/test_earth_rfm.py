@@ -262,3 +262,24 @@ def test_table_only_collects_finished_runs_and_trains_nothing(tmp_path, capsys):
     assert list(table["summary"]) == ["fire"] and table["summary"]["fire"]["seeds"] == [1]
     assert not (tmp_path / "runs" / "volcano").exists() and not (tmp_path / "runs" / "fire" / "seed2").exists()
     assert main(common + ["--dataset", "fire", "--table-only"]) == 2
+
+
+def test_a_larger_patience_continues_an_early_stopped_run_exactly(tmp_path, capsys):
+    """A run stopped early by --patience 1, re-run with --patience 50, ends where an uninterrupted
+    --patience 50 run ends (same best step, same test NLL); a smaller patience is refused."""
+    common = ["--preset", "tiny", "--dataset", "volcano", "--no-progress", "--no-plot", "--steps", "200",
+              "--eval-every", "10"]
+    a = common + ["--out", str(tmp_path / "a"), "--records", str(tmp_path / "rec_a")]
+    assert main(a + ["--patience", "1"]) == 0
+    early = json.loads((tmp_path / "a" / "volcano" / "seed0" / "result.json").read_text())
+    assert early["stopped_early"] and early["steps_run"] < 200  # the case under test
+    assert main(a + ["--patience", "50"]) == 0
+    assert main(common + ["--out", str(tmp_path / "b"), "--records", str(tmp_path / "rec_b"), "--patience", "50"]) == 0
+    cont, ref = (json.loads((tmp_path / r / "volcano" / "seed0" / "result.json").read_text()) for r in "ab")
+    assert (cont["best_step"], cont["steps_run"]) == (ref["best_step"], ref["steps_run"])
+    assert cont["test_nll"] == pytest.approx(ref["test_nll"], abs=1e-9)
+    assert cont["steps_run"] > early["steps_run"]
+    capsys.readouterr()
+    (tmp_path / "a" / "volcano" / "seed0" / "result.json").unlink()
+    assert main(a + ["--patience", "1"]) == 2
+    assert "use --patience >= 50" in capsys.readouterr().err

@@ -203,11 +203,17 @@ def for_dataset(args: argparse.Namespace, dataset: str) -> argparse.Namespace:
 
 def finished(args, dataset: str, seed: int) -> Optional[dict]:
     """The result of a finished run with these settings (its run folder's ``result.json``, else its record), or
-    ``None``. A setting a result predates counts as its ``RESUME_LEGACY_DEFAULTS`` value."""
+    ``None``. A setting a result predates counts as its ``RESUME_LEGACY_DEFAULTS`` value; a run that did not
+    stop early also stands for any larger ``--patience``."""
     for path in (Path(args.out) / dataset / f"seed{seed}" / "result.json", record_path(args, dataset, seed)):
         if path.is_file():
             res = json.loads(path.read_text())
-            if all(res["args"].get(k, RESUME_LEGACY_DEFAULTS.get(k)) == getattr(args, k) for k in _RESUME_KEYS):
+            same = all(res["args"].get(k, RESUME_LEGACY_DEFAULTS.get(k)) == getattr(args, k)
+                       for k in _RESUME_KEYS if k != "patience")
+            # a run that did not stop early ends the same under any larger patience
+            patience_ok = res["args"]["patience"] == args.patience or (
+                not res.get("stopped_early", True) and res["args"]["patience"] < args.patience)
+            if same and patience_ok:
                 print(f"earth_rfm: {dataset} seed {seed}: done before, test NLL {res['test_nll']:.4f} ({path})")
                 return res
     return None

@@ -280,6 +280,10 @@ def test_a_larger_patience_continues_an_early_stopped_run_exactly(tmp_path, caps
     assert cont["test_nll"] == pytest.approx(ref["test_nll"], abs=1e-9)
     assert cont["steps_run"] > early["steps_run"]
     capsys.readouterr()
+    assert main(common + ["--out", str(tmp_path / "c"), "--records", str(tmp_path / "rec_b"), "--patience", "60"]) == 0
+    assert "done before" in capsys.readouterr().out  # b ran to the end: it stands for a larger patience too
+    assert not ref["stopped_early"]
+    capsys.readouterr()
     (tmp_path / "a" / "volcano" / "seed0" / "result.json").unlink()
     assert main(a + ["--patience", "1"]) == 2
     assert "use --patience >= 50" in capsys.readouterr().err

@@ -129,6 +129,10 @@ def build_parser() -> OneLineParser:
                    help="train this many dataset × seed runs at once, each a child process on "
                         "max(1, threads // jobs) threads (threads: --threads, else all cores), largest dataset first; "
                         "their output goes to <out>/<dataset>/seed<k>/log.txt")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="seed of the initialisation and the batches (default: the split's seed); another value "
+                        "trains another member of a mixture on the same split, in <out>/<dataset>/seed<k>-train<j> "
+                        "(benchmarks/earth_mixture.py)")
     p.add_argument("--stop-after", type=int, default=None, help="(testing) stop like SIGTERM after this step")
     return p
 
@@ -152,6 +156,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.weight_decay < 0 or args.data_noise < 0 or not 0 < args.val_tol < 1 or not 0 < args.test_tol < 1:
         raise UserError("expected --weight-decay >= 0, --data-noise >= 0 and tolerances --val-tol, --test-tol "
                         "in (0, 1)")
+    if args.train_seed is not None and args.train_seed < 0:
+        raise UserError(f"expected --train-seed >= 0, got {args.train_seed}")
     if args.jobs < 1 or (args.jobs > 1 and args.stop_after is not None):
         raise UserError(f"expected --jobs >= 1 (and no --stop-after with --jobs > 1), got --jobs {args.jobs}")
     if args.table_only and (args.dataset != "all" or args.no_resume):
@@ -205,7 +211,7 @@ def finished(args, dataset: str, seed: int) -> Optional[dict]:
     """The result of a finished run with these settings (its run folder's ``result.json``, else its record), or
     ``None``. A setting a result predates counts as its ``RESUME_LEGACY_DEFAULTS`` value; a run that did not
     stop early also stands for any larger ``--patience``."""
-    for path in (Path(args.out) / dataset / f"seed{seed}" / "result.json", record_path(args, dataset, seed)):
+    for path in (Path(args.out) / dataset / run_name(args, seed) / "result.json", record_path(args, dataset, seed)):
         if path.is_file():
             res = json.loads(path.read_text())
             same = all(res["args"].get(k, RESUME_LEGACY_DEFAULTS.get(k)) == getattr(args, k)
@@ -222,7 +228,7 @@ def finished(args, dataset: str, seed: int) -> Optional[dict]:
 def train_one(args, dataset: str, seed: int) -> dict:
     """Train (or resume) one dataset × seed; returns its ``result.json`` content."""
     dev = torch.device(args.device)
-    run = Path(args.out) / dataset / f"seed{seed}"
+    run = Path(args.out) / dataset / run_name(args, seed)
     res_path, ckpts = run / "result.json", checkpoint.CheckpointDir(run / "checkpoints")
     res = None if args.no_resume else finished(args, dataset, seed)
     if res is not None:
@@ -230,7 +236,8 @@ def train_one(args, dataset: str, seed: int) -> dict:
     data = split(load_earth(dataset, args.data_dir), seed)
     train_x, val_x, test_x = (d.to(dev) for d in data)
     val_sub = val_x[:args.val_points] if args.val_points > 0 else val_x
-    seed_everything(seed)
+    tseed = seed if args.train_seed is None else args.train_seed
+    seed_everything(tseed)
     model = build_model(vars(args)).to(dev)
     ema = EMA(model, args.ema_decay)
     opt = build_adamw(model.parameters(), args.lr, (0.9, 0.999), args.weight_decay)
@@ -273,7 +280,7 @@ def train_one(args, dataset: str, seed: int) -> dict:
         try:
             while state["step"] < args.steps and not state["stopped_early"]:
                 step = state["step"]
-                gen = torch.Generator(dev).manual_seed(mix_seed(seed, step))
+                gen = torch.Generator(dev).manual_seed(mix_seed(tseed, step))
                 opt.zero_grad(set_to_none=True)
                 loss = batch_loss(model, train_x, args.batch_size, gen, time_power=args.time_power,
                                   lambda_rad=args.lambda_rad, data_noise=args.data_noise)
@@ -318,9 +325,15 @@ def train_one(args, dataset: str, seed: int) -> dict:
     return finish(args, dataset, seed, run, model, ema, state, data, logger, t_start)
 
 
+def run_name(args, seed: int) -> str:
+    """``seed<k>``, or ``seed<k>-train<j>`` for a run on split ``k`` whose initialisation and batches come from
+    ``--train-seed j`` (j ≠ k): another member of a mixture on the same split."""
+    return f"seed{seed}" if args.train_seed in (None, seed) else f"seed{seed}-train{args.train_seed}"
+
+
 def record_path(args, dataset: str, seed: int) -> Path:
-    """Where a finished run's record lives: ``<records>/<dataset>/seed<k>.json``."""
-    return Path(args.records) / dataset / f"seed{seed}.json"
+    """Where a finished run's record lives: ``<records>/<dataset>/<run_name>.json``."""
+    return Path(args.records) / dataset / f"{run_name(args, seed)}.json"
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -409,7 +422,7 @@ def run_jobs(parser: argparse.ArgumentParser, given: argparse.Namespace, args: a
             while (todo or running) and not stop.requested:
                 while todo and len(running) < args.jobs:
                     d, s = todo.pop(0)
-                    log_path = Path(args.out) / d / f"seed{s}" / "log.txt"
+                    log_path = Path(args.out) / d / run_name(args, s) / "log.txt"
                     log_path.parent.mkdir(parents=True, exist_ok=True)
                     log = open(log_path, "a")
                     cmd = [sys.executable, str(Path(__file__).resolve()), *child_argv(parser, given, d, s, threads)]
@@ -470,7 +483,7 @@ def _main(argv=None) -> int:
                                          for d, o in DATASET_OVERRIDES.get(args.preset, {}).items()}
         summ = write_table(results, settings, out / "earth_nll.json", out / "earth_nll.md")
         for d in datasets:  # the first seed whose run folder (here) holds its plot
-            pngs = [Path(args.out) / d / f"seed{r['seed']}" / "density.png" for r in results[d]]
+            pngs = [Path(args.out) / d / run_name(args, r["seed"]) / "density.png" for r in results[d]]
             png = next((p for p in pngs if p.is_file()), None)
             if png is not None:
                 shutil.copyfile(png, out / f"earth_density_{d}.png")

@@ -5,6 +5,8 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from experiments.common.earth_eval import LOG_4PI, fit_vmf_s2, nll, summarise, write_table
@@ -287,3 +289,45 @@ def test_a_larger_patience_continues_an_early_stopped_run_exactly(tmp_path, caps
     (tmp_path / "a" / "volcano" / "seed0" / "result.json").unlink()
     assert main(a + ["--patience", "1"]) == 2
     assert "use --patience >= 50" in capsys.readouterr().err
+
+
+@settings(deadline=None)
+@given(st.integers(1, 5), st.integers(1, 30), st.floats(0.0, 30.0), st.integers(0, 2**31 - 1))
+def test_mixture_nll_bounds(m, n, spread, seed):
+    """For log p = logsumexp_m log p_m − log M: NLL(mixture) ≤ the members' mean NLL (Jensen),
+    ≤ min_m NLL_m + log M (each p ≥ p_m / M), and ≥ the NLL of the pointwise best member (p ≤ max_m p_m);
+    equal members give their own NLL."""
+    from benchmarks.earth_mixture import mixture_nll
+
+    lp = torch.randn(m, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * spread - 3.0
+    mix = mixture_nll(lp)
+    assert mix <= float(-lp.mean()) + 1e-9
+    assert mix <= float(-lp.mean(1).max()) + math.log(m) + 1e-9
+    assert mix >= float(-lp.max(0).values.mean()) - 1e-9
+    assert mixture_nll(lp[:1].expand(m, n)) == pytest.approx(float(-lp[0].mean()), abs=1e-12)
+    with pytest.raises(ValueError, match=r"expected log-densities \[M >= 1, N\]"):
+        mixture_nll(lp[0])
+
+
+def test_train_seed_members_and_their_mixture(tmp_path):
+    """--train-seed trains another member on the same split (own run folder and record); earth_mixture.py
+    re-evaluates each member's test NLL as its result.json has it and the mixture of two is below their mean."""
+    from benchmarks.earth_mixture import main as mixture
+
+    common = ["--preset", "tiny", "--dataset", "volcano", "--no-progress", "--no-plot", "--out", str(tmp_path / "r"),
+              "--records", str(tmp_path / "rec")]
+    assert main(common) == 0 and main(common + ["--train-seed", "7"]) == 0
+    a, b = (json.loads((tmp_path / "r" / "volcano" / n / "result.json").read_text()) for n in ("seed0", "seed0-train7"))
+    assert (tmp_path / "rec" / "volcano" / "seed0-train7.json").is_file()
+    assert (a["n_train"], a["n_test"]) == (b["n_train"], b["n_test"]) and a["test_nll"] != b["test_nll"]
+    out = tmp_path / "mix.json"
+    assert mixture(["--runs", str(tmp_path / "r"), "--dataset", "volcano", "--seed", "0", "--train-seeds", "0", "7",
+                    "--tol", "1e-4", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())["volcano/seed0"]
+    for mem, res in zip(doc["members"], (a, b)):
+        assert mem["test_nll"] == pytest.approx(res["test_nll"], abs=1e-6)
+    two = doc["mixtures"][1]
+    assert two["members"] == 2 and two["test_nll"] <= two["members_mean_nll"]
+    assert doc["mixtures"][0]["test_nll"] == pytest.approx(a["test_nll"], abs=1e-6)
+    assert mixture(["--runs", str(tmp_path / "r"), "--dataset", "volcano", "--seed", "0", "--train-seeds", "3",
+                    "--out", str(out)]) == 2

@@ -79,13 +79,18 @@ def nll(velocity: Velocity, x: Tensor, *, steps: int, method: str = "rk4", chunk
                               atol=atol).double().mean())
 
 
-def nll_tight(model: torch.nn.Module, x: Tensor, tol: float, *, chunk: int = 4096) -> float:
-    """Mean NLL (nats per point) by the adaptive dopri5 at ``rtol = atol = tol`` on a float64 copy of ``model``
-    and ``x`` (float32 cannot resolve the tolerances of the protocol, 1e-7)."""
+def log_density_tight(model: torch.nn.Module, x: Tensor, tol: float, *, chunk: int = 4096) -> Tensor:
+    """``log p(x)`` ``[N]`` (float64) by the adaptive dopri5 at ``rtol = atol = tol`` on a float64 copy of
+    ``model`` and ``x`` (float32 cannot resolve the tolerances of the protocol, 1e-7)."""
     import copy
 
     model64 = copy.deepcopy(model).double()
-    return nll(model64, x.double(), steps=1, method="dopri5", chunk=chunk, rtol=tol, atol=tol)
+    return log_density(model64, x.double(), steps=1, method="dopri5", chunk=chunk, rtol=tol, atol=tol)
+
+
+def nll_tight(model: torch.nn.Module, x: Tensor, tol: float, *, chunk: int = 4096) -> float:
+    """Mean NLL (nats per point) of :func:`log_density_tight`."""
+    return float(-log_density_tight(model, x, tol, chunk=chunk).mean())
 
 
 def latlon_grid(n_lat: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -88,8 +88,8 @@ _HELP = {"data_noise": "σ (radians) of a Gaussian tangent jitter of the trainin
 # applied unless the option is given on the command line. Flood: its validation NLL is best at ≈ 5000 steps
 # and rises after (3901 training points: the MLP fits the training events); a 0.01 rad (0.57°) jitter of the
 # training points moved the best validation NLL from 0.596 to 0.558 and the test NLL of seed 0 from 0.621 to
-# 0.487 (docs/earth.md). Fire: its whole-split validation (1280 points, dopri5 at 1e-4) costs up to 31 s of CPU,
-# 1.7× the 1000 training steps it judges, and fire improves to the last step (no early stop), so it is
+# 0.487 (docs/earth.md). Fire: its whole-split validation (1280 points, dopri5 at 1e-4) costs ≈ 24 s of CPU,
+# 1.3× the 1000 training steps it judges, and fire improves to the last step (no early stop), so it is
 # validated every 2000 steps.
 DATASET_OVERRIDES: dict[str, dict[str, dict]] = {"default": {"flood": dict(data_noise=0.01),
                                                              "fire": dict(eval_every=2000)}}

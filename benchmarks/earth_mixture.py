@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from benchmarks.earth_solver_check import best_model  # noqa: E402
 from experiments.common.earth import FILES, load_earth, split  # noqa: E402
 from experiments.common.earth_eval import log_density_tight  # noqa: E402
+from experiments.earth_rfm import run_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     test = split(load_earth(args.dataset, args.data_dir), args.seed).test
-    names = [f"seed{args.seed}" if j == args.seed else f"seed{args.seed}-train{j}" for j in args.train_seeds]
+    names = [run_name(argparse.Namespace(train_seed=j), args.seed) for j in args.train_seeds]
     logps, members = [], []
     for name in names:
         run = Path(args.runs) / args.dataset / name

@@ -96,6 +96,9 @@ DATASET_OVERRIDES: dict[str, dict[str, dict]] = {"default": {"flood": dict(data_
 _RESUME_KEYS = ("preset", "width", "depth", "x_features", "x_scale", "time_power", "steps", "batch_size", "lr",
                 "warmup_steps", "weight_decay", "ema_decay", "eval_every", "patience", "val_points", "val_method",
                 "val_steps", "val_tol", "test_steps", "test_tol", "lambda_rad", "data_noise")
+# What a result or checkpoint must match to stand for a run; the patience is compared on its own (a larger one
+# continues a run or, when it never stopped early, leaves its result as it is).
+_SETTING_KEYS = tuple(k for k in _RESUME_KEYS if k != "patience")
 VAL_METHODS = ("rk4", "dopri5")
 _NOT_SETTINGS = ("out", "results", "records", "data_dir", "explicit", "jobs")  # paths and bookkeeping, not the recipe
 PUBLISHED_SEEDS = [0, 1, 2, 3, 4]
@@ -215,7 +218,7 @@ def finished(args, dataset: str, seed: int) -> Optional[dict]:
         if path.is_file():
             res = json.loads(path.read_text())
             same = all(res["args"].get(k, RESUME_LEGACY_DEFAULTS.get(k)) == getattr(args, k)
-                       for k in _RESUME_KEYS if k != "patience")
+                       for k in _SETTING_KEYS)
             # a run that did not stop early ends the same under any larger patience
             patience_ok = res["args"]["patience"] == args.patience or (
                 not res.get("stopped_early", True) and res["args"]["patience"] < args.patience)
@@ -247,7 +250,7 @@ def train_one(args, dataset: str, seed: int) -> dict:
              "wall_s": 0.0, "stopped_early": False}
     resume = None if args.no_resume else ckpts.load_latest()
     if resume is not None:
-        check_resume_args(resume["args"], args, [k for k in _RESUME_KEYS if k != "patience"], ckpts.last)
+        check_resume_args(resume["args"], args, _SETTING_KEYS, ckpts.last)
         old_patience = resume["args"]["patience"]
         if args.patience < old_patience:
             raise UserError(f"{ckpts.last} was written with --patience {old_patience}; a smaller patience could "

@@ -1,26 +1,33 @@
 """Mixtures of earth density models trained on the same split: is the average of M densities better?
 
-    python experiments/earth_rfm.py --dataset flood --seeds 1 --train-seed 101     # another member of split 1
-    python benchmarks/earth_mixture.py --dataset flood --seed 1 --train-seeds 1 101
+    python experiments/earth_rfm.py --dataset earthquake --seeds 0 1 2 3 4 --train-seed 100   # see below
+    python benchmarks/earth_mixture.py --dataset earthquake --seeds 0 1 2 3 4 --members 2
 
-Each member is a finished ``experiments/earth_rfm.py`` run on split ``--seed`` k (run folder
-``<runs>/<dataset>/seed<k>`` for train seed k, ``seed<k>-train<j>`` otherwise). With ``log p_m(x)`` the exact-
-divergence log-density of member m (best EMA weights, dopri5 in float64 at rtol = atol = ``--tol``), the
-mixture of the first M members is the proper density
+Each member is a finished ``experiments/earth_rfm.py`` run on split k: ``--members M`` takes train seeds
+k, 100 + k, …, 100·(M − 1) + k (train the m-th with ``--seeds k --train-seed 100·m + k``; its run folder is
+``<runs>/<dataset>/seed<k>-train<j>``), ``--train-seeds`` names them for one split. A member's per-point test
+log-densities come from its record (``<records>/<dataset>/<run>.json``, written by earth_rfm.py with
+``test_logp`` and the test set's SHA-256, which must match the split recomputed here); a record without them
+is re-evaluated from the run folder's best EMA weights (dopri5 in float64 at rtol = atol = ``--tol``, as
+earth_rfm.py does). With ``log p_m(x)`` the members' log-densities, the mixture of the first M is the proper
+density
 
     p(x) = (1/M) Σ_m p_m(x),   log p(x) = logsumexp_m log p_m(x) − log M,
 
-and by Jensen its NLL is at most the members' mean NLL; the gap is what averaging buys. Prints and writes
-(``--out``) each member's test NLL and the mixture's for M = 1 … len(--train-seeds).
+and by Jensen its NLL is at most the members' mean NLL; the gap is what averaging buys. Writes (``--out``)
+each split's members and the mixtures for M = 1 … M, and with several splits the mean ± std (sample std) of
+the M-member mixture over them, beside Riemannian flow matching's published row.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,11 +35,12 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from benchmarks.earth_solver_check import best_model  # noqa: E402
-from experiments.common.earth import FILES, load_earth, split  # noqa: E402
-from experiments.common.earth_eval import log_density_tight  # noqa: E402
+from experiments.common.earth import FILES, load_earth, points_sha256, split  # noqa: E402
+from experiments.common.earth_eval import ANCHOR, PUBLISHED, log_density_tight  # noqa: E402
 from experiments.earth_rfm import run_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+MEMBER_STRIDE = 100  # member m of split k has train seed MEMBER_STRIDE·m + k
 
 
 def mixture_nll(logps: torch.Tensor) -> float:
@@ -43,46 +51,98 @@ def mixture_nll(logps: torch.Tensor) -> float:
     return float(-(torch.logsumexp(logps.double(), 0) - math.log(logps.shape[0])).mean())
 
 
+def member_train_seeds(seed: int, members: int) -> list[int]:
+    """Train seeds of the ``members`` members of split ``seed``: ``seed, 100 + seed, …``."""
+    if members < 1:
+        raise ValueError(f"--members must be >= 1, got {members}")
+    return [MEMBER_STRIDE * m + seed for m in range(members)]
+
+
+def recorded_logp(record: Path, test: torch.Tensor) -> Optional[torch.Tensor]:
+    """The per-point test log-densities ``[N]`` stored in ``record``, or None when it has none. Raises
+    ``ValueError`` when they are not of this test set (count or SHA-256 of the points differ)."""
+    if not record.is_file():
+        return None
+    rec = json.loads(record.read_text())
+    if "test_logp" not in rec:
+        return None
+    lp = torch.tensor(rec["test_logp"], dtype=torch.float64)
+    if lp.shape != (len(test),) or rec.get("test_sha256") not in (None, points_sha256(test)):
+        raise ValueError(f"{record}: its test_logp is not of this split's test set ({lp.numel()} values, "
+                         f"sha256 {rec.get('test_sha256')}; expected {len(test)} points, {points_sha256(test)})")
+    return lp
+
+
+def split_mixture(args, seed: int, train_seeds: list[int]) -> dict:
+    """Members' test NLLs and the mixtures of the first 1 … M members on split ``seed``; raises
+    ``FileNotFoundError`` naming the command for a member that is neither recorded nor in a run folder."""
+    test = split(load_earth(args.dataset, args.data_dir), seed).test
+    logps, members = [], []
+    for j in train_seeds:
+        name = run_name(argparse.Namespace(train_seed=j), seed)
+        run, t0 = Path(args.runs) / args.dataset / name, time.time()
+        lp, source = recorded_logp(Path(args.records) / args.dataset / f"{name}.json", test), "record"
+        if lp is None:
+            if not (run / "result.json").is_file():
+                raise FileNotFoundError(
+                    f"{args.dataset} {name}: no record with test_logp and no finished run in {run}: train it with "
+                    f"python experiments/earth_rfm.py --dataset {args.dataset} --seeds {seed} --train-seed {j}")
+            lp, source = log_density_tight(best_model(run), test, args.tol).detach(), "run"
+        members.append({"run": name, "test_nll": float(-lp.mean()), "source": source, "s": round(time.time() - t0, 1)})
+        logps.append(lp)
+        print(f"earth_mixture: {args.dataset} {name}: test NLL {members[-1]['test_nll']:.4f} (from its {source})",
+              flush=True)
+    lps = torch.stack(logps)
+    curve = [{"members": m, "test_nll": mixture_nll(lps[:m]), "members_mean_nll": float(-lps[:m].mean())}
+             for m in range(1, len(train_seeds) + 1)]
+    for c in curve:
+        print(f"earth_mixture: {args.dataset} seed {seed}: mixture of {c['members']}: test NLL {c['test_nll']:.4f} "
+              f"(members' mean {c['members_mean_nll']:.4f})")
+    return {"solver": f"dopri5 float64 rtol=atol={args.tol:g}", "n_test": len(test), "test_sha256": points_sha256(test),
+            "members": members, "mixtures": curve}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", default=str(ROOT / "runs" / "earth"))
+    p.add_argument("--records", default=str(ROOT / "benchmarks" / "results" / "earth_runs"))
     p.add_argument("--dataset", required=True, choices=tuple(FILES))
-    p.add_argument("--seed", type=int, required=True, help="the split's seed")
-    p.add_argument("--train-seeds", type=int, nargs="+", required=True, help="the members' train seeds")
-    p.add_argument("--tol", type=float, default=1e-7, help="dopri5 rtol = atol, float64")
+    p.add_argument("--seeds", "--seed", type=int, nargs="+", required=True, help="the splits' seeds")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--members", type=int, help="M members per split: train seeds k, 100 + k, …, 100·(M − 1) + k")
+    who.add_argument("--train-seeds", type=int, nargs="+", help="the members' train seeds (one split)")
+    p.add_argument("--tol", type=float, default=1e-7, help="dopri5 rtol = atol, float64 (members without a record)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "earth_mixture.json"))
     args = p.parse_args(argv)
+    if args.train_seeds is not None and len(args.seeds) != 1:
+        p.error("--train-seeds names the members of one split: give one --seeds")
     torch.set_num_threads(1)
-    test = split(load_earth(args.dataset, args.data_dir), args.seed).test
-    names = [run_name(argparse.Namespace(train_seed=j), args.seed) for j in args.train_seeds]
-    logps, members = [], []
-    for name in names:
-        run = Path(args.runs) / args.dataset / name
-        if not (run / "result.json").is_file():
-            print(f"earth_mixture: {run} has no result.json: train it first with experiments/earth_rfm.py "
-                  f"--dataset {args.dataset} --seeds {args.seed} --train-seed <j>", file=sys.stderr)
-            return 2
-        t0 = time.time()
-        lp = log_density_tight(best_model(run), test, args.tol).detach()
-        reported = json.loads((run / "result.json").read_text())["test_nll"]
-        members.append({"run": name, "test_nll": float(-lp.mean()), "reported_test_nll": reported,
-                        "s": round(time.time() - t0, 1)})
-        logps.append(lp)
-        print(f"earth_mixture: {args.dataset} {name}: test NLL {members[-1]['test_nll']:.4f} "
-              f"(result.json: {reported:.4f})", flush=True)
-    lps = torch.stack(logps)
-    curve = [{"members": m, "test_nll": mixture_nll(lps[:m]),
-              "members_mean_nll": float(-lps[:m].mean())} for m in range(1, len(names) + 1)]
-    for c in curve:
-        print(f"earth_mixture: mixture of {c['members']}: test NLL {c['test_nll']:.4f} "
-              f"(members' mean {c['members_mean_nll']:.4f})")
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.is_file() else {}
-    doc[f"{args.dataset}/seed{args.seed}"] = {"solver": f"dopri5 float64 rtol=atol={args.tol:g}",
-                                             "n_test": len(test), "members": members, "mixtures": curve}
+    per_split = []
+    try:
+        for k in args.seeds:
+            seeds = args.train_seeds if args.train_seeds is not None else member_train_seeds(k, args.members)
+            doc[f"{args.dataset}/seed{k}"] = res = split_mixture(args, k, seeds)
+            per_split.append(res["mixtures"][-1])
+    except (FileNotFoundError, ValueError) as e:
+        print(f"earth_mixture: {e}", file=sys.stderr)
+        return 2
+    if len(args.seeds) > 1:
+        nll, mean_members = [c["test_nll"] for c in per_split], [c["members_mean_nll"] for c in per_split]
+        anchor = PUBLISHED[ANCHOR][args.dataset]
+        summ = {"members": args.members, "seeds": args.seeds, "test_nll": nll, "mean": statistics.fmean(nll),
+                "std": statistics.stdev(nll), "members_mean": statistics.fmean(mean_members),
+                "anchor": ANCHOR, "anchor_nll": anchor[0] if anchor else None}
+        doc[f"{args.dataset}/mixture{args.members}"] = summ
+        print(f"earth_mixture: {args.dataset}: mixture of {args.members} over seeds {args.seeds}: "
+              f"{summ['mean']:.3f} ± {summ['std']:.3f} (members' mean {summ['members_mean']:.3f}"
+              + (f"; {ANCHOR} {anchor[0]:.2f}" if anchor else "") + ")")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    tmp.replace(out)
     return 0
 
 

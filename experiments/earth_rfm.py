@@ -46,9 +46,10 @@ import torch  # noqa: E402
 
 from experiments.common import checkpoint  # noqa: E402
 from experiments.common.data import mix_seed  # noqa: E402
-from experiments.common.earth import FILES, EarthDataError, load_earth, split, xyz_to_latlon  # noqa: E402
-from experiments.common.earth_eval import (LOG_4PI, grid_mass, latlon_grid, log_density, nll, nll_tight,  # noqa: E402
-                                           plot_density, write_table)
+from experiments.common.earth import (FILES, EarthDataError, load_earth, points_sha256, split,  # noqa: E402
+                                      xyz_to_latlon)
+from experiments.common.earth_eval import (LOG_4PI, grid_mass, latlon_grid, log_density,  # noqa: E402
+                                           log_density_tight, nll, plot_density, write_table)
 from experiments.common.ema import EMA  # noqa: E402
 from experiments.common.logging_utils import MetricsLogger, Progress, truncate_after  # noqa: E402
 from experiments.common.trainer import (RESUME_LEGACY_DEFAULTS, NonFiniteError, NonFiniteGuard,  # noqa: E402
@@ -356,7 +357,8 @@ def finish(args, dataset, seed, run, model, ema, state, data, logger, t_start) -
     with ema.applied(model):
         coarse = nll(model, data.test.to(dev), steps=args.test_steps)
         t1 = time.time()
-        exact = nll_tight(model, data.test.to(dev), args.test_tol)
+        test_logp = log_density_tight(model, data.test.to(dev), args.test_tol).cpu()
+        exact = float(-test_logp.mean())
         t_adaptive = time.time() - t1
         mass, plot = None, None
         if not args.no_plot:
@@ -374,8 +376,10 @@ def finish(args, dataset, seed, run, model, ema, state, data, logger, t_start) -
            "stopped_early": state["stopped_early"], "train_s": round(state["wall_s"], 1),
            "eval_s": round(time.time() - t0, 1), "wall_s": round(time.time() - t_start, 1),
            "threads": torch.get_num_threads(), "grid_mass": mass, "uniform_nll": LOG_4PI,
-           "args": {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS + ("seeds",)}}
-    logger.log("test", state["step"], **{k: v for k, v in res.items() if k != "args"})
+           "args": {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS + ("seeds",)},
+           # per test point, and the test set by content: benchmarks/earth_mixture.py mixes records without re-solving
+           "test_logp": [float(v) for v in test_logp], "test_sha256": points_sha256(data.test)}
+    logger.log("test", state["step"], **{k: v for k, v in res.items() if k not in ("args", "test_logp")})
     _write_json(run / "result.json", {**res, "density_png": str(plot) if plot else None})
     _write_json(record_path(args, dataset, seed), res)
     print(f"earth_rfm: {dataset} seed {seed}: test NLL {exact:.4f} nats/point (dopri5 float64, tol "

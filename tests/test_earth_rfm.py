@@ -89,7 +89,7 @@ def test_summary_means_std_and_beaten_rows():
 
 def test_table_files(tmp_path):
     runs = {"volcano": [], "fire": [{"seed": 0, "test_nll": -1.5, "test_nll_coarse": -1.5, "wall_s": 10.0,
-                                     "best_step": 5}]}
+                                     "best_step": 5, "test_logp": [1.5, 1.5]}]}
     write_table(runs, {"preset": "x"}, tmp_path / "t.json", tmp_path / "t.md")
     md = (tmp_path / "t.md").read_text()
     assert "| **ours: RFM, MLP (earth_rfm.py)** | not run | not run | not run | −1.50 (n=1) |" in md
@@ -97,7 +97,9 @@ def test_table_files(tmp_path):
     assert "| Riemannian flow matching (reported) | −7.93 ± 1.67 | −0.28 ± 0.08 | 0.42 | −1.86 ± 0.11 |" in md
     assert "| Generalised Flow Maps (second-hand) | — | −1.08 | −0.88 | −2.48 |" in md
     assert "| ours: margin over Riemannian flow matching (reported) (> 0: ours lower) | — | — | — | -0.36 |" in md
-    assert json.loads((tmp_path / "t.json").read_text())["summary"]["fire"]["mean"] == -1.5
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert doc["summary"]["fire"]["mean"] == -1.5
+    assert "test_logp" not in doc["runs"]["fire"][0] and doc["runs"]["fire"][0]["best_step"] == 5  # records keep them
 
 
 def test_cli_resumes_exactly_and_plots(tmp_path):
@@ -309,25 +311,84 @@ def test_mixture_nll_bounds(m, n, spread, seed):
         mixture_nll(lp[0])
 
 
-def test_train_seed_members_and_their_mixture(tmp_path):
-    """--train-seed trains another member on the same split (own run folder and record); earth_mixture.py
-    re-evaluates each member's test NLL as its result.json has it and the mixture of two is below their mean."""
+def test_train_seed_members_and_their_mixture(tmp_path, capsys):
+    """--train-seed trains another member on the same split (own run folder and record). Each record carries
+    the per-point test log-densities and the test set's SHA-256; earth_mixture.py mixes them without solving
+    again, gets the same member NLLs when it re-evaluates the run folders instead (no records), refuses a
+    record of another test set, and the mixture of two is below the members' mean."""
     from benchmarks.earth_mixture import main as mixture
+    from experiments.common.earth import load_earth, points_sha256, split
 
     common = ["--preset", "tiny", "--dataset", "volcano", "--no-progress", "--no-plot", "--out", str(tmp_path / "r"),
               "--records", str(tmp_path / "rec")]
     assert main(common) == 0 and main(common + ["--train-seed", "7"]) == 0
     a, b = (json.loads((tmp_path / "r" / "volcano" / n / "result.json").read_text()) for n in ("seed0", "seed0-train7"))
-    assert (tmp_path / "rec" / "volcano" / "seed0-train7.json").is_file()
+    rec_b = tmp_path / "rec" / "volcano" / "seed0-train7.json"
+    assert rec_b.is_file()
     assert (a["n_train"], a["n_test"]) == (b["n_train"], b["n_test"]) and a["test_nll"] != b["test_nll"]
+    for r in (a, b):
+        assert len(r["test_logp"]) == r["n_test"]
+        assert -math.fsum(r["test_logp"]) / r["n_test"] == pytest.approx(r["test_nll"], abs=1e-12)
+        assert r["test_sha256"] == points_sha256(split(load_earth("volcano"), 0).test)
+    mix = ["--dataset", "volcano", "--seed", "0", "--train-seeds", "0", "7", "--tol", "1e-4"]
+    docs = {}
+    for src, rec in (("record", tmp_path / "rec"), ("run", tmp_path / "norec")):
+        out = tmp_path / f"mix_{src}.json"
+        assert mixture(["--runs", str(tmp_path / "r"), "--records", str(rec), "--out", str(out)] + mix) == 0
+        docs[src] = doc = json.loads(out.read_text())["volcano/seed0"]
+        assert [m["source"] for m in doc["members"]] == [src, src]
+        for mem, res in zip(doc["members"], (a, b)):
+            assert mem["test_nll"] == pytest.approx(res["test_nll"], abs=1e-6 if src == "run" else 1e-12)
+        two = doc["mixtures"][1]
+        assert two["members"] == 2 and two["test_nll"] <= two["members_mean_nll"]
+        assert doc["mixtures"][0]["test_nll"] == pytest.approx(a["test_nll"], abs=1e-6)
+    assert docs["record"]["mixtures"][1]["test_nll"] == pytest.approx(docs["run"]["mixtures"][1]["test_nll"], abs=1e-6)
+    capsys.readouterr()
+    assert mixture(["--runs", str(tmp_path / "r"), "--records", str(tmp_path / "rec"), "--dataset", "volcano",
+                    "--seed", "0", "--train-seeds", "3", "--out", str(tmp_path / "m.json")]) == 2
+    assert "--seeds 0 --train-seed 3" in capsys.readouterr().err
+    tampered = json.loads(rec_b.read_text())
+    tampered["test_sha256"] = points_sha256(split(load_earth("volcano"), 1).test)  # another split's test set
+    rec_b.write_text(json.dumps(tampered))
+    assert mixture(["--runs", str(tmp_path / "r"), "--records", str(tmp_path / "rec"), "--out",
+                    str(tmp_path / "m.json")] + mix) == 2
+    assert "is not of this split's test set" in capsys.readouterr().err
+
+
+def test_mixture_over_splits_summary(tmp_path, capsys):
+    """--members M over several splits takes train seeds k, 100 + k per split k from the records and writes
+    the mean ± sample std over splits of the M-member mixture beside the anchor's published figure."""
+    from benchmarks.earth_mixture import main as mixture, member_train_seeds
+
+    assert member_train_seeds(3, 3) == [3, 103, 203]
+    with pytest.raises(ValueError, match="--members must be >= 1"):
+        member_train_seeds(0, 0)
+    common = ["--preset", "tiny", "--dataset", "volcano", "--no-progress", "--no-plot", "--out", str(tmp_path / "r"),
+              "--records", str(tmp_path / "rec"), "--steps", "20"]
+    for k in (0, 1):
+        assert main(common + ["--seeds", str(k)]) == 0
+        assert main(common + ["--seeds", str(k), "--train-seed", str(100 + k)]) == 0
     out = tmp_path / "mix.json"
-    assert mixture(["--runs", str(tmp_path / "r"), "--dataset", "volcano", "--seed", "0", "--train-seeds", "0", "7",
-                    "--tol", "1e-4", "--out", str(out)]) == 0
-    doc = json.loads(out.read_text())["volcano/seed0"]
-    for mem, res in zip(doc["members"], (a, b)):
-        assert mem["test_nll"] == pytest.approx(res["test_nll"], abs=1e-6)
-    two = doc["mixtures"][1]
-    assert two["members"] == 2 and two["test_nll"] <= two["members_mean_nll"]
-    assert doc["mixtures"][0]["test_nll"] == pytest.approx(a["test_nll"], abs=1e-6)
-    assert mixture(["--runs", str(tmp_path / "r"), "--dataset", "volcano", "--seed", "0", "--train-seeds", "3",
-                    "--out", str(out)]) == 2
+    capsys.readouterr()
+    assert mixture(["--runs", str(tmp_path / "nothing"), "--records", str(tmp_path / "rec"), "--dataset", "volcano",
+                    "--seeds", "0", "1", "--members", "2", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    per = [doc[f"volcano/seed{k}"]["mixtures"][1]["test_nll"] for k in (0, 1)]
+    assert [m["run"] for m in doc["volcano/seed1"]["members"]] == ["seed1", "seed1-train101"]
+    summ = doc["volcano/mixture2"]
+    assert summ["test_nll"] == per and summ["mean"] == pytest.approx(sum(per) / 2, abs=1e-12)
+    assert summ["std"] == pytest.approx(abs(per[0] - per[1]) / math.sqrt(2), abs=1e-12)
+    assert summ["anchor_nll"] == -7.93 and "mixture of 2 over seeds [0, 1]" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        mixture(["--dataset", "volcano", "--seeds", "0", "1", "--train-seeds", "0", "7"])
+
+
+def test_points_sha256_names_a_test_set_by_content():
+    """The hash ignores dtype (float32 → float64 is exact) and changes when one coordinate moves by one ulp."""
+    from experiments.common.earth import points_sha256
+
+    x = torch.nn.functional.normalize(torch.randn(50, 3, dtype=torch.float64), dim=-1).float()
+    assert points_sha256(x) == points_sha256(x.double())
+    y = x.clone()
+    y[17, 1] = torch.nextafter(y[17, 1], torch.tensor(2.0))
+    assert points_sha256(y) != points_sha256(x)

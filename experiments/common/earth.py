@@ -11,6 +11,7 @@ start with ``#``, an optional header line follows, then one ``lat,lon`` row (deg
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -104,6 +105,12 @@ def split_sizes(n: int) -> tuple[int, int, int]:
         raise EarthDataError(f"need at least 20 rows to split 80/10/10, got {n}")
     k = n // 10
     return n - 2 * k, k, k
+
+
+def points_sha256(x: Tensor) -> str:
+    """SHA-256 of the points ``x`` ``[N, 3]`` as contiguous float64 bytes: names a test set by its content, so a
+    stored per-point result can be checked against the split it claims to be on."""
+    return hashlib.sha256(x.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()).hexdigest()
 
 
 def split(x: Tensor, seed: int) -> Split:

@@ -162,7 +162,8 @@ def write_table(results: dict[str, list[dict]], settings: dict, json_path: Path,
     summ = summarise(results)
     order = list(FILES)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"summary": summ, "runs": results, "settings": settings,
+    runs = {d: [{k: v for k, v in r.items() if k != "test_logp"} for r in rs] for d, rs in results.items()}
+    json_path.write_text(json.dumps({"summary": summ, "runs": runs, "settings": settings,
                                      "published": {m: {d: list(v) if v else None for d, v in r.items()}
                                                    for m, r in PUBLISHED.items()}}, indent=1) + "\n")
     lines = ["| method | " + " | ".join(d.capitalize() for d in order) + " |", "|---" * (len(order) + 1) + "|"]

@@ -1,11 +1,11 @@
 """Mixtures of earth density models trained on the same split: is the average of M densities better?
 
-    python experiments/earth_rfm.py --dataset earthquake --seeds 0 1 2 3 4 --train-seed 100   # see below
+    python experiments/earth_rfm.py --dataset earthquake --seeds 0 1 2 3 4 --member 1   # and --member 2, …
     python benchmarks/earth_mixture.py --dataset earthquake --seeds 0 1 2 3 4 --members 2
 
 Each member is a finished ``experiments/earth_rfm.py`` run on split k: ``--members M`` takes train seeds
-k, 100 + k, …, 100·(M − 1) + k (train the m-th with ``--seeds k --train-seed 100·m + k``; its run folder is
-``<runs>/<dataset>/seed<k>-train<j>``), ``--train-seeds`` names them for one split. A member's per-point test
+k, 100 + k, …, 100·(M − 1) + k (member 0 is the table's run; train member m ≥ 1 with ``--member m``, run
+folder ``<runs>/<dataset>/seed<k>-train<100m+k>``); ``--train-seeds`` names them for one split. A member's per-point test
 log-densities come from its record (``<records>/<dataset>/<run>.json``, written by earth_rfm.py with
 ``test_logp`` and the test set's SHA-256, which must match the split recomputed here); a record without them
 is re-evaluated from the run folder's best EMA weights (dopri5 in float64 at rtol = atol = ``--tol``, as
@@ -37,10 +37,9 @@ import torch  # noqa: E402
 from benchmarks.earth_solver_check import best_model  # noqa: E402
 from experiments.common.earth import FILES, load_earth, points_sha256, split  # noqa: E402
 from experiments.common.earth_eval import ANCHOR, PUBLISHED, log_density_tight  # noqa: E402
-from experiments.earth_rfm import run_name  # noqa: E402
+from experiments.earth_rfm import MEMBER_STRIDE, run_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MEMBER_STRIDE = 100  # member m of split k has train seed MEMBER_STRIDE·m + k
 
 
 def mixture_nll(logps: torch.Tensor) -> float:

@@ -101,6 +101,7 @@ _RESUME_KEYS = ("preset", "width", "depth", "x_features", "x_scale", "time_power
 # continues a run or, when it never stopped early, leaves its result as it is).
 _SETTING_KEYS = tuple(k for k in _RESUME_KEYS if k != "patience")
 VAL_METHODS = ("rk4", "dopri5")
+MEMBER_STRIDE = 100  # --member m trains split k with train seed MEMBER_STRIDE·m + k
 _NOT_SETTINGS = ("out", "results", "records", "data_dir", "explicit", "jobs")  # paths and bookkeeping, not the recipe
 PUBLISHED_SEEDS = [0, 1, 2, 3, 4]
 
@@ -137,6 +138,9 @@ def build_parser() -> OneLineParser:
                    help="seed of the initialisation and the batches (default: the split's seed); another value "
                         "trains another member of a mixture on the same split, in <out>/<dataset>/seed<k>-train<j> "
                         "(benchmarks/earth_mixture.py)")
+    p.add_argument("--member", type=int, default=None,
+                   help=f"train member m >= 1 of a mixture on each split k: train seed {MEMBER_STRIDE}·m + k (member 0 "
+                        "is the table's run); benchmarks/earth_mixture.py --members M mixes members 0 … M−1")
     p.add_argument("--stop-after", type=int, default=None, help="(testing) stop like SIGTERM after this step")
     return p
 
@@ -162,6 +166,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
                         "in (0, 1)")
     if args.train_seed is not None and args.train_seed < 0:
         raise UserError(f"expected --train-seed >= 0, got {args.train_seed}")
+    if args.member is not None and (args.member < 1 or args.train_seed is not None):
+        raise UserError(f"expected --member >= 1 and no --train-seed with it, got --member {args.member}")
     if args.jobs < 1 or (args.jobs > 1 and args.stop_after is not None):
         raise UserError(f"expected --jobs >= 1 (and no --stop-after with --jobs > 1), got --jobs {args.jobs}")
     if args.table_only and (args.dataset != "all" or args.no_resume):
@@ -240,7 +246,7 @@ def train_one(args, dataset: str, seed: int) -> dict:
     data = split(load_earth(dataset, args.data_dir), seed)
     train_x, val_x, test_x = (d.to(dev) for d in data)
     val_sub = val_x[:args.val_points] if args.val_points > 0 else val_x
-    tseed = seed if args.train_seed is None else args.train_seed
+    tseed = train_seed_of(args, seed)
     seed_everything(tseed)
     model = build_model(vars(args)).to(dev)
     ema = EMA(model, args.ema_decay)
@@ -329,10 +335,19 @@ def train_one(args, dataset: str, seed: int) -> dict:
     return finish(args, dataset, seed, run, model, ema, state, data, logger, t_start)
 
 
+def train_seed_of(args, seed: int) -> int:
+    """The seed of the initialisation and batches of split ``seed``'s run: ``--train-seed j``, else
+    ``MEMBER_STRIDE·m + seed`` for ``--member m``, else the split's own seed."""
+    if getattr(args, "member", None) is not None:
+        return MEMBER_STRIDE * args.member + seed
+    return seed if args.train_seed is None else args.train_seed
+
+
 def run_name(args, seed: int) -> str:
     """``seed<k>``, or ``seed<k>-train<j>`` for a run on split ``k`` whose initialisation and batches come from
-    ``--train-seed j`` (j ≠ k): another member of a mixture on the same split."""
-    return f"seed{seed}" if args.train_seed in (None, seed) else f"seed{seed}-train{args.train_seed}"
+    train seed j ≠ k (:func:`train_seed_of`): another member of a mixture on the same split."""
+    j = train_seed_of(args, seed)
+    return f"seed{seed}" if j == seed else f"seed{seed}-train{j}"
 
 
 def record_path(args, dataset: str, seed: int) -> Path:
@@ -483,7 +498,10 @@ def _main(argv=None) -> int:
                 if res.get("stopped"):
                     return res["code"]
                 results[d].append(res)
-    if args.dataset == "all":
+    if args.dataset == "all" and any(train_seed_of(args, s) != s for s in args.seeds):
+        print("earth_rfm: these are other members of a mixture, not the table's runs: the table is left as it is; "
+              "mix them with benchmarks/earth_mixture.py --members M")
+    elif args.dataset == "all":
         out = Path(args.results)
         settings = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
         settings["dataset_overrides"] = {d: {k: v for k, v in o.items() if k not in args.explicit}

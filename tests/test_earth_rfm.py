@@ -365,9 +365,17 @@ def test_mixture_over_splits_summary(tmp_path, capsys):
         member_train_seeds(0, 0)
     common = ["--preset", "tiny", "--dataset", "volcano", "--no-progress", "--no-plot", "--out", str(tmp_path / "r"),
               "--records", str(tmp_path / "rec"), "--steps", "20"]
-    for k in (0, 1):
-        assert main(common + ["--seeds", str(k)]) == 0
-        assert main(common + ["--seeds", str(k), "--train-seed", str(100 + k)]) == 0
+    assert main(common + ["--seeds", "0", "1"]) == 0
+    assert main(common + ["--seeds", "0", "1", "--member", "1"]) == 0  # train seeds 100, 101
+    assert sorted(f.name for f in (tmp_path / "rec" / "volcano").iterdir()) == [
+        "seed0-train100.json", "seed0.json", "seed1-train101.json", "seed1.json"]
+    for bad in (["--member", "0"], ["--member", "1", "--train-seed", "5"]):
+        assert main(common + bad) == 2
+    assert "expected --member >= 1 and no --train-seed" in capsys.readouterr().err
+    res = tmp_path / "res"  # members are not the table: --dataset all leaves earth_nll.json alone
+    assert main(common[:2] + ["--dataset", "all", "--table-only", "--member", "1", "--results", str(res),
+                              "--records", str(tmp_path / "rec"), "--out", str(tmp_path / "r")]) == 0
+    assert not (res / "earth_nll.json").exists() and "not the table's runs" in capsys.readouterr().out
     out = tmp_path / "mix.json"
     capsys.readouterr()
     assert mixture(["--runs", str(tmp_path / "nothing"), "--records", str(tmp_path / "rec"), "--dataset", "volcano",

@@ -16,7 +16,8 @@ density
 
 and by Jensen its NLL is at most the members' mean NLL; the gap is what averaging buys. Writes (``--out``)
 each split's members and the mixtures for M = 1 … M, and with several splits the mean ± std (sample std) of
-the M-member mixture over them, beside Riemannian flow matching's published row.
+the M-member mixture over them, beside Riemannian flow matching's published row; the ``.md`` beside ``--out``
+holds one table row per mixture size measured over several splits.
 """
 from __future__ import annotations
 
@@ -70,6 +71,20 @@ def recorded_logp(record: Path, test: torch.Tensor) -> Optional[torch.Tensor]:
         raise ValueError(f"{record}: its test_logp is not of this split's test set ({lp.numel()} values, "
                          f"sha256 {rec.get('test_sha256')}; expected {len(test)} points, {points_sha256(test)})")
     return lp
+
+
+def mixture_rows(doc: dict) -> list[str]:
+    """Markdown rows ``| ours: mixture of M per split | … |`` (datasets in the table's order) from the
+    ``<dataset>/mixture<M>`` summaries of ``doc``, the content of ``earth_mixture.json``."""
+    summ = {(k.split("/")[0], v["members"]): v for k, v in doc.items() if "/mixture" in k}
+    rows = ["| method | " + " | ".join(d.capitalize() for d in FILES) + " |", "|---" * (len(FILES) + 1) + "|"]
+    for m in sorted({m for _, m in summ}):
+        cells = [f"{summ[d, m]['mean']:.3f} ± {summ[d, m]['std']:.3f} (n={len(summ[d, m]['seeds'])})".replace("-", "−")
+                 if (d, m) in summ else "—" for d in FILES]
+        rows.append(f"| ours: mixture of {m} per split (earth_mixture.py) | " + " | ".join(cells) + " |")
+        means = [f"{summ[d, m]['members_mean']:.3f}".replace("-", "−") if (d, m) in summ else "—" for d in FILES]
+        rows.append("| its members' mean NLL | " + " | ".join(means) + " |")
+    return rows
 
 
 def split_mixture(args, seed: int, train_seeds: list[int]) -> dict:
@@ -142,6 +157,8 @@ def main(argv=None) -> int:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
     tmp.replace(out)
+    md = out.with_suffix(".md")
+    md.write_text("\n".join(mixture_rows(doc)) + "\n")
     return 0
 
 

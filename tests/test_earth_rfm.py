@@ -387,6 +387,8 @@ def test_mixture_over_splits_summary(tmp_path, capsys):
     assert summ["test_nll"] == per and summ["mean"] == pytest.approx(sum(per) / 2, abs=1e-12)
     assert summ["std"] == pytest.approx(abs(per[0] - per[1]) / math.sqrt(2), abs=1e-12)
     assert summ["anchor_nll"] == -7.93 and "mixture of 2 over seeds [0, 1]" in capsys.readouterr().out
+    cell = f"{summ['mean']:.3f} ± {summ['std']:.3f} (n=2)".replace("-", "−")
+    assert f"| ours: mixture of 2 per split (earth_mixture.py) | {cell} | — | — | — |" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         mixture(["--dataset", "volcano", "--seeds", "0", "1", "--train-seeds", "0", "7"])
 

@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from benchmarks.earth_solver_check import best_model  # noqa: E402
 from experiments.common.earth import FILES, load_earth, points_sha256, split  # noqa: E402
 from experiments.common.earth_eval import ANCHOR, PUBLISHED, log_density_tight  # noqa: E402
+from experiments.common.finite import write_json_strict  # noqa: E402
 from experiments.earth_rfm import MEMBER_STRIDE, run_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,10 +154,7 @@ def main(argv=None) -> int:
         print(f"earth_mixture: {args.dataset}: mixture of {args.members} over seeds {args.seeds}: "
               f"{summ['mean']:.3f} ± {summ['std']:.3f} (members' mean {summ['members_mean']:.3f}"
               + (f"; {ANCHOR} {anchor[0]:.2f}" if anchor else "") + ")")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
-    tmp.replace(out)
+    write_json_strict(out, doc, "earth_mixture.json")
     md = out.with_suffix(".md")
     md.write_text("\n".join(mixture_rows(doc)) + "\n")
     return 0

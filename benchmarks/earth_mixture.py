@@ -39,7 +39,7 @@ from benchmarks.earth_solver_check import best_model  # noqa: E402
 from experiments.common.earth import FILES, load_earth, points_sha256, split  # noqa: E402
 from experiments.common.earth_eval import ANCHOR, PUBLISHED, log_density_tight  # noqa: E402
 from experiments.common.finite import write_json_strict  # noqa: E402
-from experiments.earth_rfm import MEMBER_STRIDE, run_name  # noqa: E402
+from experiments.earth_rfm import run_name, train_seed_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,21 +56,22 @@ def member_train_seeds(seed: int, members: int) -> list[int]:
     """Train seeds of the ``members`` members of split ``seed``: ``seed, 100 + seed, …``."""
     if members < 1:
         raise ValueError(f"--members must be >= 1, got {members}")
-    return [MEMBER_STRIDE * m + seed for m in range(members)]
+    return [train_seed_of(argparse.Namespace(member=m, train_seed=None), seed) for m in range(members)]
 
 
-def recorded_logp(record: Path, test: torch.Tensor) -> Optional[torch.Tensor]:
+def recorded_logp(record: Path, n_test: int, sha: str) -> Optional[torch.Tensor]:
     """The per-point test log-densities ``[N]`` stored in ``record``, or None when it has none. Raises
-    ``ValueError`` when they are not of this test set (count or SHA-256 of the points differ)."""
+    ``ValueError`` when they are not of this test set (``n_test`` points whose :func:`points_sha256` is
+    ``sha``)."""
     if not record.is_file():
         return None
     rec = json.loads(record.read_text())
     if "test_logp" not in rec:
         return None
     lp = torch.tensor(rec["test_logp"], dtype=torch.float64)
-    if lp.shape != (len(test),) or rec.get("test_sha256") not in (None, points_sha256(test)):
+    if lp.shape != (n_test,) or rec.get("test_sha256") not in (None, sha):
         raise ValueError(f"{record}: its test_logp is not of this split's test set ({lp.numel()} values, "
-                         f"sha256 {rec.get('test_sha256')}; expected {len(test)} points, {points_sha256(test)})")
+                         f"sha256 {rec.get('test_sha256')}; expected {n_test} points, {sha})")
     return lp
 
 
@@ -92,11 +93,12 @@ def split_mixture(args, seed: int, train_seeds: list[int]) -> dict:
     """Members' test NLLs and the mixtures of the first 1 … M members on split ``seed``; raises
     ``FileNotFoundError`` naming the command for a member that is neither recorded nor in a run folder."""
     test = split(load_earth(args.dataset, args.data_dir), seed).test
+    sha = points_sha256(test)
     logps, members = [], []
     for j in train_seeds:
         name = run_name(argparse.Namespace(train_seed=j), seed)
         run, t0 = Path(args.runs) / args.dataset / name, time.time()
-        lp, source = recorded_logp(Path(args.records) / args.dataset / f"{name}.json", test), "record"
+        lp, source = recorded_logp(Path(args.records) / args.dataset / f"{name}.json", len(test), sha), "record"
         if lp is None:
             if not (run / "result.json").is_file():
                 raise FileNotFoundError(
@@ -113,7 +115,7 @@ def split_mixture(args, seed: int, train_seeds: list[int]) -> dict:
     for c in curve:
         print(f"earth_mixture: {args.dataset} seed {seed}: mixture of {c['members']}: test NLL {c['test_nll']:.4f} "
               f"(members' mean {c['members_mean_nll']:.4f})")
-    return {"solver": f"dopri5 float64 rtol=atol={args.tol:g}", "n_test": len(test), "test_sha256": points_sha256(test),
+    return {"solver": f"dopri5 float64 rtol=atol={args.tol:g}", "n_test": len(test), "test_sha256": sha,
             "members": members, "mixtures": curve}
 
 

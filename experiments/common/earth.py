@@ -11,7 +11,6 @@ start with ``#``, an optional header line follows, then one ``lat,lon`` row (deg
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from pathlib import Path
@@ -108,9 +107,12 @@ def split_sizes(n: int) -> tuple[int, int, int]:
 
 
 def points_sha256(x: Tensor) -> str:
-    """SHA-256 of the points ``x`` ``[N, 3]`` as contiguous float64 bytes: names a test set by its content, so a
-    stored per-point result can be checked against the split it claims to be on."""
-    return hashlib.sha256(x.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()).hexdigest()
+    """SHA-256 (:func:`~experiments.common.provenance.tensor_digest`: shape and bytes) of the points ``x``
+    ``[N, 3]`` in float64: names a test set by its content, so a stored per-point result can be checked against
+    the split it claims to be on."""
+    from experiments.common.provenance import tensor_digest
+
+    return tensor_digest({"points": x.detach().to("cpu", torch.float64)})
 
 
 def split(x: Tensor, seed: int) -> Split:
